@@ -1,0 +1,88 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the JSON API, served with axum.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::proxy::Live;
+use crate::rules::PathMatch;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub live: Arc<ArcSwap<Live>>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
+        .route("/metrics", get(metrics))
+        .route("/api/routes", get(routes))
+        .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"error": "not_found", "see": ["/healthz", "/readyz", "/metrics", "/api/routes"]}))) })
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
+}
+
+async fn routes(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let live = s.live.load();
+    let rules = &live.rules;
+    let routes: Vec<_> = rules
+        .routes
+        .iter()
+        .map(|r| {
+            let (kind, pattern) = match &r.path {
+                PathMatch::Literal(p) | PathMatch::Template(p) => ("path", p),
+                PathMatch::Prefix(p) => ("prefix", p),
+            };
+            json!({
+                "name": r.name,
+                "match": { kind: pattern, "methods": r.method_names, "headers": r.headers.iter().map(|h| h.name.as_str()).collect::<Vec<_>>() },
+                "mode": r.mode.as_str(),
+                "service": r.service.map(|s| rules.upstreams[s].name.as_str()),
+                "canary_percent": r.canary.as_ref().map(|c| c.percent),
+            })
+        })
+        .collect();
+    Json(json!({ "legacy": rules.upstreams[rules.legacy].name, "routes": routes }))
+}
+
+/// Runs the admin router inside the Pingora server, on a listener bound before start.
+pub struct AdminService {
+    pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    pub state: AdminState,
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else { return };
+        let listener = match std_listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(std_listener)) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("admin listener failed: {e}");
+                return;
+            }
+        };
+        let app = router(self.state.clone());
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!("admin server stopped: {e}");
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The rules.yaml file format: serde types that mirror the file, with source locations.
+//!
+//! Nothing here decides anything; `rules.rs` turns these types into the compiled
+//! `RuleSet` and reports mistakes against the `Spanned` locations kept here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The whole file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    pub listen: Option<Spanned<String>>,
+    pub admin: Option<Spanned<String>>,
+    pub legacy: Spanned<String>,
+    #[serde(default = "default_true")]
+    pub response_headers: bool,
+    pub upstreams: BTreeMap<String, Spanned<UpstreamFile>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub url: Spanned<String>,
+    /// Host header to send instead of the client's.
+    pub host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    pub connect: Option<Spanned<String>>,
+    pub response: Option<Spanned<String>>,
+    pub idle: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Spanned<String>,
+    #[serde(rename = "match")]
+    pub matcher: Spanned<MatchFile>,
+    pub mode: Spanned<Mode>,
+    pub service: Option<Spanned<String>>,
+    pub canary: Option<Spanned<CanaryFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    pub path: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// Header name to an exact value, or the keyword `present`.
+    pub headers: Option<BTreeMap<String, Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryFile {
+    pub percent: Spanned<f64>,
+    /// `header:NAME` or `cookie:NAME`; absent means a random split per request.
+    pub sticky: Option<Spanned<String>>,
+}
+
+/// The four stages a route moves through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Legacy,
+    Shadow,
+    Canary,
+    Migrated,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Legacy, Mode::Shadow, Mode::Canary, Mode::Migrated];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Legacy => "legacy",
+            Mode::Shadow => "shadow",
+            Mode::Canary => "canary",
+            Mode::Migrated => "migrated",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A place in the rules file: `file:line:col`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub file: PathBuf,
+    pub line: u64,
+    pub col: u64,
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.col)
+    }
+}
+
+/// One mistake in the rules file, pointing at where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{place}: {}{message}", route.as_ref().map(|r| format!("route \"{r}\": ")).unwrap_or_default())]
+pub struct ConfigError {
+    pub place: Place,
+    /// The route the mistake is in, when it is in one.
+    pub route: Option<String>,
+    pub message: String,
+}
+
+/// Every mistake found in one file. `check` prints all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Only the route names and where each route starts; read first so that a
+/// type error deep inside a route can still name the route it is in.
+#[derive(Deserialize)]
+struct Skeleton {
+    #[serde(default)]
+    routes: Vec<Spanned<RouteHead>>,
+}
+
+#[derive(Deserialize)]
+struct RouteHead {
+    name: Option<String>,
+}
+
+/// Parse the text of a rules file. `file` is only used in error messages.
+pub fn parse(file: &Path, text: &str) -> Result<RulesFile, ConfigErrors> {
+    serde_saphyr::from_str::<RulesFile>(text).map_err(|err| {
+        let loc = err.location();
+        let (line, col) = loc.map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        let route = serde_saphyr::from_str::<Skeleton>(text).ok().and_then(|s| {
+            s.routes
+                .iter()
+                .rev()
+                .find(|r| r.referenced.line() != 0 && r.referenced.line() <= line)
+                .and_then(|r| r.value.name.clone())
+        });
+        ConfigErrors(vec![ConfigError {
+            place: Place {
+                file: file.to_path_buf(),
+                line: line.max(1),
+                col: col.max(1),
+            },
+            route,
+            message: clean_message(&err),
+        }])
+    })
+}
+
+/// serde-saphyr's message without its own location suffix or source snippet.
+fn clean_message(err: &serde_saphyr::Error) -> String {
+    let text = err.without_snippet().to_string();
+    let first = text.lines().next().unwrap_or("invalid YAML").trim();
+    let cut = first.find(" at line ").map_or(first, |i| &first[..i]);
+    cut.trim_end_matches('.').to_string()
+}

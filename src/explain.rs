@@ -1,0 +1,110 @@
+//! `strangler explain`: where a request would go under a rules file, and why.
+
+use std::fmt::Write;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::config::Mode;
+use crate::rules::{canary_bucket, RuleSet, Side, Skip, Sticky, CANARY_BUCKETS};
+
+/// Explain one request. `headers` are `name: value` strings as given with `-H`.
+pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) -> Result<String, String> {
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| format!("bad method \"{method}\""))?;
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let (name, value) = h.split_once(':').ok_or_else(|| format!("bad header \"{h}\" (want 'name: value')"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| format!("bad header name in \"{h}\""))?;
+        let value = HeaderValue::from_str(value.trim()).map_err(|_| format!("bad header value in \"{h}\""))?;
+        map.append(name, value);
+    }
+    let (raw_path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut out = String::new();
+    let path = match crate::path::normalize(raw_path) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(out, "path:        {raw_path}");
+            let _ = writeln!(out, "result:      400 Bad Request ({e}); no upstream is contacted");
+            return Ok(out);
+        }
+    };
+    let _ = writeln!(out, "request:     {method} {target}");
+    let _ = writeln!(out, "normalized:  {path}{}", query.map(|q| format!("?{q}")).unwrap_or_default());
+    let mut skipped = Vec::new();
+    let found = rules.lookup_traced(&method, &path, &map, |id, why| skipped.push((id, why)));
+    for (id, why) in skipped {
+        let r = &rules.routes[id];
+        let reason = match why {
+            Skip::Method => format!("method {method} not in [{}]", r.method_names.join(", ")),
+            Skip::Header(h) => format!("header {h} does not match"),
+        };
+        let _ = writeln!(out, "skipped:     route \"{}\" (line {}): {reason}", r.name, r.line);
+    }
+    let Some(id) = found else {
+        let _ = writeln!(out, "route:       (none): no rule matches");
+        let _ = writeln!(out, "mode:        legacy");
+        let _ = writeln!(out, "goes to:     {} (legacy)", rules.upstreams[rules.legacy].name);
+        return Ok(out);
+    };
+    let r = &rules.routes[id];
+    let mut why = r.path.describe();
+    if !r.method_names.is_empty() {
+        let _ = write!(why, ", method in [{}]", r.method_names.join(", "));
+    }
+    for h in &r.headers {
+        let _ = write!(why, ", header {}", h.name);
+    }
+    let _ = writeln!(out, "route:       {} (line {})", r.name, r.line);
+    let _ = writeln!(out, "matched by:  {why}");
+    let _ = writeln!(out, "mode:        {}", r.mode);
+    let legacy = &rules.upstreams[rules.legacy].name;
+    let service = r.service.map(|s| rules.upstreams[s].name.as_str()).unwrap_or("-");
+    match r.mode {
+        Mode::Legacy => {
+            let _ = writeln!(out, "goes to:     {legacy} (legacy)");
+        }
+        Mode::Migrated => {
+            let _ = writeln!(out, "goes to:     {service} (new)");
+        }
+        Mode::Shadow => {
+            let _ = writeln!(out, "goes to:     {legacy} (legacy answers); a copy goes to {service}");
+        }
+        Mode::Canary => {
+            let Some(c) = &r.canary else { return Ok(out) };
+            let _ = writeln!(out, "canary:      {}% to {service}", c.percent);
+            match c.key(&map) {
+                Some(key) => {
+                    let bucket = canary_bucket(key);
+                    let side = c.side_of_bucket(bucket);
+                    let dest = if side == Side::New { service } else { legacy.as_str() };
+                    let _ = writeln!(
+                        out,
+                        "sticky key:  {} = {:?} -> bucket {bucket} of {CANARY_BUCKETS}",
+                        sticky_name(c.sticky.as_ref()),
+                        String::from_utf8_lossy(key)
+                    );
+                    let _ = writeln!(out, "goes to:     {dest} ({})", side.as_str());
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "goes to:     {service} for {}% of such requests, else {legacy} (random: no sticky key{})",
+                        c.percent,
+                        c.sticky.as_ref().map(|s| format!(" {} in the request", sticky_name(Some(s)))).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn sticky_name(s: Option<&Sticky>) -> String {
+    match s {
+        Some(Sticky::Header(h)) => format!("header:{h}"),
+        Some(Sticky::Cookie(c)) => format!("cookie:{c}"),
+        None => "none".into(),
+    }
+}

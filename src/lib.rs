@@ -1,0 +1,30 @@
+//! strangler: a strangler-fig migration proxy on Pingora.
+//!
+//! Layout:
+//! - `config`  the rules.yaml file format (serde types with source locations)
+//! - `rules`   the compiled, immutable `RuleSet`: validation and route lookup
+//! - `path`    request path normalization, shared by matching and forwarding
+//! - `proxy`   `impl ProxyHttp`: the request path
+//! - `metrics` every Prometheus metric; per-route handles built at load
+//! - `admin`   the admin listener: health, metrics, JSON API
+//! - `server`  load, bind and run the Pingora server
+//! - `explain` `strangler explain`: why a request goes where it goes
+//!
+//! A request's path:
+//! ```text
+//! client ──► request_filter ──► upstream_peer ──► upstream_request_filter ──► upstream
+//!            │ normalize path     │ prebuilt peer    │ x-forwarded-*, Host
+//!            │ RuleSet::lookup    │                  │ normalized path
+//!            │ Route::side        ▼                  ▼
+//!            │ (legacy|new)     response_filter ◄── response       logging ──► metrics
+//!            ▼ 400 on bad path    x-strangler-route/-upstream
+//! ```
+
+pub mod admin;
+pub mod config;
+pub mod explain;
+pub mod metrics;
+pub mod path;
+pub mod proxy;
+pub mod rules;
+pub mod server;

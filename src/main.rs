@@ -1,0 +1,131 @@
+//! The `strangler` command line: run | check | explain | demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use strangler::rules::RuleSet;
+use strangler::server::{self, Options};
+
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "strangler", version, about = "A strangler-fig migration proxy: move routes legacy -> shadow -> canary -> migrated by editing rules.yaml")]
+struct Cli {
+    /// Log format: text for a terminal, json for log pipelines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short, default_value = "rules.yaml")]
+        config: PathBuf,
+        /// Proxy listener; overrides `listen:` in the rules file.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Admin and metrics listener; overrides `admin:` in the rules file.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Worker threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Validate a rules file; print every mistake with file:line:col.
+    Check {
+        #[arg(default_value = "rules.yaml")]
+        file: PathBuf,
+    },
+    /// Show where a request would go, and why.
+    Explain {
+        #[arg(long, short, default_value = "rules.yaml")]
+        config: PathBuf,
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// Request path, with an optional query string.
+        path: String,
+        /// A request header, 'name: value'; repeat for more.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Start the bundled shop (monolith + new services) and the proxy in front of it.
+    Demo {
+        #[arg(long, short, default_value = "rules.yaml")]
+        config: PathBuf,
+        /// Where the demo's SQLite databases live.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// Also send a steady, realistic mix of requests through the proxy.
+        #[arg(long)]
+        traffic: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Run { config, listen, admin, threads } => {
+            let opts = Options { config, listen, admin, threads };
+            let prepared = server::prepare(&opts)?;
+            prepared.run(None);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { file } => match RuleSet::load(&file) {
+            Ok(rules) => {
+                let [l, s, c, m] = rules.mode_counts();
+                println!("ok: {} routes ({l} legacy, {s} shadow, {c} canary, {m} migrated)", rules.routes.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("{e}");
+                }
+                eprintln!("{} error{} in {}", errors.0.len(), if errors.0.len() == 1 { "" } else { "s" }, file.display());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Explain { config, method, path, headers } => {
+            let rules = RuleSet::load(&config)?;
+            let text = strangler::explain::explain(&rules, &method, &path, &headers).map_err(anyhow::Error::msg)?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { config, data_dir, traffic } => {
+            demo::run(&config, &data_dir, traffic).context("demo failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,704 @@
+//! The compiled, immutable rule set: validation of a parsed rules file, and route lookup.
+//!
+//! `RuleSet::compile` turns `config::RulesFile` into lookup structures once, at load time.
+//! `RuleSet::lookup` then matches a request with hash and radix-tree lookups, never a scan
+//! of every rule. Precedence: literal `path` > templated `path` > longest `prefix`;
+//! within one pattern the first rule in the file whose methods and headers match wins.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use pingora_core::upstreams::peer::HttpPeer;
+use serde_saphyr::{Location, Spanned};
+
+use crate::config::{self, ConfigError, ConfigErrors, Mode, Place, RulesFile};
+
+pub type UpstreamId = usize;
+pub type RouteId = usize;
+
+/// The route label for requests that match no rule.
+pub const NO_ROUTE: &str = "(none)";
+
+/// Default peer timeouts. Pingora's own default is none at all, so a hung service would hang us.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which side of the migration serves a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Legacy,
+    New,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Legacy => "legacy",
+            Side::New => "new",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub url: String,
+    pub addr: SocketAddr,
+    /// `Host` to send instead of the client's.
+    pub host: Option<HeaderValue>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Built once; each request clones it.
+    pub peer: HttpPeer,
+}
+
+/// How a route's path is matched.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    Literal(String),
+    /// The template as written, e.g. `/api/orders/{id}`.
+    Template(String),
+    Prefix(String),
+}
+
+impl PathMatch {
+    pub fn describe(&self) -> String {
+        match self {
+            PathMatch::Literal(p) => format!("path {p}"),
+            PathMatch::Template(p) => format!("path template {p}"),
+            PathMatch::Prefix(p) => format!("prefix {p}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderWant {
+    Exact(HeaderValue),
+    Present,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    pub name: HeaderName,
+    pub want: HeaderWant,
+}
+
+#[derive(Debug, Clone)]
+pub enum Sticky {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Canary {
+    pub percent: f64,
+    /// New side when `bucket < threshold`, buckets 0..10_000.
+    threshold: u64,
+    pub sticky: Option<Sticky>,
+}
+
+/// The number of canary buckets: percent is honoured to two decimals.
+pub const CANARY_BUCKETS: u64 = 10_000;
+
+/// The fixed, documented sticky hash: XXH3-64 (seed 0) of the key's bytes, modulo 10,000.
+/// Every replica, restart and release computes the same bucket for the same key.
+pub fn canary_bucket(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key) % CANARY_BUCKETS
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub line: u64,
+    pub path: PathMatch,
+    /// Bit set of `method_bit`s; `None` matches every method.
+    pub methods: Option<u16>,
+    pub method_names: Vec<String>,
+    pub headers: Vec<HeaderMatch>,
+    pub mode: Mode,
+    pub service: Option<UpstreamId>,
+    pub canary: Option<Canary>,
+}
+
+/// Why a candidate route did not take a request (for `explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    Method,
+    Header(HeaderName),
+}
+
+/// The compiled rules. Immutable; a reload builds a new one.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub listen: Option<String>,
+    pub admin: Option<String>,
+    pub response_headers: bool,
+    pub legacy: UpstreamId,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+    exact: HashMap<String, Vec<RouteId>>,
+    templates: matchit::Router<Vec<RouteId>>,
+    prefixes: HashMap<String, Vec<RouteId>>,
+}
+
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+/// The bit of a standard method; extension methods get none and match only routes without `methods`.
+fn method_bit(m: &Method) -> u16 {
+    METHODS.iter().position(|k| k == m).map_or(0, |i| 1 << i)
+}
+
+impl Route {
+    fn accepts(&self, method: &Method, headers: &HeaderMap) -> Result<(), Skip> {
+        if let Some(set) = self.methods {
+            if set & method_bit(method) == 0 {
+                return Err(Skip::Method);
+            }
+        }
+        for h in &self.headers {
+            let ok = match &h.want {
+                HeaderWant::Present => headers.contains_key(&h.name),
+                HeaderWant::Exact(v) => headers.get_all(&h.name).iter().any(|got| got == v),
+            };
+            if !ok {
+                return Err(Skip::Header(h.name.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Which side serves this request on this route.
+    pub fn side(&self, headers: &HeaderMap) -> Side {
+        match self.mode {
+            Mode::Legacy | Mode::Shadow => Side::Legacy,
+            Mode::Migrated => Side::New,
+            Mode::Canary => match &self.canary {
+                Some(c) => c.side(headers),
+                None => Side::Legacy,
+            },
+        }
+    }
+}
+
+impl Canary {
+    /// The sticky key of a request, if the route has one and the request carries it.
+    pub fn key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        match self.sticky.as_ref()? {
+            Sticky::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+            Sticky::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .find_map(|v| cookie_value(v.as_bytes(), name.as_bytes())),
+        }
+    }
+
+    pub fn side(&self, headers: &HeaderMap) -> Side {
+        let bucket = match self.key(headers) {
+            Some(key) => canary_bucket(key),
+            None => rand::random_range(0..CANARY_BUCKETS),
+        };
+        self.side_of_bucket(bucket)
+    }
+
+    pub fn side_of_bucket(&self, bucket: u64) -> Side {
+        if bucket < self.threshold {
+            Side::New
+        } else {
+            Side::Legacy
+        }
+    }
+}
+
+/// The value of cookie `name` in one `Cookie` header, without allocating.
+fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
+    })
+}
+
+impl RuleSet {
+    /// The route that takes this request, if any. `path` must be normalized.
+    pub fn lookup(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<RouteId> {
+        self.lookup_traced(method, path, headers, |_, _| {})
+    }
+
+    /// `lookup`, reporting every candidate that was passed over and why.
+    pub fn lookup_traced(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        mut skipped: impl FnMut(RouteId, Skip),
+    ) -> Option<RouteId> {
+        let mut first = |ids: &[RouteId]| {
+            ids.iter().copied().find(|&id| match self.routes[id].accepts(method, headers) {
+                Ok(()) => true,
+                Err(why) => {
+                    skipped(id, why);
+                    false
+                }
+            })
+        };
+        if let Some(id) = self.exact.get(path).and_then(|ids| first(ids)) {
+            return Some(id);
+        }
+        if let Some(id) = self.templates.at(path).ok().and_then(|m| first(m.value)) {
+            return Some(id);
+        }
+        // Longest prefix first: the whole path, then each shorter whole-segment prefix.
+        let mut end = path.len();
+        loop {
+            let candidate = if end == 0 { "/" } else { &path[..end] };
+            if let Some(id) = self.prefixes.get(candidate).and_then(|ids| first(ids)) {
+                return Some(id);
+            }
+            if end == 0 {
+                return None;
+            }
+            end = path[..end].rfind('/').unwrap_or(0);
+        }
+    }
+
+    pub fn upstream_id(&self, name: &str) -> Option<UpstreamId> {
+        self.upstreams.iter().position(|u| u.name == name)
+    }
+
+    /// Where a request on `route` (or on no route) goes, given the side.
+    pub fn target(&self, route: Option<&Route>, side: Side) -> UpstreamId {
+        match (route.and_then(|r| r.service), side) {
+            (Some(svc), Side::New) => svc,
+            _ => self.legacy,
+        }
+    }
+
+    /// Route counts by mode, in `Mode::ALL` order.
+    pub fn mode_counts(&self) -> [usize; 4] {
+        let mut n = [0; 4];
+        for r in &self.routes {
+            n[Mode::ALL.iter().position(|m| *m == r.mode).unwrap_or(0)] += 1;
+        }
+        n
+    }
+
+    /// Read, parse and compile a rules file.
+    pub fn load(path: &Path) -> Result<RuleSet, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                place: Place { file: path.to_path_buf(), line: 1, col: 1 },
+                route: None,
+                message: format!("can't read the file: {e}"),
+            }])
+        })?;
+        Self::compile(path, &config::parse(path, &text)?)
+    }
+
+    /// Validate a parsed file and build the lookup structures. Reports every mistake found.
+    pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
+        let mut c = Compiler { file, errors: Vec::new() };
+        let upstreams = c.upstreams(raw);
+        let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        let known = names.join(", ");
+        let legacy = match names.iter().position(|n| *n == raw.legacy.value) {
+            Some(id) => id,
+            None => {
+                c.err(
+                    &raw.legacy.referenced,
+                    None,
+                    format!("legacy: unknown upstream \"{}\" (known: {known})", raw.legacy.value),
+                );
+                0
+            }
+        };
+
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        let mut by_name: HashMap<&str, u64> = HashMap::new();
+        let mut by_match: HashMap<(PathMatch, Option<u16>, Vec<(String, String)>), (String, u64)> = HashMap::new();
+        for r in &raw.routes {
+            let name_loc = &r.value.name.referenced;
+            if let Some(line) = by_name.insert(&r.value.name.value, name_loc.line()) {
+                c.err(name_loc, Some(&r.value.name.value), format!("duplicate route name (first used on line {line})"));
+                continue;
+            }
+            let Some(route) = c.route(r, &names, &known) else { continue };
+            let key = (
+                match &route.path {
+                    PathMatch::Template(t) => PathMatch::Template(template_shape(t)),
+                    other => other.clone(),
+                },
+                route.methods,
+                route
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let want = match &h.want {
+                            HeaderWant::Present => "\0present".to_string(),
+                            HeaderWant::Exact(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        };
+                        (h.name.to_string(), want)
+                    })
+                    .collect::<BTreeMap<_, _>>()
+                    .into_iter()
+                    .collect(),
+            );
+            if let Some((other, line)) = by_match.get(&key) {
+                c.err(
+                    &r.value.matcher.referenced,
+                    Some(&route.name),
+                    format!("same match as route \"{other}\" (line {line}); it would never be used"),
+                );
+                continue;
+            }
+            by_match.insert(key, (route.name.clone(), route.line));
+            routes.push(route);
+        }
+
+        let mut exact: HashMap<String, Vec<RouteId>> = HashMap::new();
+        let mut prefixes: HashMap<String, Vec<RouteId>> = HashMap::new();
+        let mut shapes: BTreeMap<String, Vec<RouteId>> = BTreeMap::new();
+        for (id, r) in routes.iter().enumerate() {
+            match &r.path {
+                PathMatch::Literal(p) => exact.entry(p.clone()).or_default().push(id),
+                PathMatch::Prefix(p) => prefixes.entry(p.clone()).or_default().push(id),
+                PathMatch::Template(t) => shapes.entry(template_shape(t)).or_default().push(id),
+            }
+        }
+        let mut templates = matchit::Router::new();
+        for (shape, ids) in shapes {
+            if let Err(e) = templates.insert(shape, ids.clone()) {
+                let r = &raw.routes.iter().find(|f| f.value.name.value == routes[ids[0]].name);
+                if let Some(r) = r {
+                    c.err(&r.value.matcher.referenced, Some(&routes[ids[0]].name), format!("path template can't be used: {e}"));
+                }
+            }
+        }
+
+        if !c.errors.is_empty() {
+            return Err(ConfigErrors(c.errors));
+        }
+        Ok(RuleSet {
+            listen: raw.listen.as_ref().map(|s| s.value.clone()),
+            admin: raw.admin.as_ref().map(|s| s.value.clone()),
+            response_headers: raw.response_headers,
+            legacy,
+            upstreams,
+            routes,
+            exact,
+            templates,
+            prefixes,
+        })
+    }
+}
+
+/// A template with its parameter names replaced by position, so `/a/{id}` and `/a/{x}` are one shape.
+fn template_shape(t: &str) -> String {
+    let mut out = String::with_capacity(t.len());
+    let mut chars = t.chars().peekable();
+    let mut n = 0;
+    while let Some(ch) = chars.next() {
+        match ch {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                out.push_str("{{");
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                out.push_str("}}");
+            }
+            '{' => {
+                for c in chars.by_ref() {
+                    if c == '}' {
+                        break;
+                    }
+                }
+                out.push_str(&format!("{{p{n}}}"));
+                n += 1;
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Compiler<'a> {
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Compiler<'_> {
+    fn err(&mut self, at: &Location, route: Option<&str>, message: String) {
+        self.errors.push(ConfigError {
+            place: Place { file: self.file.to_path_buf(), line: at.line().max(1), col: at.column().max(1) },
+            route: route.map(str::to_string),
+            message,
+        });
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, what: &str, default: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.value.trim()) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.err(
+                    &v.referenced,
+                    None,
+                    format!("{what}: bad duration \"{}\" (use e.g. 250ms, 2s, 1m)", v.value),
+                );
+                default
+            }
+        }
+    }
+
+    fn upstreams(&mut self, raw: &RulesFile) -> Vec<Upstream> {
+        let mut out = Vec::with_capacity(raw.upstreams.len());
+        for (name, u) in &raw.upstreams {
+            let at = &u.value.url.referenced;
+            let addr = match parse_url(&u.value.url.value) {
+                Ok(a) => a,
+                Err(why) => {
+                    self.err(at, None, format!("upstream \"{name}\": bad url \"{}\": {why}", u.value.url.value));
+                    continue;
+                }
+            };
+            let host = match &u.value.host {
+                None => None,
+                Some(h) => match HeaderValue::from_str(&h.value) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        self.err(&h.referenced, None, format!("upstream \"{name}\": bad host \"{}\"", h.value));
+                        None
+                    }
+                },
+            };
+            let t = &u.value.timeouts;
+            let connect_timeout = self.duration(&t.connect, &format!("upstream \"{name}\": timeouts.connect"), DEFAULT_CONNECT_TIMEOUT);
+            let response_timeout = self.duration(&t.response, &format!("upstream \"{name}\": timeouts.response"), DEFAULT_RESPONSE_TIMEOUT);
+            let idle_timeout = self.duration(&t.idle, &format!("upstream \"{name}\": timeouts.idle"), DEFAULT_IDLE_TIMEOUT);
+            let mut peer = HttpPeer::new(addr, false, String::new());
+            peer.options.connection_timeout = Some(connect_timeout);
+            peer.options.read_timeout = Some(response_timeout);
+            peer.options.write_timeout = Some(response_timeout);
+            peer.options.idle_timeout = Some(idle_timeout);
+            out.push(Upstream {
+                name: name.clone(),
+                url: u.value.url.value.clone(),
+                addr,
+                host,
+                connect_timeout,
+                response_timeout,
+                idle_timeout,
+                peer,
+            });
+        }
+        out
+    }
+
+    fn route(&mut self, r: &Spanned<config::RouteFile>, upstreams: &[&str], known: &str) -> Option<Route> {
+        let f = &r.value;
+        let name = f.name.value.trim().to_string();
+        let n = Some(name.as_str());
+        let errors_before = self.errors.len();
+        if name.is_empty() || name == NO_ROUTE || name.chars().any(char::is_control) {
+            self.err(&f.name.referenced, n, format!("bad name (use letters, digits, '-', '_'; \"{NO_ROUTE}\" is reserved)"));
+        }
+
+        let m = &f.matcher.value;
+        let path = match (&m.path, &m.prefix) {
+            (Some(p), None) => self.path(p, n, false),
+            (None, Some(p)) => self.path(p, n, true),
+            (Some(_), Some(_)) | (None, None) => {
+                self.err(&f.matcher.referenced, n, "match: set exactly one of path or prefix".into());
+                None
+            }
+        };
+
+        let mut methods = None;
+        let mut method_names = Vec::new();
+        if let Some(list) = &m.methods {
+            let mut set = 0u16;
+            for meth in list {
+                let upper = meth.value.trim().to_ascii_uppercase();
+                match Method::from_bytes(upper.as_bytes()).ok().map(|m| method_bit(&m)) {
+                    Some(bit) if bit != 0 => {
+                        set |= bit;
+                        method_names.push(upper);
+                    }
+                    _ => self.err(&meth.referenced, n, format!("unknown method \"{}\" (allowed: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT)", meth.value)),
+                }
+            }
+            if list.is_empty() {
+                self.err(&f.matcher.referenced, n, "match.methods is empty; remove it to match every method".into());
+            }
+            methods = Some(set);
+        }
+
+        let mut headers = Vec::new();
+        for (hname, want) in m.headers.iter().flatten() {
+            let Ok(hn) = HeaderName::from_bytes(hname.as_bytes()) else {
+                self.err(&want.referenced, n, format!("bad header name \"{hname}\""));
+                continue;
+            };
+            let want = if want.value == "present" {
+                HeaderWant::Present
+            } else {
+                match HeaderValue::from_str(&want.value) {
+                    Ok(v) => HeaderWant::Exact(v),
+                    Err(_) => {
+                        self.err(&want.referenced, n, format!("bad value for header \"{hname}\""));
+                        continue;
+                    }
+                }
+            };
+            headers.push(HeaderMatch { name: hn, want });
+        }
+
+        let mode = f.mode.value;
+        let service = match (&f.service, mode) {
+            (Some(s), Mode::Legacy) => {
+                self.err(&s.referenced, n, "a legacy route has no service; remove `service` or change `mode`".into());
+                None
+            }
+            (None, Mode::Legacy) => None,
+            (None, m) => {
+                self.err(&f.mode.referenced, n, format!("mode {m} needs `service:` (one of: {known})"));
+                None
+            }
+            (Some(s), _) => match upstreams.iter().position(|u| *u == s.value) {
+                Some(id) => Some(id),
+                None => {
+                    self.err(&s.referenced, n, format!("unknown upstream \"{}\" (known: {known})", s.value));
+                    None
+                }
+            },
+        };
+
+        let canary = match (&f.canary, mode) {
+            (Some(c), Mode::Canary) => self.canary(c, n),
+            (Some(c), m) => {
+                self.err(&c.referenced, n, format!("`canary` is only for mode canary, not {m}; remove it or change `mode`"));
+                None
+            }
+            (None, Mode::Canary) => {
+                self.err(&f.mode.referenced, n, "mode canary needs `canary: { percent: N }`".into());
+                None
+            }
+            (None, _) => None,
+        };
+
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Route {
+            name,
+            line: r.referenced.line(),
+            path: path?,
+            methods,
+            method_names,
+            headers,
+            mode,
+            service,
+            canary,
+        })
+    }
+
+    fn path(&mut self, p: &Spanned<String>, route: Option<&str>, prefix: bool) -> Option<PathMatch> {
+        let v = p.value.trim();
+        let field = if prefix { "prefix" } else { "path" };
+        if !v.starts_with('/') {
+            self.err(&p.referenced, route, format!("match.{field} must start with '/': \"{v}\""));
+            return None;
+        }
+        match crate::path::normalize(v) {
+            Ok(n) if n == v || (prefix && n.trim_end_matches('/') == v.trim_end_matches('/')) => {}
+            _ if v.contains('{') => {}
+            _ => {
+                self.err(&p.referenced, route, format!("match.{field} \"{v}\" is not a normalized path; requests are matched after normalization"));
+                return None;
+            }
+        }
+        if prefix {
+            if v.contains('{') {
+                self.err(&p.referenced, route, "match.prefix can't hold {params}; use `path` for templates".into());
+                return None;
+            }
+            let trimmed = v.trim_end_matches('/');
+            return Some(PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() }));
+        }
+        if v.contains("{*") {
+            self.err(&p.referenced, route, "match.path can't hold a catch-all {*param}; use `prefix`".into());
+            return None;
+        }
+        if v.contains('{') {
+            let mut probe = matchit::Router::new();
+            if let Err(e) = probe.insert(v, ()) {
+                self.err(&p.referenced, route, format!("bad path template \"{v}\": {e}"));
+                return None;
+            }
+            return Some(PathMatch::Template(v.into()));
+        }
+        Some(PathMatch::Literal(v.into()))
+    }
+
+    fn canary(&mut self, c: &Spanned<config::CanaryFile>, route: Option<&str>) -> Option<Canary> {
+        let pct = &c.value.percent;
+        if !(0.0..=100.0).contains(&pct.value) || pct.value.is_nan() {
+            self.err(&pct.referenced, route, format!("canary.percent must be within 0..=100, got {}", pct.value));
+            return None;
+        }
+        let sticky = match &c.value.sticky {
+            None => None,
+            Some(s) => match s.value.split_once(':') {
+                Some(("header", h)) if HeaderName::from_bytes(h.trim().as_bytes()).is_ok() => {
+                    HeaderName::from_bytes(h.trim().as_bytes()).ok().map(Sticky::Header)
+                }
+                Some(("cookie", k)) if !k.trim().is_empty() => Some(Sticky::Cookie(k.trim().to_string())),
+                _ => {
+                    self.err(&s.referenced, route, format!("canary.sticky \"{}\" must be header:NAME or cookie:NAME", s.value));
+                    return None;
+                }
+            },
+        };
+        Some(Canary {
+            percent: pct.value,
+            threshold: (pct.value * (CANARY_BUCKETS as f64) / 100.0).round() as u64,
+            sticky,
+        })
+    }
+}
+
+/// `http://host[:port]` to a socket address, resolved once at load time.
+fn parse_url(url: &str) -> Result<SocketAddr, String> {
+    let uri: http::Uri = url.parse().map_err(|_| "not a URL (want http://host:port)".to_string())?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err("https upstreams are not supported yet; use http://".into()),
+        _ => return Err("scheme must be http://".into()),
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err("a path is not allowed; give only http://host:port".into());
+    }
+    let host = uri.host().ok_or("missing host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("can't resolve host: {e}"))?
+        .next()
+        .ok_or_else(|| "host has no address".to_string())
+}

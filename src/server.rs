@@ -1,0 +1,109 @@
+//! Starting the proxy: load the rules, bind the listeners, assemble and run the Pingora server.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
+use pingora_core::services::background::background_service;
+
+use crate::admin::{AdminService, AdminState};
+use crate::config::ConfigErrors;
+use crate::metrics::Metrics;
+use crate::proxy::{Live, Strangler};
+use crate::rules::RuleSet;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9911";
+
+/// What `strangler run` needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    /// Overrides `listen:` in the rules file.
+    pub listen: Option<String>,
+    /// Overrides `admin:` in the rules file.
+    pub admin: Option<String>,
+    /// Worker threads; 0 means one per core.
+    pub threads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("can't listen on {addr} ({what}): {source}; choose another address with --{what}")]
+    Bind { addr: String, what: &'static str, source: std::io::Error },
+}
+
+/// A loaded, bound proxy that has not started serving yet.
+pub struct Prepared {
+    pub server: Server,
+    pub listen: String,
+    pub admin: String,
+    pub routes: usize,
+}
+
+/// Load the rules and bind both listeners, so every start-up mistake surfaces here.
+pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
+    let rules = RuleSet::load(&opts.config)?;
+    let listen = opts.listen.clone().or_else(|| rules.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let admin = opts.admin.clone().or_else(|| rules.admin.clone()).unwrap_or_else(|| DEFAULT_ADMIN.into());
+
+    // Pingora binds from an address string later and panics on failure; try it first for a clear error.
+    drop(TcpListener::bind(&listen).map_err(|source| StartError::Bind { addr: listen.clone(), what: "listen", source })?);
+    let admin_listener =
+        TcpListener::bind(&admin).map_err(|source| StartError::Bind { addr: admin.clone(), what: "admin", source })?;
+
+    let metrics = Arc::new(Metrics::new());
+    let routes = rules.routes.len();
+    let live = Arc::new(ArcSwap::from_pointee(Live::new(rules, &metrics)));
+
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        opts.threads
+    };
+    let conf = ServerConf {
+        threads,
+        // Pingora's default waits 300 s before stopping; in-flight requests rarely need more than a few.
+        grace_period_seconds: Some(5),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Strangler { live: live.clone(), metrics: metrics.clone() },
+        "strangler proxy",
+    );
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+
+    let admin_service = AdminService { listener: Mutex::new(Some(admin_listener)), state: AdminState { live, metrics } };
+    server.add_service(background_service("strangler admin", admin_service));
+
+    Ok(Prepared { server, listen, admin, routes })
+}
+
+impl Prepared {
+    /// Serve until the shutdown signal (SIGTERM/SIGINT by default) and return.
+    pub fn run(self, shutdown: Option<Box<dyn ShutdownSignalWatch>>) {
+        tracing::info!(listen = %self.listen, admin = %self.admin, routes = self.routes, "strangler serving");
+        let args = match shutdown {
+            Some(shutdown_signal) => RunArgs { shutdown_signal },
+            None => RunArgs::default(),
+        };
+        self.server.run(args);
+    }
+}
