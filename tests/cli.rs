@@ -1,0 +1,149 @@
+//! `strangler check` and `strangler explain`, run as the real binary.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::proxy::strangler;
+
+fn run(args: &[&str]) -> Output {
+    strangler().args(args).output().expect("run strangler")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+const HEAD: &str = "legacy: monolith\nupstreams:\n  monolith: { url: \"http://127.0.0.1:8000\" }\n  orders: { url: \"http://127.0.0.1:8102\" }\nroutes:\n";
+
+fn check_file(dir: &Path, body: &str) -> (bool, String) {
+    let file = dir.join("rules.yaml");
+    std::fs::write(&file, body).unwrap();
+    let out = run(&["check", file.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    (out.status.success(), format!("{stdout}{stderr}").replace(file.to_str().unwrap(), "rules.yaml"))
+}
+
+#[test]
+fn check_accepts_the_repo_rules() {
+    let repo_rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules.yaml");
+    let out = run(&["check", repo_rules.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, "ok: 7 routes (2 legacy, 2 shadow, 2 canary, 1 migrated)\n");
+}
+
+#[test]
+fn check_refuses_every_mistake_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        // unknown fields, at any depth
+        ("  - { name: a, match: { prefix: /a }, mode: legacy, colour: red }\n", "rules.yaml:6:5: route \"a\": unknown field `colour`"),
+        ("  - { name: a, match: { prefix: /a, size: 1 }, mode: legacy }\n", "route \"a\": unknown field `size`, expected one of path, prefix, methods, headers"),
+        // unknown upstream
+        ("  - { name: a, match: { prefix: /a }, mode: migrated, service: ordrs }\n", "rules.yaml:6:64: route \"a\": unknown upstream \"ordrs\" (known: monolith, orders)"),
+        // duplicate names
+        ("  - { name: a, match: { prefix: /a }, mode: legacy }\n  - { name: a, match: { prefix: /b }, mode: legacy }\n", "rules.yaml:7:13: route \"a\": duplicate route name (first used on line 6)"),
+        // service on legacy, missing on the other modes
+        ("  - { name: a, match: { prefix: /a }, mode: legacy, service: orders }\n", "rules.yaml:6:62: route \"a\": a legacy route has no service; remove `service` or change `mode`"),
+        ("  - { name: a, match: { prefix: /a }, mode: migrated }\n", "route \"a\": mode migrated needs `service:` (one of: monolith, orders)"),
+        ("  - { name: a, match: { prefix: /a }, mode: shadow }\n", "route \"a\": mode shadow needs `service:`"),
+        ("  - { name: a, match: { prefix: /a }, mode: canary, service: orders }\n", "route \"a\": mode canary needs `canary: { percent: N }`"),
+        // percent
+        ("  - { name: a, match: { prefix: /a }, mode: canary, service: orders, canary: { percent: 150 } }\n", "route \"a\": canary.percent must be within 0..=100, got 150"),
+        // identical match
+        ("  - { name: a, match: { path: \"/o/{id}\", methods: [GET] }, mode: legacy }\n  - { name: b, match: { path: \"/o/{x}\", methods: [GET] }, mode: legacy }\n", "rules.yaml:7:20: route \"b\": same match as route \"a\" (line 6); it would never be used"),
+        // bad mode
+        ("  - { name: a, match: { prefix: /a }, mode: sideways }\n", "route \"a\": unknown variant `sideways`, expected one of legacy, shadow, canary, migrated"),
+    ];
+    for (routes, want) in cases {
+        let (ok, out) = check_file(dir.path(), &format!("{HEAD}{routes}"));
+        assert!(!ok, "accepted:\n{routes}");
+        assert!(out.contains(want), "for:\n{routes}\ngot:\n{out}\nwant: {want}");
+    }
+}
+
+#[test]
+fn check_refuses_bad_urls_and_durations() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("legacy: m\nupstreams:\n  m: { url: \"127.0.0.1:8000\" }\n", "rules.yaml:3:13: upstream \"m\": bad url \"127.0.0.1:8000\": scheme must be http://"),
+        ("legacy: m\nupstreams:\n  m: { url: \"http://\" }\n", "upstream \"m\": bad url \"http://\""),
+        ("legacy: m\nupstreams:\n  m:\n    url: \"http://127.0.0.1:8000\"\n    timeouts: { connect: 5 parsecs }\n", "rules.yaml:5:26: upstream \"m\": timeouts.connect: bad duration \"5 parsecs\" (use e.g. 250ms, 2s, 1m)"),
+        ("legacy: m\nupstreams:\n  m:\n    url: \"http://127.0.0.1:8000\"\n    timeouts: { response: -2s }\n", "timeouts.response: bad duration \"-2s\""),
+        ("legacy: nope\nupstreams:\n  m: { url: \"http://127.0.0.1:8000\" }\n", "rules.yaml:1:9: legacy: unknown upstream \"nope\" (known: m)"),
+    ];
+    for (text, want) in cases {
+        let (ok, out) = check_file(dir.path(), text);
+        assert!(!ok, "accepted:\n{text}");
+        assert!(out.contains(want), "for:\n{text}\ngot:\n{out}\nwant: {want}");
+    }
+}
+
+#[test]
+fn check_prints_every_error_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = check_file(
+        dir.path(),
+        &format!(
+            "{HEAD}  - {{ name: a, match: {{ prefix: /a }}, mode: migrated, service: x }}\n  - {{ name: b, match: {{ prefix: /b }}, mode: canary, service: orders, canary: {{ percent: 101 }} }}\n"
+        ),
+    );
+    assert!(!ok);
+    assert!(out.contains("route \"a\": unknown upstream \"x\""), "{out}");
+    assert!(out.contains("route \"b\": canary.percent"), "{out}");
+    assert!(out.contains("2 errors in rules.yaml"), "{out}");
+    let missing = run(&["check", "/nonexistent/rules.yaml"]);
+    assert!(!missing.status.success());
+    assert!(text(&missing).1.contains("/nonexistent/rules.yaml:1:1: can't read the file"), "{:?}", text(&missing));
+}
+
+#[test]
+fn explain_says_where_and_why() {
+    let repo_rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules.yaml");
+    let cfg = repo_rules.to_str().unwrap();
+    let explain = |args: &[&str]| {
+        let mut all = vec!["explain", "--config", cfg];
+        all.extend_from_slice(args);
+        let out = run(&all);
+        assert!(out.status.success(), "{:?}", text(&out));
+        text(&out).0
+    };
+
+    let out = explain(&["GET", "/api//inventory/./SKU-0001?verbose=1"]);
+    assert!(out.contains("normalized:  /api/inventory/SKU-0001?verbose=1\n"), "{out}");
+    assert!(out.contains("route:       inventory-read (line"), "{out}");
+    assert!(out.contains("matched by:  prefix /api/inventory, method in [GET, HEAD]\n"), "{out}");
+    assert!(out.contains("mode:        migrated\n"), "{out}");
+    assert!(out.contains("goes to:     inventory (new)\n"), "{out}");
+
+    let out = explain(&["GET", "/api/orders/42"]);
+    assert!(out.contains("mode:        shadow\n"), "{out}");
+    assert!(out.contains("goes to:     monolith (legacy answers); a copy goes to orders\n"), "{out}");
+
+    let out = explain(&["GET", "/account/7"]);
+    assert!(out.contains("route:       (none): no rule matches\n"), "{out}");
+    assert!(out.contains("goes to:     monolith (legacy)\n"), "{out}");
+
+    // Skipped candidates are shown: POST without the header falls to no route.
+    let out = explain(&["POST", "/api/orders"]);
+    assert!(out.contains("skipped:     route \"orders-create\""), "{out}");
+    assert!(out.contains("header x-api-version does not match"), "{out}");
+
+    // Canary: the sticky key decides, and the same key always lands on the same side.
+    let mut sides = std::collections::BTreeSet::new();
+    for user in 0..60 {
+        let uid = format!("x-user-id: {user}");
+        let a = explain(&["POST", "/api/orders", "-H", "x-api-version: 2", "-H", &uid]);
+        let b = explain(&["POST", "/api/orders", "-H", "x-api-version: 2", "-H", &uid]);
+        assert_eq!(a, b, "sticky");
+        assert!(a.contains("canary:      10% to orders\n"), "{a}");
+        assert!(a.contains(&format!("sticky key:  header:x-user-id = \"{user}\" -> bucket ")), "{a}");
+        sides.insert(a.lines().find(|l| l.starts_with("goes to:")).unwrap().to_string());
+    }
+    assert_eq!(sides.len(), 2, "60 users reach both sides of a 10% canary: {sides:?}");
+
+    let out = explain(&["GET", "/api/%2e%2e/%2e%2e/etc"]);
+    assert!(out.contains("result:      400 Bad Request ('..' climbs above the root)"), "{out}");
+}

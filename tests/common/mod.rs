@@ -1,0 +1,6 @@
+//! Shared test helpers: the shop (monolith + services), echo servers and the proxy process.
+#![allow(dead_code)]
+
+pub mod echo;
+pub mod proxy;
+pub mod shop;

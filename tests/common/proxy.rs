@@ -1,0 +1,127 @@
+//! Starts the real `strangler` binary on loopback ports, with a rules file written for the test.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A running proxy process. Killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub rules: PathBuf,
+    dir: TempDir,
+}
+
+/// A port that was free a moment ago. Pingora binds from an address string, so the test
+/// can't hand it a bound socket; `Proxy::start` retries if another process took it.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+}
+
+pub fn strangler() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_strangler"))
+}
+
+/// A rules file with the given upstreams (the first is `legacy`) and the routes block.
+pub fn rules(upstreams: &[(&str, SocketAddr)], routes: &str) -> String {
+    let mut s = format!("legacy: {}\nresponse_headers: true\nupstreams:\n", upstreams[0].0);
+    for (name, addr) in upstreams {
+        s.push_str(&format!("  {name}: {{ url: \"http://{addr}\", timeouts: {{ connect: 500ms, response: 5s }} }}\n"));
+    }
+    s.push_str("routes:\n");
+    s.push_str(routes);
+    s
+}
+
+impl Proxy {
+    pub async fn start(rules_yaml: &str) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = dir.path().join("rules.yaml");
+        std::fs::write(&rules, rules_yaml).expect("write rules");
+        let log_path = dir.path().join("proxy.log");
+        for _attempt in 0..5 {
+            let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let log = std::fs::File::create(&log_path).expect("log file");
+            let mut child = strangler()
+                .args(["run", "--threads", "2", "--config"])
+                .arg(&rules)
+                .args(["--listen", &addr.to_string(), "--admin", &admin.to_string()])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn strangler");
+            if wait_ready(&mut child, addr, admin).await {
+                return Proxy { child, addr, admin, rules, dir };
+            }
+            // Lost a port race, or failed to start: say why and try again with new ports.
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("proxy did not start:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        }
+        panic!("strangler did not start after 5 tries");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics")).await.expect("metrics").text().await.expect("metrics body")
+    }
+}
+
+async fn wait_ready(child: &mut Child, addr: SocketAddr, admin: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = reqwest::Client::new();
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let admin_ok =
+            client.get(format!("http://{admin}/healthz")).send().await.is_ok_and(|r| r.status().is_success());
+        if admin_ok && tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Send raw bytes and read the whole answer (the request should say `Connection: close`).
+/// Used where an HTTP client would clean the path up before sending it.
+pub async fn raw(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+/// `GET path` over a raw connection.
+pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")).await
+}
