@@ -329,7 +329,7 @@ impl RuleSet {
 
         let mut routes = Vec::with_capacity(raw.routes.len());
         let mut by_name: HashMap<&str, u64> = HashMap::new();
-        let mut by_match: HashMap<(PathMatch, Option<u16>, Vec<(String, String)>), (String, u64)> = HashMap::new();
+        let mut by_match: HashMap<MatchKey, (String, u64)> = HashMap::new();
         for r in &raw.routes {
             let name_loc = &r.value.name.referenced;
             if let Some(line) = by_name.insert(&r.value.name.value, name_loc.line()) {
@@ -405,6 +405,9 @@ impl RuleSet {
         })
     }
 }
+
+/// What makes two rules' matches identical: pattern (templates by shape), methods, headers.
+type MatchKey = (PathMatch, Option<u16>, Vec<(String, String)>);
 
 /// A template with its parameter names replaced by position, so `/a/{id}` and `/a/{x}` are one shape.
 fn template_shape(t: &str) -> String {
@@ -738,7 +741,8 @@ mod tests {
              \x20 - { name: v2-any, match: { prefix: /api/v2, headers: { x-beta: present } }, mode: legacy }\n",
         )
         .unwrap();
-        let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("GET", "/", &[], "root"),
             ("GET", "/apix", &[], "root"),
             ("GET", "/api", &[], "api"),
@@ -813,7 +817,7 @@ mod tests {
             ("legacy: x\nupstreams:\n  m: { url: \"http://127.0.0.1:1\" }\n", "rules.yaml:1:9: legacy: unknown upstream \"x\" (known: m)"),
         ];
         for (text, want) in cases {
-            let err = config::parse(file, text).and_then(|f| RuleSet::compile(file, &f)).err().expect("refused").to_string();
+            let err = config::parse(file, text).and_then(|f| RuleSet::compile(file, &f)).expect_err("refused").to_string();
             assert!(err.contains(want), "got: {err}\nwant: {want}");
         }
     }

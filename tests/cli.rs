@@ -39,7 +39,7 @@ fn check_refuses_every_mistake_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str)] = &[
         // unknown fields, at any depth
-        ("  - { name: a, match: { prefix: /a }, mode: legacy, colour: red }\n", "rules.yaml:6:5: route \"a\": unknown field `colour`"),
+        ("  - { name: a, match: { prefix: /a }, mode: legacy, colour: red }\n", "rules.yaml:6:53: route \"a\": unknown field `colour`, expected one of name, match, mode, service, canary"),
         ("  - { name: a, match: { prefix: /a, size: 1 }, mode: legacy }\n", "route \"a\": unknown field `size`, expected one of path, prefix, methods, headers"),
         // unknown upstream
         ("  - { name: a, match: { prefix: /a }, mode: migrated, service: ordrs }\n", "rules.yaml:6:64: route \"a\": unknown upstream \"ordrs\" (known: monolith, orders)"),
@@ -53,7 +53,7 @@ fn check_refuses_every_mistake_with_its_place() {
         // percent
         ("  - { name: a, match: { prefix: /a }, mode: canary, service: orders, canary: { percent: 150 } }\n", "route \"a\": canary.percent must be within 0..=100, got 150"),
         // identical match
-        ("  - { name: a, match: { path: \"/o/{id}\", methods: [GET] }, mode: legacy }\n  - { name: b, match: { path: \"/o/{x}\", methods: [GET] }, mode: legacy }\n", "rules.yaml:7:20: route \"b\": same match as route \"a\" (line 6); it would never be used"),
+        ("  - { name: a, match: { path: \"/o/{id}\", methods: [GET] }, mode: legacy }\n  - { name: b, match: { path: \"/o/{x}\", methods: [GET] }, mode: legacy }\n", "rules.yaml:7:23: route \"b\": same match as route \"a\" (line 6); it would never be used"),
         // bad mode
         ("  - { name: a, match: { prefix: /a }, mode: sideways }\n", "route \"a\": unknown variant `sideways`, expected one of legacy, shadow, canary, migrated"),
     ];

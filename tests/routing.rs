@@ -81,7 +81,9 @@ impl Setup {
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_go_where_the_rules_say() {
     let s = setup().await;
-    let cases: &[(&str, &str, &[(&str, &str)], &str, &str)] = &[
+    // (method, path, request headers, route, server that must answer)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
         // each mode
         ("GET", "/api/catalog/products", &[], "catalog", "monolith"),
         ("GET", "/api/inventory/SKU-0001", &[], "inventory", "svc"),

@@ -65,9 +65,20 @@ pub async fn start_shop() -> Shop {
     let client = reqwest::Client::new();
     for addr in [monolith, inventory, orders] {
         let healthy = client.get(format!("http://{addr}/healthz")).send().await;
-        assert!(healthy.is_ok_and(|r| r.status().is_success()), "shop server on {addr} is not healthy");
+        assert!(
+            healthy.is_ok_and(|r| r.status().is_success()),
+            "shop server on {addr} is not healthy"
+        );
     }
-    Shop { monolith, inventory, orders, inventory_faults, orders_faults, _dir: dir, shutdown }
+    Shop {
+        monolith,
+        inventory,
+        orders,
+        inventory_faults,
+        orders_faults,
+        _dir: dir,
+        shutdown,
+    }
 }
 
 /// The JSON body without the volatile fields (`served_at`, `request_id`) and, when `created`
