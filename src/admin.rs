@@ -29,12 +29,21 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
         .route("/metrics", get(metrics))
         .route("/api/routes", get(routes))
-        .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"error": "not_found", "see": ["/healthz", "/readyz", "/metrics", "/api/routes"]}))) })
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "not_found", "see": ["/healthz", "/readyz", "/metrics", "/api/routes"]})),
+            )
+        })
         .with_state(state)
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn routes(State(s): State<AdminState>) -> Json<serde_json::Value> {
@@ -69,8 +78,13 @@ pub struct AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else { return };
-        let listener = match std_listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(std_listener)) {
+        let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match std_listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
+        {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("admin listener failed: {e}");

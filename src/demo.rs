@@ -30,14 +30,25 @@ impl ShutdownSignalWatch for StopOnSignal {
 pub fn run(config: &Path, data_dir: &Path, traffic: bool) -> anyhow::Result<()> {
     let rules = RuleSet::load(config)?;
     let addr = |name: &str| {
-        rules.upstreams.iter().find(|u| u.name == name).map(|u| u.addr).with_context(|| {
-            format!("{}: the demo needs an upstream named \"{name}\" (monolith, inventory, orders)", config.display())
-        })
+        rules
+            .upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .map(|u| u.addr)
+            .with_context(|| {
+                format!(
+                    "{}: the demo needs an upstream named \"{name}\" (monolith, inventory, orders)",
+                    config.display()
+                )
+            })
     };
     let (mono, inv, ord) = (addr("monolith")?, addr("inventory")?, addr("orders")?);
     std::fs::create_dir_all(data_dir).with_context(|| format!("can't create {}", data_dir.display()))?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -48,18 +59,35 @@ pub fn run(config: &Path, data_dir: &Path, traffic: bool) -> anyhow::Result<()> 
                 .await
                 .with_context(|| format!("can't start the {what} on {a}: is another demo running?"))
         };
-        let (l_mono, l_inv, l_ord) = (bind(mono, "monolith").await?, bind(inv, "inventory service").await?, bind(ord, "orders service").await?);
+        let (l_mono, l_inv, l_ord) = (
+            bind(mono, "monolith").await?,
+            bind(inv, "inventory service").await?,
+            bind(ord, "orders service").await?,
+        );
         let mut orders = orders_service::Config::new(data_dir.join("orders.db"));
         orders.inventory_url = format!("http://{inv}");
         let tasks = vec![
-            tokio::spawn(legacy_monolith::run(l_mono, legacy_monolith::Config::new(data_dir.join("monolith.db")), stopped(stop_rx.clone()))),
-            tokio::spawn(inventory_service::run(l_inv, inventory_service::Config::new(data_dir.join("inventory.db")), stopped(stop_rx.clone()))),
+            tokio::spawn(legacy_monolith::run(
+                l_mono,
+                legacy_monolith::Config::new(data_dir.join("monolith.db")),
+                stopped(stop_rx.clone()),
+            )),
+            tokio::spawn(inventory_service::run(
+                l_inv,
+                inventory_service::Config::new(data_dir.join("inventory.db")),
+                stopped(stop_rx.clone()),
+            )),
             tokio::spawn(orders_service::run(l_ord, orders, stopped(stop_rx.clone()))),
         ];
         anyhow::Ok(tasks)
     })?;
 
-    let prepared = server::prepare(&Options { config: config.to_path_buf(), listen: None, admin: None, threads: 0 })?;
+    let prepared = server::prepare(&Options {
+        config: config.to_path_buf(),
+        listen: None,
+        admin: None,
+        threads: 0,
+    })?;
     let proxy = loopback(&prepared.listen);
     let admin = loopback(&prepared.admin);
     println!(
@@ -73,7 +101,11 @@ pub fn run(config: &Path, data_dir: &Path, traffic: bool) -> anyhow::Result<()> 
          \x20 traffic:                     {}\n\
          Ctrl-C stops everything.\n",
         config.display(),
-        if traffic { "a steady mix of shop requests is flowing" } else { "none (add --traffic for a steady mix)" },
+        if traffic {
+            "a steady mix of shop requests is flowing"
+        } else {
+            "none (add --traffic for a steady mix)"
+        },
     );
     if traffic {
         rt.spawn(send_traffic(format!("http://{proxy}"), stop_rx.clone()));
@@ -128,7 +160,12 @@ async fn send_traffic(base: String, mut stop: watch::Receiver<bool>) {
     }
 }
 
-type Planned = (reqwest::Method, String, Option<serde_json::Value>, Vec<(&'static str, String)>);
+type Planned = (
+    reqwest::Method,
+    String,
+    Option<serde_json::Value>,
+    Vec<(&'static str, String)>,
+);
 
 fn next_request() -> Planned {
     use reqwest::Method;
@@ -137,18 +174,43 @@ fn next_request() -> Planned {
     let user = rng.random_range(1..=60).to_string();
     let roll = rng.random_range(0..100);
     match roll {
-        0..=29 => (Method::GET, format!("/api/catalog/products?page={}&per_page=20", rng.random_range(1..=12)), None, vec![]),
-        30..=44 => (Method::GET, format!("/api/catalog/products/{}", rng.random_range(1..=240)), None, vec![]),
+        0..=29 => (
+            Method::GET,
+            format!("/api/catalog/products?page={}&per_page=20", rng.random_range(1..=12)),
+            None,
+            vec![],
+        ),
+        30..=44 => (
+            Method::GET,
+            format!("/api/catalog/products/{}", rng.random_range(1..=240)),
+            None,
+            vec![],
+        ),
         45..=64 => (Method::GET, format!("/api/inventory/{sku}"), None, vec![]),
-        65..=76 => (Method::GET, format!("/api/orders/{}", rng.random_range(1..=120)), None, vec![]),
+        65..=76 => (
+            Method::GET,
+            format!("/api/orders/{}", rng.random_range(1..=120)),
+            None,
+            vec![],
+        ),
         77..=84 => (Method::GET, format!("/api/users/{user}/orders"), None, vec![]),
         85..=88 => {
             let body = serde_json::json!({"user_id": user.parse::<u32>().unwrap_or(1), "items": [{"sku": sku, "quantity": 1}]});
-            (Method::POST, "/api/orders".into(), Some(body), vec![("x-api-version", "2".into()), ("x-user-id", user)])
+            (
+                Method::POST,
+                "/api/orders".into(),
+                Some(body),
+                vec![("x-api-version", "2".into()), ("x-user-id", user)],
+            )
         }
         89..=91 => {
             let body = serde_json::json!({"quantity": 1});
-            (Method::POST, format!("/api/inventory/{sku}/reservations"), Some(body), vec![("x-user-id", user)])
+            (
+                Method::POST,
+                format!("/api/inventory/{sku}/reservations"),
+                Some(body),
+                vec![("x-user-id", user)],
+            )
         }
         92..=95 => (Method::GET, format!("/api/users/{user}"), None, vec![]),
         96..=97 => (Method::GET, format!("/account/{user}"), None, vec![]),

@@ -9,10 +9,13 @@ use crate::rules::{canary_bucket, RuleSet, Side, Skip, Sticky, CANARY_BUCKETS};
 
 /// Explain one request. `headers` are `name: value` strings as given with `-H`.
 pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) -> Result<String, String> {
-    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| format!("bad method \"{method}\""))?;
+    let method =
+        Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| format!("bad method \"{method}\""))?;
     let mut map = HeaderMap::new();
     for h in headers {
-        let (name, value) = h.split_once(':').ok_or_else(|| format!("bad header \"{h}\" (want 'name: value')"))?;
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("bad header \"{h}\" (want 'name: value')"))?;
         let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| format!("bad header name in \"{h}\""))?;
         let value = HeaderValue::from_str(value.trim()).map_err(|_| format!("bad header value in \"{h}\""))?;
         map.append(name, value);
@@ -31,7 +34,11 @@ pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) 
         }
     };
     let _ = writeln!(out, "request:     {method} {target}");
-    let _ = writeln!(out, "normalized:  {path}{}", query.map(|q| format!("?{q}")).unwrap_or_default());
+    let _ = writeln!(
+        out,
+        "normalized:  {path}{}",
+        query.map(|q| format!("?{q}")).unwrap_or_default()
+    );
     let mut skipped = Vec::new();
     let found = rules.lookup_traced(&method, &path, &map, |id, why| skipped.push((id, why)));
     for (id, why) in skipped {
@@ -92,7 +99,10 @@ pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) 
                         out,
                         "goes to:     {service} for {}% of such requests, else {legacy} (random: no sticky key{})",
                         c.percent,
-                        c.sticky.as_ref().map(|s| format!(" {} in the request", sticky_name(Some(s)))).unwrap_or_default()
+                        c.sticky
+                            .as_ref()
+                            .map(|s| format!(" {} in the request", sticky_name(Some(s))))
+                            .unwrap_or_default()
                     );
                 }
             }

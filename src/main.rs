@@ -12,7 +12,11 @@ use strangler::server::{self, Options};
 mod demo;
 
 #[derive(Parser)]
-#[command(name = "strangler", version, about = "A strangler-fig migration proxy: move routes legacy -> shadow -> canary -> migrated by editing rules.yaml")]
+#[command(
+    name = "strangler",
+    version,
+    about = "A strangler-fig migration proxy: move routes legacy -> shadow -> canary -> migrated by editing rules.yaml"
+)]
 struct Cli {
     /// Log format: text for a terminal, json for log pipelines.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -87,8 +91,18 @@ fn main() -> ExitCode {
 
 fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Run { config, listen, admin, threads } => {
-            let opts = Options { config, listen, admin, threads };
+        Command::Run {
+            config,
+            listen,
+            admin,
+            threads,
+        } => {
+            let opts = Options {
+                config,
+                listen,
+                admin,
+                threads,
+            };
             let prepared = server::prepare(&opts)?;
             prepared.run(None);
             Ok(ExitCode::SUCCESS)
@@ -96,24 +110,41 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Check { file } => match RuleSet::load(&file) {
             Ok(rules) => {
                 let [l, s, c, m] = rules.mode_counts();
-                println!("ok: {} routes ({l} legacy, {s} shadow, {c} canary, {m} migrated)", rules.routes.len());
+                println!(
+                    "ok: {} routes ({l} legacy, {s} shadow, {c} canary, {m} migrated)",
+                    rules.routes.len()
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {
                 for e in &errors.0 {
                     eprintln!("{e}");
                 }
-                eprintln!("{} error{} in {}", errors.0.len(), if errors.0.len() == 1 { "" } else { "s" }, file.display());
+                eprintln!(
+                    "{} error{} in {}",
+                    errors.0.len(),
+                    if errors.0.len() == 1 { "" } else { "s" },
+                    file.display()
+                );
                 Ok(ExitCode::FAILURE)
             }
         },
-        Command::Explain { config, method, path, headers } => {
+        Command::Explain {
+            config,
+            method,
+            path,
+            headers,
+        } => {
             let rules = RuleSet::load(&config)?;
             let text = strangler::explain::explain(&rules, &method, &path, &headers).map_err(anyhow::Error::msg)?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { config, data_dir, traffic } => {
+        Command::Demo {
+            config,
+            data_dir,
+            traffic,
+        } => {
             demo::run(&config, &data_dir, traffic).context("demo failed")?;
             Ok(ExitCode::SUCCESS)
         }
@@ -123,7 +154,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

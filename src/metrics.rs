@@ -32,7 +32,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("strangler_requests_total", "Requests proxied, by route, upstream, side and status class."),
+            Opts::new(
+                "strangler_requests_total",
+                "Requests proxied, by route, upstream, side and status class.",
+            ),
             &["route", "upstream", "side", "status"],
         )
         .expect("valid metric");
@@ -46,14 +49,20 @@ impl Metrics {
         )
         .expect("valid metric");
         let route_info = IntGaugeVec::new(
-            Opts::new("strangler_route_info", "One series per route in force: its mode and service."),
+            Opts::new(
+                "strangler_route_info",
+                "One series per route in force: its mode and service.",
+            ),
             &["route", "mode", "service"],
         )
         .expect("valid metric");
         let routes = IntGaugeVec::new(Opts::new("strangler_routes", "Routes in force, by mode."), &["mode"])
             .expect("valid metric");
         let rejected = IntCounterVec::new(
-            Opts::new("strangler_rejected_requests_total", "Requests refused by the proxy before routing, by reason."),
+            Opts::new(
+                "strangler_rejected_requests_total",
+                "Requests refused by the proxy before routing, by reason.",
+            ),
             &["reason"],
         )
         .expect("valid metric");
@@ -70,7 +79,14 @@ impl Metrics {
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("process collector registers once");
-        Metrics { registry, requests, duration, route_info, routes, rejected }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            route_info,
+            routes,
+            rejected,
+        }
     }
 
     /// The text exposition of every metric.
@@ -90,7 +106,9 @@ impl Metrics {
         self.route_info.reset();
         for r in &rules.routes {
             let service = r.service.map_or("", |s| rules.upstreams[s].name.as_str());
-            self.route_info.with_label_values(&[&r.name, r.mode.as_str(), service]).set(1);
+            self.route_info
+                .with_label_values(&[&r.name, r.mode.as_str(), service])
+                .set(1);
         }
         let counts = rules.mode_counts();
         for (mode, n) in Mode::ALL.iter().zip(counts) {
@@ -102,10 +120,15 @@ impl Metrics {
             .iter()
             .map(|r| RouteMetric {
                 legacy: self.side(&r.name, legacy, Side::Legacy),
-                new: r.service.map(|s| self.side(&r.name, &rules.upstreams[s].name, Side::New)),
+                new: r
+                    .service
+                    .map(|s| self.side(&r.name, &rules.upstreams[s].name, Side::New)),
             })
             .collect();
-        let none = RouteMetric { legacy: self.side(NO_ROUTE, legacy, Side::Legacy), new: None };
+        let none = RouteMetric {
+            legacy: self.side(NO_ROUTE, legacy, Side::Legacy),
+            new: None,
+        };
         RouteHandles { per_route, none }
     }
 

@@ -95,7 +95,10 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
         let b = bytes[i];
         match b {
             b'%' => {
-                let (hi, lo) = match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                let (hi, lo) = match (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) {
                     (Some(hi), Some(lo)) => (hi, lo),
                     _ => return Err(PathError::BadPercent),
                 };

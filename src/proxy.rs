@@ -46,7 +46,12 @@ impl Live {
         let mut route_headers: Vec<HeaderValue> = rules.routes.iter().map(|r| header(&r.name)).collect();
         route_headers.push(HeaderValue::from_static(crate::rules::NO_ROUTE));
         let upstream_headers = rules.upstreams.iter().map(|u| header(&u.name)).collect();
-        Live { rules, handles, route_headers, upstream_headers }
+        Live {
+            rules,
+            handles,
+            route_headers,
+            upstream_headers,
+        }
     }
 }
 
@@ -71,7 +76,14 @@ impl ProxyHttp for Strangler {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { live: None, route: None, side: Side::Legacy, target: 0, rewritten: None, started: Instant::now() }
+        Ctx {
+            live: None,
+            route: None,
+            side: Side::Legacy,
+            target: 0,
+            rewritten: None,
+            started: Instant::now(),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -81,7 +93,10 @@ impl ProxyHttp for Strangler {
             Ok(p) => p,
             Err(e) => {
                 self.metrics.rejected(e.code());
-                let body = format!("{{\"error\":\"bad_path\",\"reason\":\"{}\",\"detail\":\"{e}\"}}\n", e.code());
+                let body = format!(
+                    "{{\"error\":\"bad_path\",\"reason\":\"{}\",\"detail\":\"{e}\"}}\n",
+                    e.code()
+                );
                 respond(session, 400, body.into()).await?;
                 return Ok(true);
             }
@@ -112,7 +127,12 @@ impl ProxyHttp for Strangler {
         Ok(Box::new(live.rules.upstreams[ctx.target].peer.clone()))
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, up: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         let live = ctx.live.as_ref().expect("request_filter sets live");
         if let Some(uri) = ctx.rewritten.take() {
             up.set_uri(uri);

@@ -248,13 +248,15 @@ impl RuleSet {
         mut skipped: impl FnMut(RouteId, Skip),
     ) -> Option<RouteId> {
         let mut first = |ids: &[RouteId]| {
-            ids.iter().copied().find(|&id| match self.routes[id].accepts(method, headers) {
-                Ok(()) => true,
-                Err(why) => {
-                    skipped(id, why);
-                    false
-                }
-            })
+            ids.iter()
+                .copied()
+                .find(|&id| match self.routes[id].accepts(method, headers) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        skipped(id, why);
+                        false
+                    }
+                })
         };
         if let Some(id) = self.exact.get(path).and_then(|ids| first(ids)) {
             return Some(id);
@@ -301,7 +303,11 @@ impl RuleSet {
     pub fn load(path: &Path) -> Result<RuleSet, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
-                place: Place { file: path.to_path_buf(), line: 1, col: 1 },
+                place: Place {
+                    file: path.to_path_buf(),
+                    line: 1,
+                    col: 1,
+                },
                 route: None,
                 message: format!("can't read the file: {e}"),
             }])
@@ -311,7 +317,10 @@ impl RuleSet {
 
     /// Validate a parsed file and build the lookup structures. Reports every mistake found.
     pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
-        let mut c = Compiler { file, errors: Vec::new() };
+        let mut c = Compiler {
+            file,
+            errors: Vec::new(),
+        };
         let upstreams = c.upstreams(raw);
         let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
         let known = names.join(", ");
@@ -333,10 +342,16 @@ impl RuleSet {
         for r in &raw.routes {
             let name_loc = &r.value.name.referenced;
             if let Some(line) = by_name.insert(&r.value.name.value, name_loc.line()) {
-                c.err(name_loc, Some(&r.value.name.value), format!("duplicate route name (first used on line {line})"));
+                c.err(
+                    name_loc,
+                    Some(&r.value.name.value),
+                    format!("duplicate route name (first used on line {line})"),
+                );
                 continue;
             }
-            let Some(route) = c.route(r, &names, &known) else { continue };
+            let Some(route) = c.route(r, &names, &known) else {
+                continue;
+            };
             let key = (
                 match &route.path {
                     PathMatch::Template(t) => PathMatch::Template(template_shape(t)),
@@ -384,7 +399,11 @@ impl RuleSet {
             if let Err(e) = templates.insert(shape, ids.clone()) {
                 let r = &raw.routes.iter().find(|f| f.value.name.value == routes[ids[0]].name);
                 if let Some(r) = r {
-                    c.err(&r.value.matcher.referenced, Some(&routes[ids[0]].name), format!("path template can't be used: {e}"));
+                    c.err(
+                        &r.value.matcher.referenced,
+                        Some(&routes[ids[0]].name),
+                        format!("path template can't be used: {e}"),
+                    );
                 }
             }
         }
@@ -447,7 +466,11 @@ struct Compiler<'a> {
 impl Compiler<'_> {
     fn err(&mut self, at: &Location, route: Option<&str>, message: String) {
         self.errors.push(ConfigError {
-            place: Place { file: self.file.to_path_buf(), line: at.line().max(1), col: at.column().max(1) },
+            place: Place {
+                file: self.file.to_path_buf(),
+                line: at.line().max(1),
+                col: at.column().max(1),
+            },
             route: route.map(str::to_string),
             message,
         });
@@ -475,7 +498,11 @@ impl Compiler<'_> {
             let addr = match parse_url(&u.value.url.value) {
                 Ok(a) => a,
                 Err(why) => {
-                    self.err(at, None, format!("upstream \"{name}\": bad url \"{}\": {why}", u.value.url.value));
+                    self.err(
+                        at,
+                        None,
+                        format!("upstream \"{name}\": bad url \"{}\": {why}", u.value.url.value),
+                    );
                     continue;
                 }
             };
@@ -484,15 +511,31 @@ impl Compiler<'_> {
                 Some(h) => match HeaderValue::from_str(&h.value) {
                     Ok(v) => Some(v),
                     Err(_) => {
-                        self.err(&h.referenced, None, format!("upstream \"{name}\": bad host \"{}\"", h.value));
+                        self.err(
+                            &h.referenced,
+                            None,
+                            format!("upstream \"{name}\": bad host \"{}\"", h.value),
+                        );
                         None
                     }
                 },
             };
             let t = &u.value.timeouts;
-            let connect_timeout = self.duration(&t.connect, &format!("upstream \"{name}\": timeouts.connect"), DEFAULT_CONNECT_TIMEOUT);
-            let response_timeout = self.duration(&t.response, &format!("upstream \"{name}\": timeouts.response"), DEFAULT_RESPONSE_TIMEOUT);
-            let idle_timeout = self.duration(&t.idle, &format!("upstream \"{name}\": timeouts.idle"), DEFAULT_IDLE_TIMEOUT);
+            let connect_timeout = self.duration(
+                &t.connect,
+                &format!("upstream \"{name}\": timeouts.connect"),
+                DEFAULT_CONNECT_TIMEOUT,
+            );
+            let response_timeout = self.duration(
+                &t.response,
+                &format!("upstream \"{name}\": timeouts.response"),
+                DEFAULT_RESPONSE_TIMEOUT,
+            );
+            let idle_timeout = self.duration(
+                &t.idle,
+                &format!("upstream \"{name}\": timeouts.idle"),
+                DEFAULT_IDLE_TIMEOUT,
+            );
             let mut peer = HttpPeer::new(addr, false, String::new());
             peer.options.connection_timeout = Some(connect_timeout);
             peer.options.read_timeout = Some(response_timeout);
@@ -518,7 +561,11 @@ impl Compiler<'_> {
         let n = Some(name.as_str());
         let errors_before = self.errors.len();
         if name.is_empty() || name == NO_ROUTE || name.chars().any(char::is_control) {
-            self.err(&f.name.referenced, n, format!("bad name (use letters, digits, '-', '_'; \"{NO_ROUTE}\" is reserved)"));
+            self.err(
+                &f.name.referenced,
+                n,
+                format!("bad name (use letters, digits, '-', '_'; \"{NO_ROUTE}\" is reserved)"),
+            );
         }
 
         let m = &f.matcher.value;
@@ -526,7 +573,11 @@ impl Compiler<'_> {
             (Some(p), None) => self.path(p, n, false),
             (None, Some(p)) => self.path(p, n, true),
             (Some(_), Some(_)) | (None, None) => {
-                self.err(&f.matcher.referenced, n, "match: set exactly one of path or prefix".into());
+                self.err(
+                    &f.matcher.referenced,
+                    n,
+                    "match: set exactly one of path or prefix".into(),
+                );
                 None
             }
         };
@@ -546,7 +597,11 @@ impl Compiler<'_> {
                 }
             }
             if list.is_empty() {
-                self.err(&f.matcher.referenced, n, "match.methods is empty; remove it to match every method".into());
+                self.err(
+                    &f.matcher.referenced,
+                    n,
+                    "match.methods is empty; remove it to match every method".into(),
+                );
             }
             methods = Some(set);
         }
@@ -574,18 +629,30 @@ impl Compiler<'_> {
         let mode = f.mode.value;
         let service = match (&f.service, mode) {
             (Some(s), Mode::Legacy) => {
-                self.err(&s.referenced, n, "a legacy route has no service; remove `service` or change `mode`".into());
+                self.err(
+                    &s.referenced,
+                    n,
+                    "a legacy route has no service; remove `service` or change `mode`".into(),
+                );
                 None
             }
             (None, Mode::Legacy) => None,
             (None, m) => {
-                self.err(&f.mode.referenced, n, format!("mode {m} needs `service:` (one of: {known})"));
+                self.err(
+                    &f.mode.referenced,
+                    n,
+                    format!("mode {m} needs `service:` (one of: {known})"),
+                );
                 None
             }
             (Some(s), _) => match upstreams.iter().position(|u| *u == s.value) {
                 Some(id) => Some(id),
                 None => {
-                    self.err(&s.referenced, n, format!("unknown upstream \"{}\" (known: {known})", s.value));
+                    self.err(
+                        &s.referenced,
+                        n,
+                        format!("unknown upstream \"{}\" (known: {known})", s.value),
+                    );
                     None
                 }
             },
@@ -594,11 +661,19 @@ impl Compiler<'_> {
         let canary = match (&f.canary, mode) {
             (Some(c), Mode::Canary) => self.canary(c, n),
             (Some(c), m) => {
-                self.err(&c.referenced, n, format!("`canary` is only for mode canary, not {m}; remove it or change `mode`"));
+                self.err(
+                    &c.referenced,
+                    n,
+                    format!("`canary` is only for mode canary, not {m}; remove it or change `mode`"),
+                );
                 None
             }
             (None, Mode::Canary) => {
-                self.err(&f.mode.referenced, n, "mode canary needs `canary: { percent: N }`".into());
+                self.err(
+                    &f.mode.referenced,
+                    n,
+                    "mode canary needs `canary: { percent: N }`".into(),
+                );
                 None
             }
             (None, _) => None,
@@ -624,27 +699,47 @@ impl Compiler<'_> {
         let v = p.value.trim();
         let field = if prefix { "prefix" } else { "path" };
         if !v.starts_with('/') {
-            self.err(&p.referenced, route, format!("match.{field} must start with '/': \"{v}\""));
+            self.err(
+                &p.referenced,
+                route,
+                format!("match.{field} must start with '/': \"{v}\""),
+            );
             return None;
         }
         match crate::path::normalize(v) {
             Ok(n) if n == v || (prefix && n.trim_end_matches('/') == v.trim_end_matches('/')) => {}
             _ if v.contains('{') => {}
             _ => {
-                self.err(&p.referenced, route, format!("match.{field} \"{v}\" is not a normalized path; requests are matched after normalization"));
+                self.err(
+                    &p.referenced,
+                    route,
+                    format!("match.{field} \"{v}\" is not a normalized path; requests are matched after normalization"),
+                );
                 return None;
             }
         }
         if prefix {
             if v.contains('{') {
-                self.err(&p.referenced, route, "match.prefix can't hold {params}; use `path` for templates".into());
+                self.err(
+                    &p.referenced,
+                    route,
+                    "match.prefix can't hold {params}; use `path` for templates".into(),
+                );
                 return None;
             }
             let trimmed = v.trim_end_matches('/');
-            return Some(PathMatch::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() }));
+            return Some(PathMatch::Prefix(if trimmed.is_empty() {
+                "/".into()
+            } else {
+                trimmed.into()
+            }));
         }
         if v.contains("{*") {
-            self.err(&p.referenced, route, "match.path can't hold a catch-all {*param}; use `prefix`".into());
+            self.err(
+                &p.referenced,
+                route,
+                "match.path can't hold a catch-all {*param}; use `prefix`".into(),
+            );
             return None;
         }
         if v.contains('{') {
@@ -661,7 +756,11 @@ impl Compiler<'_> {
     fn canary(&mut self, c: &Spanned<config::CanaryFile>, route: Option<&str>) -> Option<Canary> {
         let pct = &c.value.percent;
         if !(0.0..=100.0).contains(&pct.value) || pct.value.is_nan() {
-            self.err(&pct.referenced, route, format!("canary.percent must be within 0..=100, got {}", pct.value));
+            self.err(
+                &pct.referenced,
+                route,
+                format!("canary.percent must be within 0..=100, got {}", pct.value),
+            );
             return None;
         }
         let sticky = match &c.value.sticky {
@@ -672,7 +771,11 @@ impl Compiler<'_> {
                 }
                 Some(("cookie", k)) if !k.trim().is_empty() => Some(Sticky::Cookie(k.trim().to_string())),
                 _ => {
-                    self.err(&s.referenced, route, format!("canary.sticky \"{}\" must be header:NAME or cookie:NAME", s.value));
+                    self.err(
+                        &s.referenced,
+                        route,
+                        format!("canary.sticky \"{}\" must be header:NAME or cookie:NAME", s.value),
+                    );
                     return None;
                 }
             },
@@ -687,7 +790,9 @@ impl Compiler<'_> {
 
 /// `http://host[:port]` to a socket address, resolved once at load time.
 fn parse_url(url: &str) -> Result<SocketAddr, String> {
-    let uri: http::Uri = url.parse().map_err(|_| "not a URL (want http://host:port)".to_string())?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| "not a URL (want http://host:port)".to_string())?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => return Err("https upstreams are not supported yet; use http://".into()),
@@ -721,10 +826,15 @@ mod tests {
     fn name_of(rules: &RuleSet, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
-            map.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         let m = Method::from_bytes(method.as_bytes()).unwrap();
-        rules.lookup(&m, path, &map).map_or(NO_ROUTE.to_string(), |id| rules.routes[id].name.clone())
+        rules
+            .lookup(&m, path, &map)
+            .map_or(NO_ROUTE.to_string(), |id| rules.routes[id].name.clone())
     }
 
     #[test]
@@ -802,7 +912,10 @@ mod tests {
             ("  - { name: a, match: { prefix: /a }, mode: sideways }\n", "route \"a\": unknown variant `sideways`"),
         ];
         for (routes, want) in cases {
-            let err = compile(routes).err().unwrap_or_else(|| panic!("accepted: {routes}")).to_string();
+            let err = compile(routes)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {routes}"))
+                .to_string();
             assert!(err.contains(want), "for {routes}\n got: {err}\nwant: {want}");
         }
     }
@@ -811,13 +924,28 @@ mod tests {
     fn bad_upstreams_and_durations() {
         let file = Path::new("rules.yaml");
         let cases = [
-            ("legacy: m\nupstreams:\n  m: { url: \"ftp://x:1\" }\n", "rules.yaml:3:13: upstream \"m\": bad url \"ftp://x:1\": scheme must be http://"),
-            ("legacy: m\nupstreams:\n  m: { url: \"http://127.0.0.1:1/base\" }\n", "a path is not allowed"),
-            ("legacy: m\nupstreams:\n  m: { url: \"http://127.0.0.1:1\", timeouts: { connect: soon } }\n", "timeouts.connect: bad duration \"soon\""),
-            ("legacy: x\nupstreams:\n  m: { url: \"http://127.0.0.1:1\" }\n", "rules.yaml:1:9: legacy: unknown upstream \"x\" (known: m)"),
+            (
+                "legacy: m\nupstreams:\n  m: { url: \"ftp://x:1\" }\n",
+                "rules.yaml:3:13: upstream \"m\": bad url \"ftp://x:1\": scheme must be http://",
+            ),
+            (
+                "legacy: m\nupstreams:\n  m: { url: \"http://127.0.0.1:1/base\" }\n",
+                "a path is not allowed",
+            ),
+            (
+                "legacy: m\nupstreams:\n  m: { url: \"http://127.0.0.1:1\", timeouts: { connect: soon } }\n",
+                "timeouts.connect: bad duration \"soon\"",
+            ),
+            (
+                "legacy: x\nupstreams:\n  m: { url: \"http://127.0.0.1:1\" }\n",
+                "rules.yaml:1:9: legacy: unknown upstream \"x\" (known: m)",
+            ),
         ];
         for (text, want) in cases {
-            let err = config::parse(file, text).and_then(|f| RuleSet::compile(file, &f)).expect_err("refused").to_string();
+            let err = config::parse(file, text)
+                .and_then(|f| RuleSet::compile(file, &f))
+                .expect_err("refused")
+                .to_string();
             assert!(err.contains(want), "got: {err}\nwant: {want}");
         }
     }
@@ -826,7 +954,11 @@ mod tests {
     fn canary_buckets_are_fixed() {
         // The documented hash must never change: these values are part of the contract.
         assert_eq!(canary_bucket(b"42"), xxhash_rust::xxh3::xxh3_64(b"42") % 10_000);
-        let c = Canary { percent: 10.0, threshold: 1000, sticky: None };
+        let c = Canary {
+            percent: 10.0,
+            threshold: 1000,
+            sticky: None,
+        };
         assert_eq!(c.side_of_bucket(999), Side::New);
         assert_eq!(c.side_of_bucket(1000), Side::Legacy);
     }

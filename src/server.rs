@@ -36,7 +36,11 @@ pub enum StartError {
     #[error("{0}")]
     Config(#[from] ConfigErrors),
     #[error("can't listen on {addr} ({what}): {source}; choose another address with --{what}")]
-    Bind { addr: String, what: &'static str, source: std::io::Error },
+    Bind {
+        addr: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// A loaded, bound proxy that has not started serving yet.
@@ -50,13 +54,28 @@ pub struct Prepared {
 /// Load the rules and bind both listeners, so every start-up mistake surfaces here.
 pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     let rules = RuleSet::load(&opts.config)?;
-    let listen = opts.listen.clone().or_else(|| rules.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.into());
-    let admin = opts.admin.clone().or_else(|| rules.admin.clone()).unwrap_or_else(|| DEFAULT_ADMIN.into());
+    let listen = opts
+        .listen
+        .clone()
+        .or_else(|| rules.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.into());
+    let admin = opts
+        .admin
+        .clone()
+        .or_else(|| rules.admin.clone())
+        .unwrap_or_else(|| DEFAULT_ADMIN.into());
 
     // Pingora binds from an address string later and panics on failure; try it first for a clear error.
-    drop(TcpListener::bind(&listen).map_err(|source| StartError::Bind { addr: listen.clone(), what: "listen", source })?);
-    let admin_listener =
-        TcpListener::bind(&admin).map_err(|source| StartError::Bind { addr: admin.clone(), what: "admin", source })?;
+    drop(TcpListener::bind(&listen).map_err(|source| StartError::Bind {
+        addr: listen.clone(),
+        what: "listen",
+        source,
+    })?);
+    let admin_listener = TcpListener::bind(&admin).map_err(|source| StartError::Bind {
+        addr: admin.clone(),
+        what: "admin",
+        source,
+    })?;
 
     let metrics = Arc::new(Metrics::new());
     let routes = rules.routes.len();
@@ -79,7 +98,10 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Strangler { live: live.clone(), metrics: metrics.clone() },
+        Strangler {
+            live: live.clone(),
+            metrics: metrics.clone(),
+        },
         "strangler proxy",
     );
     if let Some(app) = proxy.app_logic_mut() {
@@ -90,10 +112,18 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     proxy.add_tcp(&listen);
     server.add_service(proxy);
 
-    let admin_service = AdminService { listener: Mutex::new(Some(admin_listener)), state: AdminState { live, metrics } };
+    let admin_service = AdminService {
+        listener: Mutex::new(Some(admin_listener)),
+        state: AdminState { live, metrics },
+    };
     server.add_service(background_service("strangler admin", admin_service));
 
-    Ok(Prepared { server, listen, admin, routes })
+    Ok(Prepared {
+        server,
+        listen,
+        admin,
+        routes,
+    })
 }
 
 impl Prepared {

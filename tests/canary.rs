@@ -28,12 +28,20 @@ async fn count_new(proxy: &Proxy, users: impl Iterator<Item = String>) -> (usize
             let client = client.clone();
             let url = url.clone();
             async move {
-                let r = client.get(&url).header("x-user-id", user).send().await.expect("request");
+                let r = client
+                    .get(&url)
+                    .header("x-user-id", user)
+                    .send()
+                    .await
+                    .expect("request");
                 assert_eq!(r.status(), 200);
                 let header_says_new = r.headers()["x-strangler-upstream"] == "inventory";
                 let v: Value = r.json().await.expect("json");
                 let body_says_new = v["answered_by"] == "inventory-service";
-                assert_eq!(header_says_new, body_says_new, "the header names the side that answered");
+                assert_eq!(
+                    header_says_new, body_says_new,
+                    "the header names the side that answered"
+                );
                 body_says_new
             }
         })
@@ -46,10 +54,17 @@ async fn count_new(proxy: &Proxy, users: impl Iterator<Item = String>) -> (usize
 async fn setup(sticky: bool) -> (common::shop::Shop, Proxy) {
     let shop = start_shop().await;
     shop.inventory_faults.set(FaultSettings {
-        drift: Some(Drift { field: "answered_by".into(), value: Value::String("inventory-service".into()) }),
+        drift: Some(Drift {
+            field: "answered_by".into(),
+            value: Value::String("inventory-service".into()),
+        }),
         ..FaultSettings::default()
     });
-    let proxy = Proxy::start(&rules(&[("monolith", shop.monolith), ("inventory", shop.inventory)], &routes(sticky))).await;
+    let proxy = Proxy::start(&rules(
+        &[("monolith", shop.monolith), ("inventory", shop.inventory)],
+        &routes(sticky),
+    ))
+    .await;
     (shop, proxy)
 }
 
@@ -58,7 +73,10 @@ async fn sticky_split_is_accurate_and_sticky() {
     let (_shop, proxy) = setup(true).await;
     let (new, total) = count_new(&proxy, (0..REQUESTS).map(|i| format!("user-{i}"))).await;
     let share = new as f64 * 100.0 / total as f64;
-    assert!((8.0..=12.0).contains(&share), "10% ± 2 expected, got {share:.2}% ({new}/{total})");
+    assert!(
+        (8.0..=12.0).contains(&share),
+        "10% ± 2 expected, got {share:.2}% ({new}/{total})"
+    );
 
     // The same key always lands on the same side.
     for i in 0..20 {
@@ -74,5 +92,8 @@ async fn split_without_sticky_key_is_random_but_accurate() {
     // One user id for every request: without `sticky`, the split ignores it.
     let (new, total) = count_new(&proxy, std::iter::repeat_n("same-user".to_string(), REQUESTS)).await;
     let share = new as f64 * 100.0 / total as f64;
-    assert!((8.0..=12.0).contains(&share), "10% ± 2 expected, got {share:.2}% ({new}/{total})");
+    assert!(
+        (8.0..=12.0).contains(&share),
+        "10% ± 2 expected, got {share:.2}% ({new}/{total})"
+    );
 }

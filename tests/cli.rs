@@ -12,7 +12,10 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 const HEAD: &str = "legacy: monolith\nupstreams:\n  monolith: { url: \"http://127.0.0.1:8000\" }\n  orders: { url: \"http://127.0.0.1:8102\" }\nroutes:\n";
@@ -22,7 +25,10 @@ fn check_file(dir: &Path, body: &str) -> (bool, String) {
     std::fs::write(&file, body).unwrap();
     let out = run(&["check", file.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
-    (out.status.success(), format!("{stdout}{stderr}").replace(file.to_str().unwrap(), "rules.yaml"))
+    (
+        out.status.success(),
+        format!("{stdout}{stderr}").replace(file.to_str().unwrap(), "rules.yaml"),
+    )
 }
 
 #[test]
@@ -68,11 +74,26 @@ fn check_refuses_every_mistake_with_its_place() {
 fn check_refuses_bad_urls_and_durations() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str)] = &[
-        ("legacy: m\nupstreams:\n  m: { url: \"127.0.0.1:8000\" }\n", "rules.yaml:3:13: upstream \"m\": bad url \"127.0.0.1:8000\": scheme must be http://"),
-        ("legacy: m\nupstreams:\n  m: { url: \"http://\" }\n", "upstream \"m\": bad url \"http://\""),
-        ("legacy: m\nupstreams:\n  m:\n    url: \"http://127.0.0.1:8000\"\n    timeouts: { connect: 5 parsecs }\n", "rules.yaml:5:26: upstream \"m\": timeouts.connect: bad duration \"5 parsecs\" (use e.g. 250ms, 2s, 1m)"),
-        ("legacy: m\nupstreams:\n  m:\n    url: \"http://127.0.0.1:8000\"\n    timeouts: { response: -2s }\n", "timeouts.response: bad duration \"-2s\""),
-        ("legacy: nope\nupstreams:\n  m: { url: \"http://127.0.0.1:8000\" }\n", "rules.yaml:1:9: legacy: unknown upstream \"nope\" (known: m)"),
+        (
+            "legacy: m\nupstreams:\n  m: { url: \"127.0.0.1:8000\" }\n",
+            "rules.yaml:3:13: upstream \"m\": bad url \"127.0.0.1:8000\": scheme must be http://",
+        ),
+        (
+            "legacy: m\nupstreams:\n  m: { url: \"http://\" }\n",
+            "upstream \"m\": bad url \"http://\"",
+        ),
+        (
+            "legacy: m\nupstreams:\n  m:\n    url: \"http://127.0.0.1:8000\"\n    timeouts: { connect: 5 parsecs }\n",
+            "rules.yaml:5:26: upstream \"m\": timeouts.connect: bad duration \"5 parsecs\" (use e.g. 250ms, 2s, 1m)",
+        ),
+        (
+            "legacy: m\nupstreams:\n  m:\n    url: \"http://127.0.0.1:8000\"\n    timeouts: { response: -2s }\n",
+            "timeouts.response: bad duration \"-2s\"",
+        ),
+        (
+            "legacy: nope\nupstreams:\n  m: { url: \"http://127.0.0.1:8000\" }\n",
+            "rules.yaml:1:9: legacy: unknown upstream \"nope\" (known: m)",
+        ),
     ];
     for (text, want) in cases {
         let (ok, out) = check_file(dir.path(), text);
@@ -96,7 +117,13 @@ fn check_prints_every_error_and_exits_1() {
     assert!(out.contains("2 errors in rules.yaml"), "{out}");
     let missing = run(&["check", "/nonexistent/rules.yaml"]);
     assert!(!missing.status.success());
-    assert!(text(&missing).1.contains("/nonexistent/rules.yaml:1:1: can't read the file"), "{:?}", text(&missing));
+    assert!(
+        text(&missing)
+            .1
+            .contains("/nonexistent/rules.yaml:1:1: can't read the file"),
+        "{:?}",
+        text(&missing)
+    );
 }
 
 #[test]
@@ -112,15 +139,24 @@ fn explain_says_where_and_why() {
     };
 
     let out = explain(&["GET", "/api//inventory/./SKU-0001?verbose=1"]);
-    assert!(out.contains("normalized:  /api/inventory/SKU-0001?verbose=1\n"), "{out}");
+    assert!(
+        out.contains("normalized:  /api/inventory/SKU-0001?verbose=1\n"),
+        "{out}"
+    );
     assert!(out.contains("route:       inventory-read (line"), "{out}");
-    assert!(out.contains("matched by:  prefix /api/inventory, method in [GET, HEAD]\n"), "{out}");
+    assert!(
+        out.contains("matched by:  prefix /api/inventory, method in [GET, HEAD]\n"),
+        "{out}"
+    );
     assert!(out.contains("mode:        migrated\n"), "{out}");
     assert!(out.contains("goes to:     inventory (new)\n"), "{out}");
 
     let out = explain(&["GET", "/api/orders/42"]);
     assert!(out.contains("mode:        shadow\n"), "{out}");
-    assert!(out.contains("goes to:     monolith (legacy answers); a copy goes to orders\n"), "{out}");
+    assert!(
+        out.contains("goes to:     monolith (legacy answers); a copy goes to orders\n"),
+        "{out}"
+    );
 
     let out = explain(&["GET", "/account/7"]);
     assert!(out.contains("route:       (none): no rule matches\n"), "{out}");
@@ -139,11 +175,17 @@ fn explain_says_where_and_why() {
         let b = explain(&["POST", "/api/orders", "-H", "x-api-version: 2", "-H", &uid]);
         assert_eq!(a, b, "sticky");
         assert!(a.contains("canary:      10% to orders\n"), "{a}");
-        assert!(a.contains(&format!("sticky key:  header:x-user-id = \"{user}\" -> bucket ")), "{a}");
+        assert!(
+            a.contains(&format!("sticky key:  header:x-user-id = \"{user}\" -> bucket ")),
+            "{a}"
+        );
         sides.insert(a.lines().find(|l| l.starts_with("goes to:")).unwrap().to_string());
     }
     assert_eq!(sides.len(), 2, "60 users reach both sides of a 10% canary: {sides:?}");
 
     let out = explain(&["GET", "/api/%2e%2e/%2e%2e/etc"]);
-    assert!(out.contains("result:      400 Bad Request ('..' climbs above the root)"), "{out}");
+    assert!(
+        out.contains("result:      400 Bad Request ('..' climbs above the root)"),
+        "{out}"
+    );
 }

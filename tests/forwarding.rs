@@ -33,7 +33,10 @@ async fn echoed(proxy: &Proxy, request: &str) -> (String, Value) {
 }
 
 fn header<'a>(v: &'a Value, name: &str) -> Vec<&'a str> {
-    v["headers"][name].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default()
+    v["headers"][name]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -46,11 +49,18 @@ async fn forwarding_headers_host_and_request_id() {
     )
     .await;
     assert_eq!(v["path"], "/a/b?x=1&y=%2F", "query string passes through untouched");
-    assert_eq!(header(&v, "host"), ["shop.example:8080"], "Host kept as the client sent it");
+    assert_eq!(
+        header(&v, "host"),
+        ["shop.example:8080"],
+        "Host kept as the client sent it"
+    );
     assert_eq!(header(&v, "x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
     assert_eq!(header(&v, "x-forwarded-proto"), ["http"]);
     assert_eq!(header(&v, "x-forwarded-host"), ["shop.example:8080"]);
-    assert_eq!(header(&v, "traceparent"), ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]);
+    assert_eq!(
+        header(&v, "traceparent"),
+        ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+    );
     let id = header(&v, "x-request-id");
     assert_eq!(id.len(), 1);
     assert_eq!(id[0].len(), 32, "a generated id is 32 hex digits: {id:?}");
@@ -60,17 +70,29 @@ async fn forwarding_headers_host_and_request_id() {
         "the client sees the same id: {head}"
     );
 
-    let (_, v) = echoed(&proxy, "GET /a HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc-123\r\nConnection: close\r\n\r\n").await;
+    let (_, v) = echoed(
+        &proxy,
+        "GET /a HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc-123\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(header(&v, "x-request-id"), ["abc-123"], "the client's id is kept");
     let (_, v2) = echoed(&proxy, "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
     let (_, v3) = echoed(&proxy, "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
-    assert_ne!(header(&v2, "x-request-id"), header(&v3, "x-request-id"), "ids are unique");
+    assert_ne!(
+        header(&v2, "x-request-id"),
+        header(&v3, "x-request-id"),
+        "ids are unique"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_host_override() {
     let (proxy, _) = proxy_with_echo().await;
-    let (_, v) = echoed(&proxy, "GET /svc/x HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n").await;
+    let (_, v) = echoed(
+        &proxy,
+        "GET /svc/x HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(v["server"], "svc");
     assert_eq!(header(&v, "host"), ["internal.svc"]);
     assert_eq!(header(&v, "x-forwarded-host"), ["shop.example"]);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::proxy::{rules, Proxy};
-use common::shop::{start_shop, Shop};
+use common::shop::{stable, start_shop, Shop};
 use serde_json::Value;
 use shop_kit::faults::{Drift, FaultSettings};
 
@@ -34,7 +34,10 @@ const ROUTES: &str = r#"
 
 fn mark(name: &str) -> FaultSettings {
     FaultSettings {
-        drift: Some(Drift { field: "answered_by".into(), value: Value::String(name.into()) }),
+        drift: Some(Drift {
+            field: "answered_by".into(),
+            value: Value::String(name.into()),
+        }),
         ..FaultSettings::default()
     }
 }
@@ -44,20 +47,15 @@ async fn setup() -> (Shop, Proxy) {
     shop.inventory_faults.set(mark("inventory-service"));
     shop.orders_faults.set(mark("orders-service"));
     let proxy = Proxy::start(&rules(
-        &[("monolith", shop.monolith), ("inventory", shop.inventory), ("orders", shop.orders)],
+        &[
+            ("monolith", shop.monolith),
+            ("inventory", shop.inventory),
+            ("orders", shop.orders),
+        ],
         ROUTES,
     ))
     .await;
     (shop, proxy)
-}
-
-/// The JSON body without the fields that differ on every call.
-fn stable(mut v: Value) -> Value {
-    if let Some(m) = v.as_object_mut() {
-        m.remove("served_at");
-        m.remove("request_id");
-    }
-    v
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -76,11 +74,15 @@ async fn each_mode_is_served_by_the_right_side() {
     // legacy: the monolith answers, exactly as it does directly.
     let (status, up, via) = get(proxy.url("/api/catalog/products/7")).await;
     let (_, _, direct) = {
-        let r = client.get(format!("http://{}/api/catalog/products/7", shop.monolith)).send().await.unwrap();
+        let r = client
+            .get(format!("http://{}/api/catalog/products/7", shop.monolith))
+            .send()
+            .await
+            .unwrap();
         (0, String::new(), r.json::<Value>().await.unwrap())
     };
     assert_eq!((status, up.as_str()), (200, "monolith"));
-    assert_eq!(stable(via), stable(direct));
+    assert_eq!(stable(via, false), stable(direct, false));
 
     // migrated: the inventory service answers.
     let (status, up, v) = get(proxy.url("/api/inventory/SKU-0001")).await;
@@ -96,7 +98,9 @@ async fn each_mode_is_served_by_the_right_side() {
 
     // canary at 100% and at 0%.
     let post = |headers: &'static [(&'static str, &'static str)]| {
-        let mut req = client.post(proxy.url("/api/inventory/SKU-0002/reservations")).json(&serde_json::json!({"quantity": 1}));
+        let mut req = client
+            .post(proxy.url("/api/inventory/SKU-0002/reservations"))
+            .json(&serde_json::json!({"quantity": 1}));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

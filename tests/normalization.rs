@@ -34,7 +34,11 @@ async fn the_upstream_receives_the_normalized_path() {
     for (sent, want, route) in cases {
         let (status, text) = raw_get(proxy.addr, sent).await;
         assert_eq!(status, 200, "{sent}: {text}");
-        assert!(text.to_ascii_lowercase().contains(&format!("x-strangler-route: {route}\r\n")), "{sent}: {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains(&format!("x-strangler-route: {route}\r\n")),
+            "{sent}: {text}"
+        );
         let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
         let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
         let v: Value = serde_json::from_str(json).unwrap();
@@ -61,13 +65,19 @@ async fn unsafe_paths_get_400_and_reach_no_upstream() {
         let (status, text) = raw_get(proxy.addr, sent).await;
         assert_eq!(status, 400, "{sent}: {text}");
         assert!(text.contains(&format!("\"reason\":\"{reason}\"")), "{sent}: {text}");
-        assert!(!text.to_ascii_lowercase().contains("x-strangler-upstream"), "{sent} reached an upstream");
+        assert!(
+            !text.to_ascii_lowercase().contains("x-strangler-upstream"),
+            "{sent} reached an upstream"
+        );
     }
     // The proxy keeps serving everyone else.
     let (status, _) = raw_get(proxy.addr, "/api/fine").await;
     assert_eq!(status, 200);
     let m = proxy.metrics().await;
-    assert!(m.contains(r#"strangler_rejected_requests_total{reason="above_root"} 3"#), "{m}");
+    assert!(
+        m.contains(r#"strangler_rejected_requests_total{reason="above_root"} 3"#),
+        "{m}"
+    );
     assert!(
         !m.contains(r#"strangler_requests_total{route="api",side="legacy",status="2xx",upstream="monolith"} 0"#),
         "{m}"

@@ -55,7 +55,10 @@ async fn setup() -> Setup {
     let mono = echo::start("monolith").await;
     let svc = echo::start("svc").await;
     let proxy = Proxy::start(&rules(&[("monolith", mono), ("svc", svc)], ROUTES)).await;
-    Setup { proxy, client: reqwest::Client::new() }
+    Setup {
+        proxy,
+        client: reqwest::Client::new(),
+    }
 }
 
 impl Setup {
@@ -66,7 +69,12 @@ impl Setup {
             req = req.header(*k, *v);
         }
         let resp = req.send().await.expect("request");
-        let h = |n: &str| resp.headers().get(n).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let h = |n: &str| {
+            resp.headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
         let (route, upstream) = (h("x-strangler-route"), h("x-strangler-upstream"));
         let server = if method == "HEAD" {
             upstream.clone()
@@ -98,7 +106,13 @@ async fn routes_go_where_the_rules_say() {
         ("GET", "/api/catalogue", &[], "(none)", "monolith"),
         // methods
         ("HEAD", "/api/inventory/SKU-0001", &[], "inventory", "svc"),
-        ("POST", "/api/inventory/SKU-0001/reservations", &[], "(none)", "monolith"),
+        (
+            "POST",
+            "/api/inventory/SKU-0001/reservations",
+            &[],
+            "(none)",
+            "monolith",
+        ),
         ("DELETE", "/api/orders/17", &[], "orders", "monolith"),
         // precedence: literal path > template > longest prefix > shorter prefix
         ("GET", "/api/orders/export", &[], "orders-export", "svc"),
@@ -142,14 +156,20 @@ async fn requests_are_counted_per_route_and_side() {
         "{m}"
     );
     assert!(m.contains(r#"strangler_routes{mode="migrated"} 6"#), "{m}");
-    assert!(m.contains(r#"strangler_route_info{mode="shadow",route="orders-read",service="svc"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"strangler_route_info{mode="shadow",route="orders-read",service="svc"} 1"#),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn response_headers_can_be_turned_off() {
     let mono = echo::start("monolith").await;
-    let text = rules(&[("monolith", mono)], "  - { name: all, match: { prefix: / }, mode: legacy }\n")
-        .replace("response_headers: true", "response_headers: false");
+    let text = rules(
+        &[("monolith", mono)],
+        "  - { name: all, match: { prefix: / }, mode: legacy }\n",
+    )
+    .replace("response_headers: true", "response_headers: false");
     let proxy = Proxy::start(&text).await;
     let resp = reqwest::get(proxy.url("/x")).await.unwrap();
     assert!(resp.headers().get("x-strangler-route").is_none());

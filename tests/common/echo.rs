@@ -46,7 +46,9 @@ pub async fn start_upgrade_echo() -> SocketAddr {
                 }
                 let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
                 if !head.contains("upgrade: websocket") {
-                    let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
                     return;
                 }
                 let _ = s

@@ -19,7 +19,10 @@ pub struct Proxy {
 /// A port that was free a moment ago. Pingora binds from an address string, so the test
 /// can't hand it a bound socket; `Proxy::start` retries if another process took it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
 }
 
 pub fn strangler() -> Command {
@@ -30,7 +33,9 @@ pub fn strangler() -> Command {
 pub fn rules(upstreams: &[(&str, SocketAddr)], routes: &str) -> String {
     let mut s = format!("legacy: {}\nresponse_headers: true\nupstreams:\n", upstreams[0].0);
     for (name, addr) in upstreams {
-        s.push_str(&format!("  {name}: {{ url: \"http://{addr}\", timeouts: {{ connect: 500ms, response: 5s }} }}\n"));
+        s.push_str(&format!(
+            "  {name}: {{ url: \"http://{addr}\", timeouts: {{ connect: 500ms, response: 5s }} }}\n"
+        ));
     }
     s.push_str("routes:\n");
     s.push_str(routes);
@@ -57,12 +62,21 @@ impl Proxy {
                 .spawn()
                 .expect("spawn strangler");
             if wait_ready(&mut child, addr, admin).await {
-                return Proxy { child, addr, admin, rules, dir };
+                return Proxy {
+                    child,
+                    addr,
+                    admin,
+                    rules,
+                    dir,
+                };
             }
             // Lost a port race, or failed to start: say why and try again with new ports.
             let _ = child.kill();
             let _ = child.wait();
-            eprintln!("proxy did not start:\n{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            eprintln!(
+                "proxy did not start:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
         }
         panic!("strangler did not start after 5 tries");
     }
@@ -80,7 +94,12 @@ impl Proxy {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.admin_url("/metrics")).await.expect("metrics").text().await.expect("metrics body")
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
     }
 }
 
@@ -91,8 +110,11 @@ async fn wait_ready(child: &mut Child, addr: SocketAddr, admin: SocketAddr) -> b
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        let admin_ok =
-            client.get(format!("http://{admin}/healthz")).send().await.is_ok_and(|r| r.status().is_success());
+        let admin_ok = client
+            .get(format!("http://{admin}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
         if admin_ok && tokio::net::TcpStream::connect(addr).await.is_ok() {
             return true;
         }
@@ -123,5 +145,9 @@ pub async fn raw(addr: SocketAddr, request: &str) -> (u16, String) {
 
 /// `GET path` over a raw connection.
 pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")).await
+    raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }
