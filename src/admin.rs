@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -15,12 +15,14 @@ use serde_json::json;
 
 use crate::metrics::Metrics;
 use crate::proxy::Live;
+use crate::reload::{ErrorView, Outcome, Reloader, Trigger};
 use crate::rules::PathMatch;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub live: Arc<ArcSwap<Live>>,
     pub metrics: Arc<Metrics>,
+    pub reloader: Arc<Reloader>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -29,10 +31,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
         .route("/metrics", get(metrics))
         .route("/api/routes", get(routes))
+        .route("/api/config", get(config))
+        .route("/api/reload", post(reload))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                Json(json!({"error": "not_found", "see": ["/healthz", "/readyz", "/metrics", "/api/routes"]})),
+                Json(json!({"error": "not_found", "see": ["/healthz", "/readyz", "/metrics", "/api/routes", "/api/config", "POST /api/reload"]})),
             )
         })
         .with_state(state)
@@ -46,8 +50,57 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         .into_response()
 }
 
-async fn routes(State(s): State<AdminState>) -> Json<serde_json::Value> {
+/// `POST /api/reload`: 200 with the new generation, or 422 with every error; nothing changes on 422.
+async fn reload(State(s): State<AdminState>) -> Response {
+    let reloader = s.reloader.clone();
+    let outcome = match tokio::task::spawn_blocking(move || reloader.reload(Trigger::Api)).await {
+        Ok(o) => o,
+        Err(_) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "reload task failed"})),
+            )
+                .into_response()
+        }
+    };
+    match outcome {
+        Outcome::Applied { generation, routes } => {
+            Json(json!({"result": "applied", "generation": generation, "routes": routes})).into_response()
+        }
+        Outcome::Unchanged { generation } => {
+            Json(json!({"result": "unchanged", "generation": generation})).into_response()
+        }
+        Outcome::Refused(errors) => {
+            let errors: Vec<ErrorView> = errors.0.iter().map(ErrorView::from).collect();
+            let body = json!({"result": "refused", "generation": s.live.load().generation, "errors": errors});
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+        }
+    }
+}
+
+/// `GET /api/config`: the rules in force, their generation, and the last reload's result and errors.
+async fn config(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let status = s.reloader.status();
     let live = s.live.load();
+    Json(json!({
+        "file": status.file,
+        "generation": live.generation,
+        "last_reload": {
+            "result": status.last_result,
+            "trigger": status.last_trigger,
+            "at_unix": status.last_attempt_unix,
+            "errors": status.errors,
+        },
+        "last_success_unix": status.last_success_unix,
+        "rules": rules_json(&live),
+    }))
+}
+
+async fn routes(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    Json(rules_json(&s.live.load()))
+}
+
+fn rules_json(live: &Live) -> serde_json::Value {
     let rules = &live.rules;
     let routes: Vec<_> = rules
         .routes
@@ -66,7 +119,12 @@ async fn routes(State(s): State<AdminState>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    Json(json!({ "legacy": rules.upstreams[rules.legacy].name, "routes": routes }))
+    let upstreams: serde_json::Map<String, serde_json::Value> = rules
+        .upstreams
+        .iter()
+        .map(|u| (u.name.clone(), json!({"url": u.url})))
+        .collect();
+    json!({ "legacy": rules.upstreams[rules.legacy].name, "upstreams": upstreams, "routes": routes })
 }
 
 /// Runs the admin router inside the Pingora server, on a listener bound before start.

@@ -82,12 +82,7 @@ pub fn run(config: &Path, data_dir: &Path, traffic: bool) -> anyhow::Result<()> 
         anyhow::Ok(tasks)
     })?;
 
-    let prepared = server::prepare(&Options {
-        config: config.to_path_buf(),
-        listen: None,
-        admin: None,
-        threads: 0,
-    })?;
+    let prepared = server::prepare(&Options::new(config))?;
     let proxy = loopback(&prepared.listen);
     let admin = loopback(&prepared.admin);
     println!(

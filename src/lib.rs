@@ -6,6 +6,7 @@
 //! - `path`    request path normalization, shared by matching and forwarding
 //! - `proxy`   `impl ProxyHttp`: the request path
 //! - `metrics` every Prometheus metric; per-route handles built at load
+//! - `reload`  hot reload: file watch, SIGHUP, POST /api/reload; keep the last good rules
 //! - `admin`   the admin listener: health, metrics, JSON API
 //! - `server`  load, bind and run the Pingora server
 //! - `explain` `strangler explain`: why a request goes where it goes
@@ -26,5 +27,6 @@ pub mod explain;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod reload;
 pub mod rules;
 pub mod server;

@@ -46,6 +46,12 @@ enum Command {
         /// Worker threads (0 = one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// After SIGTERM, seconds in-flight requests get to finish (new connections are refused).
+        #[arg(long, default_value_t = server::DEFAULT_GRACE_SECS)]
+        grace_period: u64,
+        /// After the grace period, seconds the runtime gets to stop.
+        #[arg(long, default_value_t = server::DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
+        shutdown_timeout: u64,
     },
     /// Validate a rules file; print every mistake with file:line:col.
     Check {
@@ -96,12 +102,16 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             listen,
             admin,
             threads,
+            grace_period,
+            shutdown_timeout,
         } => {
             let opts = Options {
-                config,
                 listen,
                 admin,
                 threads,
+                grace_period_secs: grace_period,
+                shutdown_timeout_secs: shutdown_timeout,
+                ..Options::new(config)
             };
             let prepared = server::prepare(&opts)?;
             prepared.run(None);

@@ -4,8 +4,8 @@
 //! class), never from request data, so cardinality is bounded by the rules file.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::config::Mode;
@@ -26,6 +26,10 @@ pub struct Metrics {
     route_info: IntGaugeVec,
     routes: IntGaugeVec,
     rejected: IntCounterVec,
+    reloads: IntCounterVec,
+    generation: IntGauge,
+    last_reload_ok: IntGauge,
+    last_success: Gauge,
 }
 
 impl Metrics {
@@ -66,12 +70,42 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "strangler_config_reloads_total",
+                "Reloads of the rules file, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let generation = IntGauge::new(
+            "strangler_config_generation",
+            "Generation of the rules in force; +1 per applied reload.",
+        )
+        .expect("valid metric");
+        let last_reload_ok = IntGauge::new(
+            "strangler_config_last_reload_successful",
+            "1 if the last reload attempt was applied, 0 if it was refused.",
+        )
+        .expect("valid metric");
+        let last_success = Gauge::new(
+            "strangler_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last applied load of the rules file.",
+        )
+        .expect("valid metric");
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(route_info.clone()),
             Box::new(routes.clone()),
             Box::new(rejected.clone()),
+            Box::new(reloads.clone()),
+            Box::new(generation.clone()),
+            Box::new(last_reload_ok.clone()),
+            Box::new(last_success.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -86,6 +120,10 @@ impl Metrics {
             route_info,
             routes,
             rejected,
+            reloads,
+            generation,
+            last_reload_ok,
+            last_success,
         }
     }
 
@@ -95,6 +133,42 @@ impl Metrics {
         // Encoding into a Vec can't fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
+    }
+
+    /// Record a load of the rules file: the first at start, then every reload attempt.
+    pub fn config_loaded(&self, ok: bool, generation: u64, last_success_unix: f64) {
+        if generation > 0 {
+            self.reloads
+                .with_label_values(&[if ok { "success" } else { "failure" }])
+                .inc();
+        }
+        self.generation.set(generation as i64);
+        self.last_reload_ok.set(i64::from(ok));
+        self.last_success.set(last_success_unix);
+    }
+
+    /// Drop the series of routes that `new` no longer has, so a removed or renamed route
+    /// disappears from /metrics. Routes that keep their name keep their counters.
+    pub fn forget_removed(&self, old: &RuleSet, new: &RuleSet) {
+        let legacy = old.upstreams[old.legacy].name.as_str();
+        for r in old
+            .routes
+            .iter()
+            .filter(|r| !new.routes.iter().any(|n| n.name == r.name))
+        {
+            let mut sides = vec![(legacy, Side::Legacy)];
+            if let Some(s) = r.service {
+                sides.push((old.upstreams[s].name.as_str(), Side::New));
+            }
+            for (upstream, side) in sides {
+                for status in STATUS_CLASSES {
+                    let _ = self
+                        .requests
+                        .remove_label_values(&[&r.name, upstream, side.as_str(), status]);
+                }
+                let _ = self.duration.remove_label_values(&[&r.name, side.as_str()]);
+            }
+        }
     }
 
     pub fn rejected(&self, reason: &str) {

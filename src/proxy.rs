@@ -31,6 +31,8 @@ pub const X_STRANGLER_UPSTREAM: HeaderName = HeaderName::from_static("x-strangle
 
 /// The rules in force and the metric handles compiled with them. Swapped whole on reload.
 pub struct Live {
+    /// 0 for the rules loaded at start, +1 per applied reload.
+    pub generation: u64,
     pub rules: RuleSet,
     pub handles: RouteHandles,
     /// `x-strangler-route` values, indexed like `rules.routes`, plus `(none)` last.
@@ -40,13 +42,14 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(rules: RuleSet, metrics: &Metrics) -> Live {
+    pub fn new(rules: RuleSet, metrics: &Metrics, generation: u64) -> Live {
         let handles = metrics.handles(&rules);
         let header = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         let mut route_headers: Vec<HeaderValue> = rules.routes.iter().map(|r| header(&r.name)).collect();
         route_headers.push(HeaderValue::from_static(crate::rules::NO_ROUTE));
         let upstream_headers = rules.upstreams.iter().map(|u| header(&u.name)).collect();
         Live {
+            generation,
             rules,
             handles,
             route_headers,

@@ -301,6 +301,11 @@ impl RuleSet {
 
     /// Read, parse and compile a rules file.
     pub fn load(path: &Path) -> Result<RuleSet, ConfigErrors> {
+        Self::load_with_text(path).map(|(rules, _)| rules)
+    }
+
+    /// `load`, also returning the text the rules were compiled from.
+    pub fn load_with_text(path: &Path) -> Result<(RuleSet, String), ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 place: Place {
@@ -312,7 +317,8 @@ impl RuleSet {
                 message: format!("can't read the file: {e}"),
             }])
         })?;
-        Self::compile(path, &config::parse(path, &text)?)
+        let rules = Self::compile(path, &config::parse(path, &text)?)?;
+        Ok((rules, text))
     }
 
     /// Validate a parsed file and build the lookup structures. Reports every mistake found.

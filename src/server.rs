@@ -14,10 +14,14 @@ use crate::admin::{AdminService, AdminState};
 use crate::config::ConfigErrors;
 use crate::metrics::Metrics;
 use crate::proxy::{Live, Strangler};
+use crate::reload::{ReloadService, Reloader};
 use crate::rules::RuleSet;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9911";
+/// Pingora's own default grace period is 300 s; in-flight requests rarely need more than a few.
+pub const DEFAULT_GRACE_SECS: u64 = 5;
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
 /// What `strangler run` needs.
 #[derive(Debug, Clone)]
@@ -29,6 +33,23 @@ pub struct Options {
     pub admin: Option<String>,
     /// Worker threads; 0 means one per core.
     pub threads: usize,
+    /// After SIGTERM: how long in-flight requests may take before the runtime stops.
+    pub grace_period_secs: u64,
+    /// After the grace period: how long the runtime may take to stop.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Options {
+    pub fn new(config: impl Into<PathBuf>) -> Options {
+        Options {
+            config: config.into(),
+            listen: None,
+            admin: None,
+            threads: 0,
+            grace_period_secs: DEFAULT_GRACE_SECS,
+            shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +74,7 @@ pub struct Prepared {
 
 /// Load the rules and bind both listeners, so every start-up mistake surfaces here.
 pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
-    let rules = RuleSet::load(&opts.config)?;
+    let (rules, text) = RuleSet::load_with_text(&opts.config)?;
     let listen = opts
         .listen
         .clone()
@@ -79,7 +100,15 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
 
     let metrics = Arc::new(Metrics::new());
     let routes = rules.routes.len();
-    let live = Arc::new(ArcSwap::from_pointee(Live::new(rules, &metrics)));
+    let live = Arc::new(ArcSwap::from_pointee(Live::new(rules, &metrics, 0)));
+    let reloader = Arc::new(Reloader::new(
+        &opts.config,
+        text,
+        live.clone(),
+        metrics.clone(),
+        listen.clone(),
+        admin.clone(),
+    ));
 
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -88,9 +117,8 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     };
     let conf = ServerConf {
         threads,
-        // Pingora's default waits 300 s before stopping; in-flight requests rarely need more than a few.
-        grace_period_seconds: Some(5),
-        graceful_shutdown_timeout_seconds: Some(5),
+        grace_period_seconds: Some(opts.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(opts.shutdown_timeout_secs),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -114,9 +142,14 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
 
     let admin_service = AdminService {
         listener: Mutex::new(Some(admin_listener)),
-        state: AdminState { live, metrics },
+        state: AdminState {
+            live,
+            metrics,
+            reloader: reloader.clone(),
+        },
     };
     server.add_service(background_service("strangler admin", admin_service));
+    server.add_service(background_service("strangler reload", ReloadService { reloader }));
 
     Ok(Prepared {
         server,

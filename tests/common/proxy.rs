@@ -47,6 +47,11 @@ impl Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let rules = dir.path().join("rules.yaml");
         std::fs::write(&rules, rules_yaml).expect("write rules");
+        Proxy::start_file(dir, rules, &[]).await
+    }
+
+    /// Start on a rules file the test laid out itself (e.g. a ConfigMap-style symlink tree in `dir`).
+    pub async fn start_file(dir: TempDir, rules: PathBuf, extra_args: &[&str]) -> Proxy {
         let log_path = dir.path().join("proxy.log");
         for _attempt in 0..5 {
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -56,6 +61,7 @@ impl Proxy {
                 .args(["run", "--threads", "2", "--config"])
                 .arg(&rules)
                 .args(["--listen", &addr.to_string(), "--admin", &admin.to_string()])
+                .args(extra_args)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -79,6 +85,40 @@ impl Proxy {
             );
         }
         panic!("strangler did not start after 5 tries");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal (e.g. "TERM", "HUP") to the proxy process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -s {name} failed");
+    }
+
+    /// Wait for the process to exit, up to `limit`; `None` if it is still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    pub async fn config(&self) -> serde_json::Value {
+        reqwest::get(self.admin_url("/api/config"))
+            .await
+            .expect("config")
+            .json()
+            .await
+            .expect("config json")
     }
 
     pub fn url(&self, path: &str) -> String {

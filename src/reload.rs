@@ -1,0 +1,273 @@
+//! Hot reload of rules.yaml: three triggers (file watch, SIGHUP, `POST /api/reload`), one path.
+//!
+//! A reload reads, validates and compiles the whole file off the request path, then swaps the
+//! new `Live` in with one `ArcSwap::store`. A bad file changes nothing: the rules in force keep
+//! serving and the errors are logged, counted and shown in `GET /api/config`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use notify::{RecursiveMode, Watcher};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde::Serialize;
+
+use crate::config::{self, ConfigError, ConfigErrors};
+use crate::metrics::Metrics;
+use crate::proxy::Live;
+use crate::rules::RuleSet;
+
+/// Events closer together than this are one edit (editors write several times per save).
+pub const COALESCE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Start,
+    Watch,
+    Signal,
+    Api,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum Outcome {
+    Applied {
+        generation: u64,
+        routes: usize,
+    },
+    /// The file is byte-for-byte what is in force (a watch event that changed nothing).
+    Unchanged {
+        generation: u64,
+    },
+    Refused(ConfigErrors),
+}
+
+/// One error, as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorView {
+    pub file: String,
+    pub line: u64,
+    pub col: u64,
+    pub route: Option<String>,
+    pub message: String,
+    /// The whole line as `check` prints it.
+    pub text: String,
+}
+
+impl From<&ConfigError> for ErrorView {
+    fn from(e: &ConfigError) -> Self {
+        ErrorView {
+            file: e.place.file.display().to_string(),
+            line: e.place.line,
+            col: e.place.col,
+            route: e.route.clone(),
+            message: e.message.clone(),
+            text: e.to_string(),
+        }
+    }
+}
+
+/// The reload history the admin API reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub file: String,
+    pub generation: u64,
+    pub last_success_unix: f64,
+    pub last_attempt_unix: f64,
+    pub last_trigger: Trigger,
+    pub last_result: &'static str,
+    /// The errors of the last attempt; empty when it succeeded.
+    pub errors: Vec<ErrorView>,
+    #[serde(skip)]
+    applied_text: String,
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    live: Arc<ArcSwap<Live>>,
+    metrics: Arc<Metrics>,
+    /// Also serializes reloads: two triggers at once compile one after the other.
+    status: Mutex<Status>,
+    /// The addresses bound at start; a change needs a restart.
+    listen: String,
+    admin: String,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Reloader {
+    /// `applied_text` is the file text the running rules were compiled from.
+    pub fn new(
+        path: &Path,
+        applied_text: String,
+        live: Arc<ArcSwap<Live>>,
+        metrics: Arc<Metrics>,
+        listen: String,
+        admin: String,
+    ) -> Reloader {
+        let now = now_unix();
+        let generation = live.load().generation;
+        metrics.config_loaded(true, generation, now);
+        Reloader {
+            path: path.to_path_buf(),
+            live,
+            metrics,
+            status: Mutex::new(Status {
+                file: path.display().to_string(),
+                generation,
+                last_success_unix: now,
+                last_attempt_unix: now,
+                last_trigger: Trigger::Start,
+                last_result: "success",
+                errors: Vec::new(),
+                applied_text,
+            }),
+            listen,
+            admin,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Read, validate, compile and swap. Blocking (file I/O and compile): call it off the request path.
+    pub fn reload(&self, trigger: Trigger) -> Outcome {
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                // A watch event can land between an editor's delete and its write; the next event retries.
+                let err = ConfigError {
+                    place: config::Place {
+                        file: self.path.clone(),
+                        line: 1,
+                        col: 1,
+                    },
+                    route: None,
+                    message: format!("can't read the file: {e}"),
+                };
+                return self.refuse(&mut st, trigger, ConfigErrors(vec![err]));
+            }
+        };
+        if trigger == Trigger::Watch && text == st.applied_text {
+            return Outcome::Unchanged {
+                generation: st.generation,
+            };
+        }
+        let rules = match config::parse(&self.path, &text).and_then(|f| RuleSet::compile(&self.path, &f)) {
+            Ok(r) => r,
+            Err(errors) => return self.refuse(&mut st, trigger, errors),
+        };
+        for (what, now, bound) in [
+            ("listen", &rules.listen, &self.listen),
+            ("admin", &rules.admin, &self.admin),
+        ] {
+            if let Some(now) = now {
+                if now != bound {
+                    tracing::warn!(
+                        "{}: `{what}: {now}` takes effect only after a restart; still on {bound}. The rest of the edit is applied",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+        let generation = st.generation + 1;
+        let routes = rules.routes.len();
+        let old = self.live.load_full();
+        let new = Live::new(rules, &self.metrics, generation);
+        self.metrics.forget_removed(&old.rules, &new.rules);
+        self.live.store(Arc::new(new));
+
+        let now = now_unix();
+        st.generation = generation;
+        st.last_success_unix = now;
+        st.last_attempt_unix = now;
+        st.last_trigger = trigger;
+        st.last_result = "success";
+        st.errors.clear();
+        st.applied_text = text;
+        self.metrics.config_loaded(true, generation, now);
+        tracing::info!(
+            generation,
+            routes,
+            ?trigger,
+            "rules reloaded from {}",
+            self.path.display()
+        );
+        Outcome::Applied { generation, routes }
+    }
+
+    fn refuse(&self, st: &mut Status, trigger: Trigger, errors: ConfigErrors) -> Outcome {
+        for e in &errors.0 {
+            tracing::error!(?trigger, "reload refused, the rules in force keep serving: {e}");
+        }
+        st.last_attempt_unix = now_unix();
+        st.last_trigger = trigger;
+        st.last_result = "failure";
+        st.errors = errors.0.iter().map(ErrorView::from).collect();
+        self.metrics.config_loaded(false, st.generation, st.last_success_unix);
+        Outcome::Refused(errors)
+    }
+}
+
+/// Watches the rules file's directory and SIGHUP, and reloads on either.
+pub struct ReloadService {
+    pub reloader: Arc<Reloader>,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // Watch the directory, not the file: editors and ConfigMaps replace the file (rename,
+        // symlink swap), which would orphan a watch on the old inode.
+        let dir = match self.reloader.path().parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = tx.send(());
+            }
+        })
+        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+        let _watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(
+                    "can't watch {} ({e}); reload with SIGHUP or POST /api/reload",
+                    dir.display()
+                );
+                None
+            }
+        };
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            let trigger = tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = rx.recv() => {
+                    // Coalesce the burst of events one save makes.
+                    tokio::time::sleep(COALESCE).await;
+                    while rx.try_recv().is_ok() {}
+                    Trigger::Watch
+                }
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Signal,
+            };
+            let reloader = self.reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(trigger)).await;
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Hot reload of rules.yaml, end to end: every way tools write the file, SIGHUP, the admin API,
+//! broken edits that change nothing, edits under load, and SIGTERM during slow requests.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::proxy::{rules, Proxy};
+use common::shop::start_shop;
+use shop_kit::faults::FaultSettings;
+
+/// The rules with `/api/inventory` in the given mode (legacy: monolith answers; migrated: inventory).
+fn flip(mono: SocketAddr, inv: SocketAddr, migrated: bool) -> String {
+    let route = if migrated {
+        "  - { name: stock, match: { prefix: /api/inventory }, mode: migrated, service: inventory }\n"
+    } else {
+        "  - { name: stock, match: { prefix: /api/inventory }, mode: legacy }\n"
+    };
+    rules(&[("monolith", mono), ("inventory", inv)], route)
+}
+
+/// Which upstream serves `/api/inventory/SKU-0001` now.
+async fn upstream(client: &reqwest::Client, proxy: &Proxy) -> String {
+    let r = client
+        .get(proxy.url("/api/inventory/SKU-0001"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    r.headers()["x-strangler-upstream"].to_str().unwrap().to_string()
+}
+
+/// Poll until `want` serves; panics after a generous limit (the benchmark measures the real time).
+async fn until_served_by(client: &reqwest::Client, proxy: &Proxy, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream(client, proxy).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "{want} never took over; proxy log:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn write_in_place(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn write_and_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("yaml.swp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_way_of_writing_the_file_reloads() {
+    let shop = start_shop().await;
+    let (mono, inv) = (shop.monolith, shop.inventory);
+    let proxy = Proxy::start(&flip(mono, inv, false)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(upstream(&client, &proxy).await, "monolith");
+
+    write_in_place(&proxy.rules, &flip(mono, inv, true));
+    until_served_by(&client, &proxy, "inventory").await;
+
+    write_and_rename(&proxy.rules, &flip(mono, inv, false));
+    until_served_by(&client, &proxy, "monolith").await;
+
+    let sed = std::process::Command::new("sed")
+        .args(["-i", "s/mode: legacy }/mode: migrated, service: inventory }/"])
+        .arg(&proxy.rules)
+        .status()
+        .unwrap();
+    assert!(sed.success());
+    until_served_by(&client, &proxy, "inventory").await;
+
+    let config = proxy.config().await;
+    assert_eq!(config["generation"], 3, "{config}");
+    assert_eq!(config["last_reload"]["result"], "success");
+    assert_eq!(config["last_reload"]["trigger"], "watch");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configmap_symlink_swap_reloads() {
+    use std::os::unix::fs::symlink;
+    let shop = start_shop().await;
+    let (mono, inv) = (shop.monolith, shop.inventory);
+    // The layout kubelet makes: rules.yaml -> ..data/rules.yaml, ..data -> ..<timestamp>/
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("..2026_11_26_01");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::write(v1.join("rules.yaml"), flip(mono, inv, false)).unwrap();
+    symlink("..2026_11_26_01", dir.path().join("..data")).unwrap();
+    symlink("..data/rules.yaml", dir.path().join("rules.yaml")).unwrap();
+    let path = dir.path().join("rules.yaml");
+    let proxy = Proxy::start_file(dir, path.clone(), &[]).await;
+    let client = reqwest::Client::new();
+    assert_eq!(upstream(&client, &proxy).await, "monolith");
+
+    let root = path.parent().unwrap();
+    let v2 = root.join("..2026_11_26_02");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::write(v2.join("rules.yaml"), flip(mono, inv, true)).unwrap();
+    symlink("..2026_11_26_02", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    std::fs::remove_dir_all(&v1).unwrap();
+    until_served_by(&client, &proxy, "inventory").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_edit_changes_nothing_and_says_where() {
+    let shop = start_shop().await;
+    let (mono, inv) = (shop.monolith, shop.inventory);
+    let proxy = Proxy::start(&flip(mono, inv, true)).await;
+    let client = reqwest::Client::new();
+
+    // Switch the file watcher's view off the table: use the API trigger to see the 422.
+    let broken = flip(mono, inv, false).replace("mode: legacy }", "mode: legacy, service: nope }");
+    std::fs::write(&proxy.rules, &broken).unwrap();
+    let r = client.post(proxy.admin_url("/api/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["result"], "refused");
+    let err = &body["errors"][0];
+    assert_eq!(err["route"], "stock", "{body}");
+    assert_eq!(err["line"], 7, "{body}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("a legacy route has no service"),
+        "{body}"
+    );
+    assert!(err["text"].as_str().unwrap().contains("rules.yaml:7:"), "{body}");
+
+    // The rules in force keep serving.
+    for _ in 0..20 {
+        assert_eq!(upstream(&client, &proxy).await, "inventory");
+    }
+    let config = proxy.config().await;
+    assert_eq!(config["generation"], 0, "{config}");
+    assert_eq!(config["last_reload"]["result"], "failure");
+    assert_eq!(config["last_reload"]["errors"][0]["route"], "stock");
+    assert_eq!(config["rules"]["routes"][0]["mode"], "migrated");
+
+    let m = proxy.metrics().await;
+    assert!(m.contains("strangler_config_last_reload_successful 0"), "{m}");
+    assert!(m.contains("strangler_config_generation 0"), "{m}");
+    assert!(
+        m.contains(r#"strangler_config_reloads_total{result="failure"} "#),
+        "{m}"
+    );
+    assert!(
+        proxy.log().contains("reload refused, the rules in force keep serving"),
+        "{}",
+        proxy.log()
+    );
+
+    // A good file then applies, and the API says so.
+    std::fs::write(&proxy.rules, flip(mono, inv, false)).unwrap();
+    let r = client.post(proxy.admin_url("/api/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["result"], "applied");
+    assert_eq!(upstream(&client, &proxy).await, "monolith");
+    let m = proxy.metrics().await;
+    assert!(m.contains("strangler_config_last_reload_successful 1"), "{m}");
+    assert!(m.contains("strangler_routes{mode=\"legacy\"} 1"), "{m}");
+    assert!(m.contains("strangler_routes{mode=\"migrated\"} 0"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads() {
+    let shop = start_shop().await;
+    let proxy = Proxy::start(&flip(shop.monolith, shop.inventory, false)).await;
+    // No file event here, so only the signal can run the reload.
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = proxy.config().await;
+        if c["generation"] == 1 {
+            assert_eq!(c["last_reload"]["trigger"], "signal", "{c}");
+            assert_eq!(c["last_reload"]["result"], "success", "{c}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: {c}\n{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The process is still serving.
+    assert_eq!(
+        reqwest::get(proxy.url("/api/inventory/SKU-0001"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_survive_for_kept_names_and_go_for_removed_ones() {
+    let shop = start_shop().await;
+    let (mono, inv) = (shop.monolith, shop.inventory);
+    let two = |second: &str| {
+        rules(
+            &[("monolith", mono), ("inventory", inv)],
+            &format!(
+                "  - {{ name: stock, match: {{ prefix: /api/inventory }}, mode: legacy }}\n  - {{ name: {second}, match: {{ prefix: /api/catalog }}, mode: legacy }}\n"
+            ),
+        )
+    };
+    let proxy = Proxy::start(&two("catalog")).await;
+    let client = reqwest::Client::new();
+    for p in [
+        "/api/inventory/SKU-0001",
+        "/api/inventory/SKU-0002",
+        "/api/catalog/products/1",
+    ] {
+        assert_eq!(client.get(proxy.url(p)).send().await.unwrap().status(), 200);
+    }
+    std::fs::write(&proxy.rules, two("catalog-renamed")).unwrap();
+    let r = client.post(proxy.admin_url("/api/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let m = proxy.metrics().await;
+    assert!(
+        m.contains(r#"strangler_requests_total{route="stock",side="legacy",status="2xx",upstream="monolith"} 2"#),
+        "kept name keeps its counter:\n{m}"
+    );
+    assert!(
+        !m.contains(r#"route="catalog""#),
+        "removed route's series are gone:\n{m}"
+    );
+    assert!(
+        m.contains(r#"strangler_route_info{mode="legacy",route="catalog-renamed",service=""} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_edits_under_load_fail_no_request() {
+    let shop = start_shop().await;
+    let (mono, inv) = (shop.monolith, shop.inventory);
+    // Valid versions move /api/inventory between the monolith and the service and the canary
+    // percent of /api/catalog; broken versions rename a route to "broken" and carry a mistake,
+    // so a broken rule set that got applied would show up in x-strangler-route.
+    let version = |i: usize| -> String {
+        let migrated = i % 4 == 0;
+        let stock = if migrated {
+            "  - { name: stock, match: { prefix: /api/inventory }, mode: migrated, service: inventory }\n"
+        } else {
+            "  - { name: stock, match: { prefix: /api/inventory }, mode: legacy }\n"
+        };
+        let catalog = format!(
+            "  - {{ name: catalog, match: {{ prefix: /api/catalog, methods: [GET] }}, mode: canary, service: inventory, canary: {{ percent: {} }} }}\n",
+            i % 3 * 10
+        );
+        let text = rules(&[("monolith", mono), ("inventory", inv)], &format!("{stock}{catalog}"));
+        if i % 2 == 1 {
+            text.replace("name: stock", "name: broken")
+                .replace("mode: legacy }", "mode: legacy, service: nope }")
+                .replace(
+                    "mode: migrated, service: inventory }",
+                    "mode: migrated, service: nope }",
+                )
+        } else {
+            text
+        }
+    };
+    let proxy = Arc::new(Proxy::start(&version(0)).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let (proxy, stop, sent) = (proxy.clone(), stop.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let paths = [
+                "/api/inventory/SKU-0001",
+                "/api/catalog/products/3",
+                "/",
+                "/api/users/2",
+            ];
+            let mut i = t;
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let path = paths[i % paths.len()];
+                i += 1;
+                let r = match client.get(proxy.url(path)).send().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failures.push(format!("{path}: {e}"));
+                        continue;
+                    }
+                };
+                sent.fetch_add(1, Ordering::Relaxed);
+                let route = r.headers()["x-strangler-route"].to_str().unwrap().to_string();
+                let up = r.headers()["x-strangler-upstream"].to_str().unwrap().to_string();
+                let ok_pair = match (path, route.as_str()) {
+                    ("/api/inventory/SKU-0001", "stock") => up == "monolith" || up == "inventory",
+                    ("/api/catalog/products/3", "catalog") => up == "monolith" || up == "inventory",
+                    ("/", "(none)") | ("/api/users/2", "(none)") => up == "monolith",
+                    _ => false,
+                };
+                // The inventory service does not serve the catalog: a canary answer there is a 404
+                // from the real service, which is what the rules asked for.
+                let status_ok = r.status().is_success() || (path.starts_with("/api/catalog") && up == "inventory");
+                if !ok_pair || !status_ok {
+                    failures.push(format!("{path}: {} route={route} upstream={up}", r.status()));
+                }
+            }
+            failures
+        }));
+    }
+
+    for i in 1..=200 {
+        let text = version(i);
+        if i % 3 == 0 {
+            write_and_rename(&proxy.rules, &text);
+        } else {
+            write_in_place(&proxy.rules, &text);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Let the last (valid) edit apply, then stop the load.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for t in tasks {
+        failures.extend(t.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(sent.load(Ordering::Relaxed) > 100, "the load ran");
+    let config = proxy.config().await;
+    // Many valid edits were applied while the load ran (bursts coalesce, so not all 100).
+    let generation = config["generation"].as_u64().unwrap();
+    eprintln!(
+        "applied {generation} reloads; {} requests",
+        sent.load(Ordering::Relaxed)
+    );
+    assert!(generation >= 10, "{config}");
+    let m = proxy.metrics().await;
+    assert!(!m.contains(r#"route="broken""#), "a broken rule set was applied:\n{m}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_slow_requests_finish_and_exits_0() {
+    let shop = start_shop().await;
+    shop.inventory_faults.set(FaultSettings {
+        latency: Duration::from_millis(1500),
+        ..FaultSettings::default()
+    });
+    let text = flip(shop.monolith, shop.inventory, true);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, text).unwrap();
+    let mut proxy = Proxy::start_file(dir, path, &["--grace-period", "4", "--shutdown-timeout", "2"]).await;
+    let url = proxy.url("/api/inventory/SKU-0001");
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal("TERM");
+    for s in slow {
+        assert_eq!(s.await.unwrap().expect("slow request completes"), 200);
+    }
+    let status = proxy
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("exits after the grace period");
+    assert!(status.success(), "exit status {status:?}; log:\n{}", proxy.log());
+}
