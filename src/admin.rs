@@ -127,22 +127,34 @@ fn rules_json(live: &Live) -> serde_json::Value {
     json!({ "legacy": rules.upstreams[rules.legacy].name, "upstreams": upstreams, "routes": routes })
 }
 
-/// Runs the admin router inside the Pingora server, on a listener bound before start.
+/// How the admin listener gets its socket.
+pub enum AdminListener {
+    /// Bound before start, so a bad address fails the start with a clear error.
+    Bound(std::net::TcpListener),
+    /// Bound once the server runs, retrying while another process still holds it: during a
+    /// graceful upgrade the old process keeps the admin port until it starts shutting down.
+    Later(String),
+}
+
+/// Runs the admin router inside the Pingora server.
 pub struct AdminService {
-    pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    pub listener: std::sync::Mutex<Option<AdminListener>>,
     pub state: AdminState,
 }
 
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+        let Some(how) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
-        let listener = match std_listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
-        {
+        let listener = match how {
+            AdminListener::Bound(l) => l
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(l)),
+            AdminListener::Later(addr) => bind_when_free(&addr, &mut shutdown).await,
+        };
+        let listener = match listener {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("admin listener failed: {e}");
@@ -155,6 +167,22 @@ impl BackgroundService for AdminService {
         };
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
             tracing::error!("admin server stopped: {e}");
+        }
+    }
+}
+
+/// Bind `addr`, retrying for up to 30 s while it is in use.
+async fn bind_when_free(addr: &str, shutdown: &mut ShutdownWatch) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                    _ = shutdown.changed() => return Err(e),
+                }
+            }
+            other => return other,
         }
     }
 }

@@ -52,6 +52,12 @@ enum Command {
         /// After the grace period, seconds the runtime gets to stop.
         #[arg(long, default_value_t = server::DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
         shutdown_timeout: u64,
+        /// Take the listening socket over from the running strangler: start this, then send the old one SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
+        /// Unix socket the listening socket is handed over on (both processes must agree).
+        #[arg(long, default_value = server::DEFAULT_UPGRADE_SOCK)]
+        upgrade_sock: PathBuf,
     },
     /// Validate a rules file; print every mistake with file:line:col.
     Check {
@@ -104,6 +110,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             threads,
             grace_period,
             shutdown_timeout,
+            upgrade,
+            upgrade_sock,
         } => {
             let opts = Options {
                 listen,
@@ -111,6 +119,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 threads,
                 grace_period_secs: grace_period,
                 shutdown_timeout_secs: shutdown_timeout,
+                upgrade,
+                upgrade_sock,
                 ..Options::new(config)
             };
             let prepared = server::prepare(&opts)?;

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use pingora_core::apps::HttpServerOptions;
-use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora_core::services::background::background_service;
 
-use crate::admin::{AdminService, AdminState};
+use crate::admin::{AdminListener, AdminService, AdminState};
 use crate::config::ConfigErrors;
 use crate::metrics::Metrics;
 use crate::proxy::{Live, Strangler};
@@ -22,6 +22,7 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9911";
 /// Pingora's own default grace period is 300 s; in-flight requests rarely need more than a few.
 pub const DEFAULT_GRACE_SECS: u64 = 5;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/strangler_upgrade.sock";
 
 /// What `strangler run` needs.
 #[derive(Debug, Clone)]
@@ -37,6 +38,10 @@ pub struct Options {
     pub grace_period_secs: u64,
     /// After the grace period: how long the runtime may take to stop.
     pub shutdown_timeout_secs: u64,
+    /// Take the listening socket over from a running strangler (graceful binary upgrade).
+    pub upgrade: bool,
+    /// The Unix socket the listening sockets are handed over on.
+    pub upgrade_sock: PathBuf,
 }
 
 impl Options {
@@ -48,6 +53,8 @@ impl Options {
             threads: 0,
             grace_period_secs: DEFAULT_GRACE_SECS,
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+            upgrade: false,
+            upgrade_sock: PathBuf::from(DEFAULT_UPGRADE_SOCK),
         }
     }
 }
@@ -62,6 +69,14 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
+}
+
+fn bind(addr: &str, what: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        addr: addr.to_string(),
+        what,
+        source,
+    })
 }
 
 /// A loaded, bound proxy that has not started serving yet.
@@ -86,17 +101,15 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         .or_else(|| rules.admin.clone())
         .unwrap_or_else(|| DEFAULT_ADMIN.into());
 
-    // Pingora binds from an address string later and panics on failure; try it first for a clear error.
-    drop(TcpListener::bind(&listen).map_err(|source| StartError::Bind {
-        addr: listen.clone(),
-        what: "listen",
-        source,
-    })?);
-    let admin_listener = TcpListener::bind(&admin).map_err(|source| StartError::Bind {
-        addr: admin.clone(),
-        what: "admin",
-        source,
-    })?;
+    let admin_listener = if opts.upgrade {
+        // The old process still holds both ports: the proxy socket arrives over the upgrade
+        // socket, and the admin port is bound once the old process lets it go.
+        AdminListener::Later(admin.clone())
+    } else {
+        // Pingora binds from an address string later and panics on failure; try it first for a clear error.
+        drop(bind(&listen, "listen")?);
+        AdminListener::Bound(bind(&admin, "admin")?)
+    };
 
     let metrics = Arc::new(Metrics::new());
     let routes = rules.routes.len();
@@ -119,9 +132,14 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         threads,
         grace_period_seconds: Some(opts.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(opts.shutdown_timeout_secs),
+        upgrade_sock: opts.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
