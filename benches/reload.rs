@@ -54,7 +54,7 @@ fn compile_and_swap() {
     let text = many_routes(10_000);
     let metrics = Metrics::new();
     let first = RuleSet::compile(file, &config::parse(file, &text).unwrap()).unwrap();
-    let live = ArcSwap::from_pointee(Live::new(first, &metrics, 0));
+    let live = ArcSwap::from_pointee(Live::new(first, &metrics, 0, None));
     let (mut parse_only, mut total) = (Vec::new(), Vec::new());
     for generation in 1..=7 {
         let t = Instant::now();
@@ -63,7 +63,7 @@ fn compile_and_swap() {
 
         let t = Instant::now();
         let rules = RuleSet::compile(file, &config::parse(file, &text).unwrap()).unwrap();
-        let next = Live::new(rules, &metrics, generation);
+        let next = Live::new(rules, &metrics, generation, Some(&live.load()));
         metrics.forget_removed(&live.load().rules, &next.rules);
         live.store(Arc::new(next));
         total.push(t.elapsed().as_secs_f64() * 1e3);

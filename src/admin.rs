@@ -28,7 +28,7 @@ pub struct AdminState {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(|| async { Json(json!({"status": "ready"})) }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/routes", get(routes))
         .route("/api/config", get(config))
@@ -43,11 +43,25 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
+    let body = s.metrics.render(&s.live.load().states);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        s.metrics.render(),
+        body,
     )
         .into_response()
+}
+
+/// Ready when rules are loaded (they always are once serving) and the legacy upstream is healthy.
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let live = s.live.load();
+    let legacy = &live.rules.upstreams[live.rules.legacy].name;
+    if live.states[live.rules.legacy].healthy() {
+        Json(json!({"status": "ready", "generation": live.generation})).into_response()
+    } else {
+        let body =
+            json!({"status": "not_ready", "reason": format!("legacy upstream \"{legacy}\" fails its health checks")});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
 /// `POST /api/reload`: 200 with the new generation, or 422 with every error; nothing changes on 422.

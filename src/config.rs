@@ -32,6 +32,49 @@ pub struct UpstreamFile {
     pub host: Option<Spanned<String>>,
     #[serde(default)]
     pub timeouts: TimeoutsFile,
+    pub retries: Option<Spanned<RetriesFile>>,
+    pub circuit_breaker: Option<Spanned<BreakerFile>>,
+    /// Bulkhead: requests in flight to this upstream at most.
+    pub max_in_flight: Option<Spanned<u64>>,
+    pub health: Option<Spanned<HealthFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesFile {
+    /// Tries of the service including the first; 1 means no retry.
+    pub attempts: Spanned<u32>,
+    pub backoff: Option<BackoffFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffFile {
+    pub base: Option<Spanned<String>>,
+    pub max: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerFile {
+    pub failure_ratio: Option<Spanned<f64>>,
+    pub min_requests: Option<Spanned<u32>>,
+    pub window: Option<Spanned<String>>,
+    pub open_for: Option<Spanned<String>>,
+    pub half_open_probes: Option<Spanned<u32>>,
+    /// `false` turns the breaker off.
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    /// HTTP path to GET; absent: a TCP connect check.
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub unhealthy_after: Option<Spanned<u32>>,
+    pub healthy_after: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,6 +94,14 @@ pub struct RouteFile {
     pub mode: Spanned<Mode>,
     pub service: Option<Spanned<String>>,
     pub canary: Option<Spanned<CanaryFile>>,
+    /// Fall back to the legacy upstream when the service fails (canary and migrated). Default true.
+    pub fallback: Option<bool>,
+    /// Service statuses that fall back (when the request is safe to send twice). Default 502, 503, 504.
+    pub fallback_on: Option<Vec<Spanned<u16>>>,
+    /// Treat every request on this route as safe to send twice. Default false.
+    pub fallback_writes: Option<bool>,
+    /// Overall deadline for the request, retries and fallback included. Default 30s.
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

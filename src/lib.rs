@@ -5,6 +5,9 @@
 //! - `rules`   the compiled, immutable `RuleSet`: validation and route lookup
 //! - `path`    request path normalization, shared by matching and forwarding
 //! - `proxy`   `impl ProxyHttp`: the request path
+//! - `fallback` may a failed request be retried or sent to the monolith? (pure)
+//! - `resilience` circuit breaker, bulkhead, backoff, health state (atomics, injected clock)
+//! - `health`  active health checks of every upstream
 //! - `metrics` every Prometheus metric; per-route handles built at load
 //! - `reload`  hot reload: file watch, SIGHUP, POST /api/reload; keep the last good rules
 //! - `admin`   the admin listener: health, metrics, JSON API
@@ -24,9 +27,12 @@
 pub mod admin;
 pub mod config;
 pub mod explain;
+pub mod fallback;
+pub mod health;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod reload;
+pub mod resilience;
 pub mod rules;
 pub mod server;

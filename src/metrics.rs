@@ -1,14 +1,17 @@
 //! Every Prometheus metric, in one registry; per-route handles are resolved at rule-compile time.
 //!
 //! Label values come only from the rules (route, upstream, mode) and fixed sets (side, status
-//! class), never from request data, so cardinality is bounded by the rules file.
+//! class, reason), never from request data, so cardinality is bounded by the rules file.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
 use crate::config::Mode;
+use crate::fallback::{Reason, SkipReason};
+use crate::resilience::UpstreamState;
 use crate::rules::{RuleSet, Side, NO_ROUTE};
 
 /// Latency buckets from 0.25 ms to 10 s.
@@ -26,23 +29,40 @@ pub struct Metrics {
     route_info: IntGaugeVec,
     routes: IntGaugeVec,
     rejected: IntCounterVec,
+    fallbacks: IntCounterVec,
+    fallbacks_skipped: IntCounterVec,
+    retries: IntCounterVec,
+    circuit_state: IntGaugeVec,
+    upstream_up: IntGaugeVec,
+    in_flight: IntGaugeVec,
     reloads: IntCounterVec,
     generation: IntGauge,
     last_reload_ok: IntGauge,
     last_success: Gauge,
 }
 
+fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "strangler_requests_total",
-                "Requests proxied, by route, upstream, side and status class.",
-            ),
-            &["route", "upstream", "side", "status"],
-        )
-        .expect("valid metric");
+        let r = Registry::new();
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "strangler_request_duration_seconds",
@@ -52,83 +72,120 @@ impl Metrics {
             &["route", "side"],
         )
         .expect("valid metric");
-        let route_info = IntGaugeVec::new(
-            Opts::new(
+        let m = Metrics {
+            requests: counters(
+                &r,
+                "strangler_requests_total",
+                "Requests proxied, by route, the upstream that answered, side and status class.",
+                &["route", "upstream", "side", "status"],
+            ),
+            duration: register(&r, duration),
+            route_info: gauges(
+                &r,
                 "strangler_route_info",
                 "One series per route in force: its mode and service.",
+                &["route", "mode", "service"],
             ),
-            &["route", "mode", "service"],
-        )
-        .expect("valid metric");
-        let routes = IntGaugeVec::new(Opts::new("strangler_routes", "Routes in force, by mode."), &["mode"])
-            .expect("valid metric");
-        let rejected = IntCounterVec::new(
-            Opts::new(
+            routes: gauges(&r, "strangler_routes", "Routes in force, by mode.", &["mode"]),
+            rejected: counters(
+                &r,
                 "strangler_rejected_requests_total",
                 "Requests refused by the proxy before routing, by reason.",
+                &["reason"],
             ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let reloads = IntCounterVec::new(
-            Opts::new(
+            fallbacks: counters(
+                &r,
+                "strangler_fallbacks_total",
+                "Requests for the new service that the legacy upstream served instead, by route and reason.",
+                &["route", "reason"],
+            ),
+            fallbacks_skipped: counters(
+                &r,
+                "strangler_fallbacks_skipped_total",
+                "Failed requests that could not fall back because sending them twice was unsafe, by route and reason.",
+                &["route", "reason"],
+            ),
+            retries: counters(
+                &r,
+                "strangler_retries_total",
+                "Retries of a request to the new service, by route.",
+                &["route"],
+            ),
+            circuit_state: gauges(
+                &r,
+                "strangler_circuit_state",
+                "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
+                &["upstream"],
+            ),
+            upstream_up: gauges(
+                &r,
+                "strangler_upstream_up",
+                "1 if the upstream passes its health checks, else 0.",
+                &["upstream"],
+            ),
+            in_flight: gauges(
+                &r,
+                "strangler_upstream_in_flight",
+                "Requests in flight to the upstream (the bulkhead's count).",
+                &["upstream"],
+            ),
+            reloads: counters(
+                &r,
                 "strangler_config_reloads_total",
                 "Reloads of the rules file, by result.",
+                &["result"],
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let generation = IntGauge::new(
-            "strangler_config_generation",
-            "Generation of the rules in force; +1 per applied reload.",
-        )
-        .expect("valid metric");
-        let last_reload_ok = IntGauge::new(
-            "strangler_config_last_reload_successful",
-            "1 if the last reload attempt was applied, 0 if it was refused.",
-        )
-        .expect("valid metric");
-        let last_success = Gauge::new(
-            "strangler_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last applied load of the rules file.",
-        )
-        .expect("valid metric");
+            generation: register(
+                &r,
+                IntGauge::new(
+                    "strangler_config_generation",
+                    "Generation of the rules in force; +1 per applied reload.",
+                )
+                .expect("valid metric"),
+            ),
+            last_reload_ok: register(
+                &r,
+                IntGauge::new(
+                    "strangler_config_last_reload_successful",
+                    "1 if the last reload attempt was applied, 0 if it was refused.",
+                )
+                .expect("valid metric"),
+            ),
+            last_success: register(
+                &r,
+                Gauge::new(
+                    "strangler_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last applied load of the rules file.",
+                )
+                .expect("valid metric"),
+            ),
+            registry: r,
+        };
         for result in ["success", "failure"] {
-            reloads.with_label_values(&[result]);
-        }
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(duration.clone()),
-            Box::new(route_info.clone()),
-            Box::new(routes.clone()),
-            Box::new(rejected.clone()),
-            Box::new(reloads.clone()),
-            Box::new(generation.clone()),
-            Box::new(last_reload_ok.clone()),
-            Box::new(last_success.clone()),
-        ] {
-            registry.register(c).expect("metric names are unique");
+            m.reloads.with_label_values(&[result]);
         }
         #[cfg(target_os = "linux")]
-        registry
+        m.registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("process collector registers once");
-        Metrics {
-            registry,
-            requests,
-            duration,
-            route_info,
-            routes,
-            rejected,
-            reloads,
-            generation,
-            last_reload_ok,
-            last_success,
-        }
+        m
     }
 
-    /// The text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    /// The text exposition of every metric. Upstream gauges are read from the live state now,
+    /// so the request path never touches them.
+    pub fn render(&self, upstreams: &[std::sync::Arc<UpstreamState>]) -> Vec<u8> {
+        self.circuit_state.reset();
+        self.upstream_up.reset();
+        self.in_flight.reset();
+        for u in upstreams {
+            self.circuit_state
+                .with_label_values(&[&u.name])
+                .set(u.breaker.state() as i64);
+            self.upstream_up
+                .with_label_values(&[&u.name])
+                .set(i64::from(u.healthy()));
+            self.in_flight.with_label_values(&[&u.name]).set(u.in_flight() as i64);
+        }
         let mut buf = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec can't fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
@@ -151,11 +208,9 @@ impl Metrics {
     /// disappears from /metrics. Routes that keep their name keep their counters.
     pub fn forget_removed(&self, old: &RuleSet, new: &RuleSet) {
         let legacy = old.upstreams[old.legacy].name.as_str();
-        for r in old
-            .routes
-            .iter()
-            .filter(|r| !new.routes.iter().any(|n| n.name == r.name))
-        {
+        let kept: std::collections::HashSet<&str> = new.routes.iter().map(|r| r.name.as_str()).collect();
+        for r in old.routes.iter().filter(|r| !kept.contains(r.name.as_str())) {
+            let name = r.name.as_str();
             let mut sides = vec![(legacy, Side::Legacy)];
             if let Some(s) = r.service {
                 sides.push((old.upstreams[s].name.as_str(), Side::New));
@@ -164,9 +219,18 @@ impl Metrics {
                 for status in STATUS_CLASSES {
                     let _ = self
                         .requests
-                        .remove_label_values(&[&r.name, upstream, side.as_str(), status]);
+                        .remove_label_values(&[name, upstream, side.as_str(), status]);
                 }
-                let _ = self.duration.remove_label_values(&[&r.name, side.as_str()]);
+                let _ = self.duration.remove_label_values(&[name, side.as_str()]);
+            }
+            if r.service.is_some() {
+                for reason in Reason::ALL {
+                    let _ = self.fallbacks.remove_label_values(&[name, reason.as_str()]);
+                }
+                for reason in SkipReason::ALL {
+                    let _ = self.fallbacks_skipped.remove_label_values(&[name, reason.as_str()]);
+                }
+                let _ = self.retries.remove_label_values(&[name]);
             }
         }
     }
@@ -184,8 +248,7 @@ impl Metrics {
                 .with_label_values(&[&r.name, r.mode.as_str(), service])
                 .set(1);
         }
-        let counts = rules.mode_counts();
-        for (mode, n) in Mode::ALL.iter().zip(counts) {
+        for (mode, n) in Mode::ALL.iter().zip(rules.mode_counts()) {
             self.routes.with_label_values(&[mode.as_str()]).set(n as i64);
         }
         let legacy = rules.upstreams[rules.legacy].name.as_str();
@@ -197,11 +260,17 @@ impl Metrics {
                 new: r
                     .service
                     .map(|s| self.side(&r.name, &rules.upstreams[s].name, Side::New)),
+                resilience: r.service.map(|_| Resilience {
+                    fallbacks: Reason::ALL.map(|x| self.fallbacks.with_label_values(&[&r.name, x.as_str()])),
+                    skipped: SkipReason::ALL.map(|x| self.fallbacks_skipped.with_label_values(&[&r.name, x.as_str()])),
+                    retries: self.retries.with_label_values(&[&r.name]),
+                }),
             })
             .collect();
         let none = RouteMetric {
             legacy: self.side(NO_ROUTE, legacy, Side::Legacy),
             new: None,
+            resilience: None,
         };
         RouteHandles { per_route, none }
     }
@@ -234,9 +303,29 @@ impl SideMetric {
     }
 }
 
+/// Fallback, skip and retry counters of a route that has a service.
+pub struct Resilience {
+    fallbacks: [IntCounter; 6],
+    skipped: [IntCounter; 2],
+    pub retries: IntCounter,
+}
+
+impl Resilience {
+    pub fn fallback(&self, reason: Reason) {
+        let i = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.fallbacks[i].inc();
+    }
+
+    pub fn skipped(&self, reason: SkipReason) {
+        let i = SkipReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.skipped[i].inc();
+    }
+}
+
 pub struct RouteMetric {
     pub legacy: SideMetric,
     pub new: Option<SideMetric>,
+    pub resilience: Option<Resilience>,
 }
 
 impl RouteMetric {

@@ -1,13 +1,15 @@
 //! The request path: `impl ProxyHttp`, readable top to bottom.
 //!
-//! request_filter: normalize the path, match a route, pick a side  (one rule-set snapshot)
-//! upstream_peer:  the chosen upstream's prebuilt peer
-//! upstream_request_filter: normalized path, forwarding headers, request id
+//! request_filter: normalize the path, match a route, pick a side  (one rule-set snapshot);
+//!                 on the new side: health, circuit and bulkhead admit it, or it falls back
+//! upstream_peer:  the chosen upstream's prebuilt peer, timeouts clamped to the route deadline
+//! fail_to_connect / error_while_proxy / upstream_response_filter (5xx):
+//!                 retry the service, fall back to legacy, or give up (`fallback::decide`)
 //! response_filter: x-strangler-* headers
 //! logging: count the request against handles resolved at load time
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -15,12 +17,14 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::Result;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::fallback::{self, Decision, Reason};
 use crate::metrics::{Metrics, RouteHandles};
-use crate::rules::{RouteId, RuleSet, Side, UpstreamId};
+use crate::resilience::{InFlight, UpstreamState};
+use crate::rules::{RouteId, RuleSet, Side, UpstreamId, DEFAULT_ROUTE_TIMEOUT};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -28,6 +32,8 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_STRANGLER_ROUTE: HeaderName = HeaderName::from_static("x-strangler-route");
 pub const X_STRANGLER_UPSTREAM: HeaderName = HeaderName::from_static("x-strangler-upstream");
+pub const X_STRANGLER_FALLBACK: HeaderName = HeaderName::from_static("x-strangler-fallback");
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The rules in force and the metric handles compiled with them. Swapped whole on reload.
 pub struct Live {
@@ -39,11 +45,24 @@ pub struct Live {
     route_headers: Vec<HeaderValue>,
     /// `x-strangler-upstream` values, indexed like `rules.upstreams`.
     upstream_headers: Vec<HeaderValue>,
+    /// Breaker, bulkhead and health of each upstream, indexed like `rules.upstreams`.
+    /// Carried over from the previous `Live` by upstream name.
+    pub states: Vec<Arc<UpstreamState>>,
 }
 
 impl Live {
-    pub fn new(rules: RuleSet, metrics: &Metrics, generation: u64) -> Live {
+    /// `previous` is the rule set being replaced: upstreams that keep their name keep their state.
+    pub fn new(rules: RuleSet, metrics: &Metrics, generation: u64, previous: Option<&Live>) -> Live {
         let handles = metrics.handles(&rules);
+        let states = rules
+            .upstreams
+            .iter()
+            .map(|u| {
+                previous
+                    .and_then(|p| p.states.iter().find(|s| s.name == u.name).cloned())
+                    .unwrap_or_else(|| Arc::new(UpstreamState::new(&u.name)))
+            })
+            .collect();
         let header = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         let mut route_headers: Vec<HeaderValue> = rules.routes.iter().map(|r| header(&r.name)).collect();
         route_headers.push(HeaderValue::from_static(crate::rules::NO_ROUTE));
@@ -54,6 +73,7 @@ impl Live {
             handles,
             route_headers,
             upstream_headers,
+            states,
         }
     }
 }
@@ -72,6 +92,20 @@ pub struct Ctx {
     /// The normalized path and the original query, when they differ from what the client sent.
     rewritten: Option<http::Uri>,
     started: Instant,
+    /// Retries and fallback together end by this time.
+    deadline: Instant,
+    /// Tries of the new service so far.
+    attempt: u32,
+    /// Safe to send twice: idempotent method, `Idempotency-Key`, or `fallback_writes`.
+    replayable: bool,
+    /// Set once the request falls back; also the `x-strangler-fallback` header.
+    fallback: Option<Reason>,
+    /// The bulkhead slot held while the request is on the new service.
+    slot: Option<InFlight>,
+    /// The response header went downstream: nothing may be retried after this.
+    responded: bool,
+    /// `upstream_response_filter` already decided what a 5xx leads to.
+    decided: bool,
 }
 
 #[async_trait]
@@ -86,6 +120,13 @@ impl ProxyHttp for Strangler {
             target: 0,
             rewritten: None,
             started: Instant::now(),
+            deadline: Instant::now() + DEFAULT_ROUTE_TIMEOUT,
+            attempt: 0,
+            replayable: false,
+            fallback: None,
+            slot: None,
+            responded: false,
+            decided: false,
         }
     }
 
@@ -116,6 +157,26 @@ impl ProxyHttp for Strangler {
             };
             ctx.rewritten = pq.parse().ok();
         }
+        if let Some(r) = r {
+            ctx.deadline = ctx.started + r.timeout;
+            // An upgraded connection can't be replayed; otherwise idempotent or declared so.
+            ctx.replayable = !session.is_upgrade_req()
+                && (fallback::idempotent_method(&req.method)
+                    || r.fallback_writes
+                    || req.headers.contains_key(&IDEMPOTENCY_KEY));
+        }
+        if ctx.side == Side::New {
+            if let Some(reason) = admit(&live, ctx) {
+                if !fall_back(&live, ctx, reason) {
+                    let body = format!(
+                        "{{\"error\":\"service_unavailable\",\"reason\":\"{}\"}}\n",
+                        reason.as_str()
+                    );
+                    respond(session, 503, body.into()).await?;
+                    return Ok(true);
+                }
+            }
+        }
         ctx.live = Some(live);
         // Every request carries an id: the client's, or a new one. The upstream and the
         // client's response both see it.
@@ -126,8 +187,94 @@ impl ProxyHttp for Strangler {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let live = ctx.live.as_ref().expect("request_filter sets live");
-        Ok(Box::new(live.rules.upstreams[ctx.target].peer.clone()))
+        let live = ctx.live.clone().expect("request_filter sets live");
+        let up = &live.rules.upstreams[ctx.target];
+        if ctx.side == Side::New {
+            ctx.attempt += 1;
+            if ctx.attempt > 1 {
+                let wait = up.retry.backoff(ctx.attempt, rand::random::<f64>());
+                tokio::time::sleep(wait.min(ctx.deadline.saturating_duration_since(Instant::now()))).await;
+            }
+        }
+        let mut peer = up.peer.clone();
+        if ctx.route.is_some_and(|id| live.rules.routes[id].service.is_some()) {
+            // Every try, and the fallback, must end by the route's deadline.
+            let left = ctx.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Error::e_explain(ErrorType::HTTPStatus(504), "the route's timeout passed");
+            }
+            let o = &mut peer.options;
+            o.connection_timeout = Some(up.connect_timeout.min(left));
+            o.read_timeout = Some(up.response_timeout.min(left));
+            o.write_timeout = Some(up.response_timeout.min(left));
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if ctx.side == Side::New {
+            return on_failure(session, ctx, Reason::ConnectError, e, true);
+        }
+        e.set_retry(false);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if std::mem::take(&mut ctx.decided) {
+            return e;
+        }
+        if ctx.side == Side::New && !ctx.responded {
+            let reason = match e.etype() {
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout => Reason::Timeout,
+                _ => Reason::Reset,
+            };
+            return on_failure(session, ctx, reason, e, true);
+        }
+        // Legacy side (nothing behind it): Pingora's own rule, a stale pooled connection may be
+        // retried once if the request is safe to send again.
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if ctx.responded || !ctx.replayable_on_legacy(session) {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.side != Side::New || resp.status.is_informational() {
+            return Ok(());
+        }
+        let live = ctx.live.clone().expect("request_filter sets live");
+        let status = resp.status.as_u16();
+        record(&live, ctx, status < 500);
+        let route = &live.rules.routes[ctx.route.expect("the new side has a route")];
+        if !route.falls_back_on(status) {
+            return Ok(());
+        }
+        let e = Error::explain(
+            ErrorType::HTTPStatus(status),
+            "the service answered with a fallback status",
+        );
+        let e = on_failure(session, ctx, Reason::Status5xx, e, false);
+        if e.retry() {
+            // Nothing has gone downstream yet: the retry loop tries again elsewhere.
+            ctx.decided = true;
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -162,11 +309,15 @@ impl ProxyHttp for Strangler {
     }
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        ctx.responded = true;
         let live = ctx.live.as_ref().expect("request_filter sets live");
         if live.rules.response_headers {
             let route = ctx.route.unwrap_or(live.route_headers.len() - 1);
             resp.insert_header(X_STRANGLER_ROUTE, live.route_headers[route].clone())?;
             resp.insert_header(X_STRANGLER_UPSTREAM, live.upstream_headers[ctx.target].clone())?;
+            if let Some(reason) = ctx.fallback {
+                resp.insert_header(X_STRANGLER_FALLBACK, reason.as_str())?;
+            }
         }
         if let Some(id) = session.req_header().headers.get(&X_REQUEST_ID) {
             if !resp.headers.contains_key(&X_REQUEST_ID) {
@@ -176,12 +327,135 @@ impl ProxyHttp for Strangler {
         Ok(())
     }
 
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => 0,
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && !ctx.responded {
+            let upstream = ctx
+                .live
+                .as_ref()
+                .map_or("", |l| l.rules.upstreams[ctx.target].name.as_str());
+            let body = format!(
+                "{{\"error\":\"upstream_failed\",\"upstream\":\"{upstream}\",\"status\":{code},\"detail\":\"{}\"}}\n",
+                e.etype().as_str()
+            );
+            let _ = respond(session, code, body.into()).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&pingora_error::Error>, ctx: &mut Ctx) {
+        ctx.slot = None;
         let Some(live) = ctx.live.as_ref() else { return };
         let status = session.response_written().map_or(502, |r| r.status.as_u16());
         let seconds = ctx.started.elapsed().as_secs_f64();
         live.handles.route(ctx.route).side(ctx.side).observe(status, seconds);
     }
+}
+
+impl Ctx {
+    fn replayable_on_legacy(&self, session: &Session) -> bool {
+        fallback::idempotent_method(&session.req_header().method) && !session.as_ref().retry_buffer_truncated()
+    }
+}
+
+/// Health, circuit and bulkhead: may this request go to its service? `Some` says why not.
+fn admit(live: &Live, ctx: &mut Ctx) -> Option<Reason> {
+    let state = &live.states[ctx.target];
+    let up = &live.rules.upstreams[ctx.target];
+    let closed = up
+        .breaker
+        .as_ref()
+        .is_none_or(|cfg| state.breaker.allow(cfg, Instant::now()));
+    if !state.healthy() || !closed {
+        return Some(Reason::CircuitOpen);
+    }
+    match InFlight::acquire(state, up.max_in_flight) {
+        Some(slot) => {
+            ctx.slot = Some(slot);
+            None
+        }
+        None => Some(Reason::Overloaded),
+    }
+}
+
+/// Send the request to the legacy upstream instead, if the route allows it. Counts the fallback.
+fn fall_back(live: &Live, ctx: &mut Ctx, reason: Reason) -> bool {
+    let Some(id) = ctx.route else { return false };
+    if !live.rules.routes[id].fallback {
+        return false;
+    }
+    ctx.side = Side::Legacy;
+    ctx.target = live.rules.legacy;
+    ctx.fallback = Some(reason);
+    ctx.slot = None;
+    if let Some(m) = &live.handles.route(Some(id)).resilience {
+        m.fallback(reason);
+    }
+    true
+}
+
+/// Feed the outcome of a try of the service to its circuit breaker.
+fn record(live: &Live, ctx: &Ctx, ok: bool) {
+    if let Some(cfg) = &live.rules.upstreams[ctx.target].breaker {
+        live.states[ctx.target].breaker.record(cfg, ok, Instant::now());
+    }
+}
+
+/// A try of the service failed: retry it, fall back, or give up, and mark `e` to match.
+fn on_failure(session: &Session, ctx: &mut Ctx, reason: Reason, mut e: Box<Error>, count: bool) -> Box<Error> {
+    let live = ctx.live.clone().expect("request_filter sets live");
+    if count {
+        record(&live, ctx, false);
+    }
+    let Some(id) = ctx.route else {
+        e.set_retry(false);
+        return e;
+    };
+    let route = &live.rules.routes[id];
+    let up = &live.rules.upstreams[ctx.target];
+    let req = fallback::Request {
+        replayable: ctx.replayable,
+        body_truncated: session.as_ref().retry_buffer_truncated(),
+        attempt: ctx.attempt,
+    };
+    // Another try needs at least a moment before the deadline.
+    let time_left = ctx.deadline.saturating_duration_since(Instant::now()) > Duration::from_millis(1);
+    let policy = fallback::Policy {
+        attempts: up.retry.attempts,
+        fallback: route.fallback,
+        time_left,
+    };
+    let metrics = live.handles.route(Some(id)).resilience.as_ref();
+    match fallback::decide(reason, req, policy) {
+        Decision::Retry => {
+            if let Some(m) = metrics {
+                m.retries.inc();
+            }
+            e.set_retry(true);
+        }
+        Decision::Fallback(r) => {
+            fall_back(&live, ctx, r);
+            e.set_retry(true);
+        }
+        Decision::GiveUp(skip) => {
+            if let (Some(skip), Some(m)) = (skip, metrics) {
+                m.skipped(skip);
+            }
+            e.set_retry(false);
+        }
+    }
+    e
 }
 
 /// A small JSON answer from the proxy itself.

@@ -187,7 +187,7 @@ impl Reloader {
         let generation = st.generation + 1;
         let routes = rules.routes.len();
         let old = self.live.load_full();
-        let new = Live::new(rules, &self.metrics, generation);
+        let new = Live::new(rules, &self.metrics, generation, Some(&old));
         self.metrics.forget_removed(&old.rules, &new.rules);
         self.live.store(Arc::new(new));
 

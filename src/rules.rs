@@ -15,6 +15,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use serde_saphyr::{Location, Spanned};
 
 use crate::config::{self, ConfigError, ConfigErrors, Mode, Place, RulesFile};
+use crate::resilience::{BreakerConfig, HealthConfig, RetryConfig};
 
 pub type UpstreamId = usize;
 pub type RouteId = usize;
@@ -26,6 +27,9 @@ pub const NO_ROUTE: &str = "(none)";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+pub const DEFAULT_FALLBACK_ON: [u16; 3] = [502, 503, 504];
 
 /// Which side of the migration serves a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +59,11 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Built once; each request clones it.
     pub peer: HttpPeer,
+    pub retry: RetryConfig,
+    /// `None` when `circuit_breaker: { enabled: false }`.
+    pub breaker: Option<BreakerConfig>,
+    pub max_in_flight: usize,
+    pub health: HealthConfig,
 }
 
 /// How a route's path is matched.
@@ -123,6 +132,14 @@ pub struct Route {
     pub mode: Mode,
     pub service: Option<UpstreamId>,
     pub canary: Option<Canary>,
+    /// Fall back to legacy when the service fails.
+    pub fallback: bool,
+    /// Bit `code - 500` set for each service status that falls back.
+    fallback_on: u128,
+    /// Every request on the route counts as safe to send twice.
+    pub fallback_writes: bool,
+    /// Overall deadline: every try and the fallback together.
+    pub timeout: Duration,
 }
 
 /// Why a candidate route did not take a request (for `explain`).
@@ -164,6 +181,11 @@ fn method_bit(m: &Method) -> u16 {
 }
 
 impl Route {
+    /// Does this service status fall back (when the request is safe to send twice)?
+    pub fn falls_back_on(&self, status: u16) -> bool {
+        (500..=627).contains(&status) && self.fallback_on & (1 << (status - 500)) != 0
+    }
+
     fn accepts(&self, method: &Method, headers: &HeaderMap) -> Result<(), Skip> {
         if let Some(set) = self.methods {
             if set & method_bit(method) == 0 {
@@ -547,6 +569,18 @@ impl Compiler<'_> {
             peer.options.read_timeout = Some(response_timeout);
             peer.options.write_timeout = Some(response_timeout);
             peer.options.idle_timeout = Some(idle_timeout);
+            let what = format!("upstream \"{name}\"");
+            let retry = self.retry(&u.value.retries, &what);
+            let breaker = self.breaker(&u.value.circuit_breaker, &what);
+            let health = self.health(&u.value.health, &what);
+            let max_in_flight = match &u.value.max_in_flight {
+                None => DEFAULT_MAX_IN_FLIGHT,
+                Some(n) if n.value >= 1 => n.value as usize,
+                Some(n) => {
+                    self.err(&n.referenced, None, format!("{what}: max_in_flight must be at least 1"));
+                    DEFAULT_MAX_IN_FLIGHT
+                }
+            };
             out.push(Upstream {
                 name: name.clone(),
                 url: u.value.url.value.clone(),
@@ -556,9 +590,118 @@ impl Compiler<'_> {
                 response_timeout,
                 idle_timeout,
                 peer,
+                retry,
+                breaker,
+                max_in_flight,
+                health,
             });
         }
         out
+    }
+
+    fn count<T: Copy + PartialOrd + std::fmt::Display>(
+        &mut self,
+        v: &Option<Spanned<T>>,
+        what: &str,
+        range: std::ops::RangeInclusive<T>,
+        default: T,
+    ) -> T {
+        match v {
+            None => default,
+            Some(x) if range.contains(&x.value) => x.value,
+            Some(x) => {
+                let (lo, hi) = (range.start(), range.end());
+                self.err(
+                    &x.referenced,
+                    None,
+                    format!("{what} must be within {lo}..={hi}, got {}", x.value),
+                );
+                default
+            }
+        }
+    }
+
+    fn retry(&mut self, f: &Option<Spanned<config::RetriesFile>>, what: &str) -> RetryConfig {
+        let d = RetryConfig::default();
+        let Some(f) = f else { return d };
+        let attempts = self.count(
+            &Some(f.value.attempts.clone()),
+            &format!("{what}: retries.attempts"),
+            1..=10,
+            1,
+        );
+        let (base, max) = match &f.value.backoff {
+            None => (d.base, d.max),
+            Some(b) => (
+                self.duration(&b.base, &format!("{what}: retries.backoff.base"), d.base),
+                self.duration(&b.max, &format!("{what}: retries.backoff.max"), d.max),
+            ),
+        };
+        RetryConfig { attempts, base, max }
+    }
+
+    fn breaker(&mut self, f: &Option<Spanned<config::BreakerFile>>, what: &str) -> Option<BreakerConfig> {
+        let d = BreakerConfig::default();
+        let Some(f) = f else { return Some(d) };
+        let b = &f.value;
+        let failure_ratio = self.count(
+            &b.failure_ratio,
+            &format!("{what}: circuit_breaker.failure_ratio"),
+            0.01..=1.0,
+            d.failure_ratio,
+        );
+        let min_requests = self.count(
+            &b.min_requests,
+            &format!("{what}: circuit_breaker.min_requests"),
+            1..=1_000_000,
+            d.min_requests,
+        );
+        let half_open_probes = self.count(
+            &b.half_open_probes,
+            &format!("{what}: circuit_breaker.half_open_probes"),
+            1..=1000,
+            d.half_open_probes,
+        );
+        let window = self.duration(&b.window, &format!("{what}: circuit_breaker.window"), d.window);
+        let open_for = self.duration(&b.open_for, &format!("{what}: circuit_breaker.open_for"), d.open_for);
+        (b.enabled != Some(false)).then_some(BreakerConfig {
+            failure_ratio,
+            min_requests,
+            window,
+            open_for,
+            half_open_probes,
+        })
+    }
+
+    fn health(&mut self, f: &Option<Spanned<config::HealthFile>>, what: &str) -> HealthConfig {
+        let d = HealthConfig::default();
+        let Some(f) = f else { return d };
+        let h = &f.value;
+        let path = match &h.path {
+            Some(p) if !p.value.starts_with('/') => {
+                self.err(&p.referenced, None, format!("{what}: health.path must start with '/'"));
+                None
+            }
+            Some(p) => Some(p.value.clone()),
+            None => None,
+        };
+        HealthConfig {
+            path,
+            interval: self.duration(&h.interval, &format!("{what}: health.interval"), d.interval),
+            timeout: self.duration(&h.timeout, &format!("{what}: health.timeout"), d.timeout),
+            unhealthy_after: self.count(
+                &h.unhealthy_after,
+                &format!("{what}: health.unhealthy_after"),
+                1..=100,
+                d.unhealthy_after,
+            ),
+            healthy_after: self.count(
+                &h.healthy_after,
+                &format!("{what}: health.healthy_after"),
+                1..=100,
+                d.healthy_after,
+            ),
+        }
     }
 
     fn route(&mut self, r: &Spanned<config::RouteFile>, upstreams: &[&str], known: &str) -> Option<Route> {
@@ -685,10 +828,33 @@ impl Compiler<'_> {
             (None, _) => None,
         };
 
+        let mut fallback_on = 0u128;
+        match &f.fallback_on {
+            None => fallback_on = DEFAULT_FALLBACK_ON.iter().fold(0, |m, c| m | 1 << (c - 500)),
+            Some(codes) => {
+                for c in codes {
+                    if (500..=599).contains(&c.value) {
+                        fallback_on |= 1 << (c.value - 500);
+                    } else {
+                        self.err(
+                            &c.referenced,
+                            n,
+                            format!("fallback_on: {} is not a 5xx status (500..=599)", c.value),
+                        );
+                    }
+                }
+            }
+        }
+        let timeout = self.duration(&f.timeout, &format!("route \"{name}\": timeout"), DEFAULT_ROUTE_TIMEOUT);
+
         if self.errors.len() > errors_before {
             return None;
         }
         Some(Route {
+            fallback: f.fallback.unwrap_or(true),
+            fallback_on,
+            fallback_writes: f.fallback_writes.unwrap_or(false),
+            timeout,
             name,
             line: r.referenced.line(),
             path: path?,

@@ -12,6 +12,7 @@ use pingora_core::services::background::background_service;
 
 use crate::admin::{AdminListener, AdminService, AdminState};
 use crate::config::ConfigErrors;
+use crate::health::HealthService;
 use crate::metrics::Metrics;
 use crate::proxy::{Live, Strangler};
 use crate::reload::{ReloadService, Reloader};
@@ -113,7 +114,8 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
 
     let metrics = Arc::new(Metrics::new());
     let routes = rules.routes.len();
-    let live = Arc::new(ArcSwap::from_pointee(Live::new(rules, &metrics, 0)));
+    let live = Arc::new(ArcSwap::from_pointee(Live::new(rules, &metrics, 0, None)));
+    let live_for_health = live.clone();
     let reloader = Arc::new(Reloader::new(
         &opts.config,
         text,
@@ -168,6 +170,10 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     };
     server.add_service(background_service("strangler admin", admin_service));
     server.add_service(background_service("strangler reload", ReloadService { reloader }));
+    server.add_service(background_service(
+        "strangler health",
+        HealthService { live: live_for_health },
+    ));
 
     Ok(Prepared {
         server,

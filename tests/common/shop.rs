@@ -21,6 +21,11 @@ pub struct Shop {
 }
 
 impl Shop {
+    /// The SQLite file of `monolith`, `inventory` or `orders`.
+    pub fn db(&self, name: &str) -> std::path::PathBuf {
+        self._dir.path().join(format!("{name}.db"))
+    }
+
     /// Stops all three servers now (dropping the `Shop` does the same).
     pub fn stop(&self) {
         self.shutdown.send_replace(true);

@@ -96,6 +96,8 @@ pub struct Faults {
     generation: Arc<AtomicU64>,
     /// Whether the server currently holds its listening socket (set by [`crate::serve`]).
     listening: Arc<watch::Sender<bool>>,
+    /// Requests that reached the service (not `/healthz` or `/_faults`), faulted or not.
+    requests: Arc<AtomicU64>,
 }
 
 impl Default for Faults {
@@ -110,7 +112,17 @@ impl Faults {
             tx: Arc::new(watch::Sender::new(settings)),
             generation: Arc::new(AtomicU64::new(0)),
             listening: Arc::new(watch::Sender::new(false)),
+            requests: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many requests reached the service so far (a test checks that an open circuit sends none).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A copy of the current settings.

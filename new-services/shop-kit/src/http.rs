@@ -55,7 +55,10 @@ async fn shape(State(faults): State<Option<Faults>>, mut req: Request, next: Nex
     }
     let path = req.uri().path();
     let exempt = path == "/healthz" || path == "/_faults";
-    let settings = faults.filter(|_| !exempt).map(|f| f.get());
+    let settings = faults.filter(|_| !exempt).map(|f| {
+        f.count_request();
+        f.get()
+    });
     let mut drift = None;
     let response = match settings {
         Some(settings) => {
