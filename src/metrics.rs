@@ -12,7 +12,9 @@ use prometheus::{
 use crate::config::Mode;
 use crate::fallback::{Reason, SkipReason};
 use crate::resilience::UpstreamState;
-use crate::rules::{RuleSet, Side, NO_ROUTE};
+use std::collections::HashMap;
+
+use crate::rules::{Route, RuleSet, Side, NO_ROUTE};
 
 /// Latency buckets from 0.25 ms to 10 s.
 const DURATION_BUCKETS: &[f64] = &[
@@ -240,13 +242,40 @@ impl Metrics {
     }
 
     /// Resolve every handle a request on these rules may touch, and publish the route gauges.
-    pub fn handles(&self, rules: &RuleSet) -> RouteHandles {
-        self.route_info.reset();
+    /// Handles of routes that keep their name and upstreams are carried over from `previous`,
+    /// so a reload of a large file does not look up every series again.
+    pub fn handles(&self, rules: &RuleSet, previous: Option<(&RuleSet, &RouteHandles)>) -> RouteHandles {
+        let mut before: HashMap<&str, (&Route, &RuleSet, &RouteMetric)> = HashMap::new();
+        if let Some((old_rules, old_handles)) = previous {
+            for (i, r) in old_rules.routes.iter().enumerate() {
+                before.insert(r.name.as_str(), (r, old_rules, &old_handles.per_route[i]));
+            }
+            // Info series of routes that are gone or changed mode or service.
+            let now: HashMap<&str, &Route> = rules.routes.iter().map(|r| (r.name.as_str(), r)).collect();
+            for r in &old_rules.routes {
+                let same = now
+                    .get(r.name.as_str())
+                    .is_some_and(|n| n.mode == r.mode && upstream(rules, n.service) == upstream(old_rules, r.service));
+                if !same {
+                    let _ = self.route_info.remove_label_values(&[
+                        &r.name,
+                        r.mode.as_str(),
+                        upstream(old_rules, r.service),
+                    ]);
+                }
+            }
+        } else {
+            self.route_info.reset();
+        }
         for r in &rules.routes {
-            let service = r.service.map_or("", |s| rules.upstreams[s].name.as_str());
-            self.route_info
-                .with_label_values(&[&r.name, r.mode.as_str(), service])
-                .set(1);
+            let unchanged = before.get(r.name.as_str()).is_some_and(|(old, old_rules, _)| {
+                old.mode == r.mode && upstream(old_rules, old.service) == upstream(rules, r.service)
+            });
+            if !unchanged {
+                self.route_info
+                    .with_label_values(&[&r.name, r.mode.as_str(), upstream(rules, r.service)])
+                    .set(1);
+            }
         }
         for (mode, n) in Mode::ALL.iter().zip(rules.mode_counts()) {
             self.routes.with_label_values(&[mode.as_str()]).set(n as i64);
@@ -255,16 +284,26 @@ impl Metrics {
         let per_route = rules
             .routes
             .iter()
-            .map(|r| RouteMetric {
-                legacy: self.side(&r.name, legacy, Side::Legacy),
-                new: r
-                    .service
-                    .map(|s| self.side(&r.name, &rules.upstreams[s].name, Side::New)),
-                resilience: r.service.map(|_| Resilience {
-                    fallbacks: Reason::ALL.map(|x| self.fallbacks.with_label_values(&[&r.name, x.as_str()])),
-                    skipped: SkipReason::ALL.map(|x| self.fallbacks_skipped.with_label_values(&[&r.name, x.as_str()])),
-                    retries: self.retries.with_label_values(&[&r.name]),
-                }),
+            .map(|r| {
+                let kept = before.get(r.name.as_str()).filter(|(old, old_rules, _)| {
+                    old_rules.upstreams[old_rules.legacy].name == legacy
+                        && upstream(old_rules, old.service) == upstream(rules, r.service)
+                });
+                if let Some((_, _, m)) = kept {
+                    return (*m).clone();
+                }
+                RouteMetric {
+                    legacy: self.side(&r.name, legacy, Side::Legacy),
+                    new: r
+                        .service
+                        .map(|s| self.side(&r.name, &rules.upstreams[s].name, Side::New)),
+                    resilience: r.service.map(|_| Resilience {
+                        fallbacks: Reason::ALL.map(|x| self.fallbacks.with_label_values(&[&r.name, x.as_str()])),
+                        skipped: SkipReason::ALL
+                            .map(|x| self.fallbacks_skipped.with_label_values(&[&r.name, x.as_str()])),
+                        retries: self.retries.with_label_values(&[&r.name]),
+                    }),
+                }
             })
             .collect();
         let none = RouteMetric {
@@ -283,6 +322,11 @@ impl Metrics {
     }
 }
 
+/// The name of a route's service upstream, or "" for none.
+fn upstream(rules: &RuleSet, id: Option<usize>) -> &str {
+    id.map_or("", |s| rules.upstreams[s].name.as_str())
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -290,6 +334,7 @@ impl Default for Metrics {
 }
 
 /// The handles of one route and side.
+#[derive(Clone)]
 pub struct SideMetric {
     by_status: [IntCounter; 5],
     duration: Histogram,
@@ -304,6 +349,7 @@ impl SideMetric {
 }
 
 /// Fallback, skip and retry counters of a route that has a service.
+#[derive(Clone)]
 pub struct Resilience {
     fallbacks: [IntCounter; 6],
     skipped: [IntCounter; 2],
@@ -322,6 +368,7 @@ impl Resilience {
     }
 }
 
+#[derive(Clone)]
 pub struct RouteMetric {
     pub legacy: SideMetric,
     pub new: Option<SideMetric>,

@@ -53,7 +53,7 @@ pub struct Live {
 impl Live {
     /// `previous` is the rule set being replaced: upstreams that keep their name keep their state.
     pub fn new(rules: RuleSet, metrics: &Metrics, generation: u64, previous: Option<&Live>) -> Live {
-        let handles = metrics.handles(&rules);
+        let handles = metrics.handles(&rules, previous.map(|p| (&p.rules, &p.handles)));
         let states = rules
             .upstreams
             .iter()
