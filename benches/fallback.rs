@@ -20,6 +20,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    // `cargo test --all-targets` runs bench binaries too; measure only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+        return;
+    }
     let shop = start_shop().await;
     shop.inventory_faults.set(FaultSettings {
         error_rate: 1.0,
@@ -28,9 +33,9 @@ async fn main() {
     let closed = free_port();
     let text = format!(
         "legacy: monolith\nupstreams:\n  monolith: {{ url: \"http://{}\" }}\n  failing: {{ url: \"http://{}\", circuit_breaker: {{ enabled: false }} }}\n  down: {{ url: \"http://127.0.0.1:{closed}\", circuit_breaker: {{ enabled: false }} }}\nroutes:\n\
-         \x20 - {{ name: direct, match: {{ prefix: /api/inventory }}, mode: legacy }}\n\
          \x20 - {{ name: via-5xx, match: {{ prefix: /api/inventory, headers: {{ x-case: status }} }}, mode: migrated, service: failing }}\n\
-         \x20 - {{ name: via-refused, match: {{ prefix: /api/inventory, headers: {{ x-case: refused }} }}, mode: migrated, service: down }}\n",
+         \x20 - {{ name: via-refused, match: {{ prefix: /api/inventory, headers: {{ x-case: refused }} }}, mode: migrated, service: down }}\n\
+         \x20 - {{ name: direct, match: {{ prefix: /api/inventory }}, mode: legacy }}\n",
         shop.monolith, shop.inventory
     );
     let proxy = Proxy::start(&text).await;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,12 +17,14 @@ use crate::metrics::Metrics;
 use crate::proxy::Live;
 use crate::reload::{ErrorView, Outcome, Reloader, Trigger};
 use crate::rules::PathMatch;
+use crate::shadow::Shadower;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub live: Arc<ArcSwap<Live>>,
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
+    pub shadower: Arc<Shadower>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -32,18 +34,19 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/routes", get(routes))
         .route("/api/config", get(config))
+        .route("/api/mismatches", get(mismatches))
         .route("/api/reload", post(reload))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                Json(json!({"error": "not_found", "see": ["/healthz", "/readyz", "/metrics", "/api/routes", "/api/config", "POST /api/reload"]})),
+                Json(json!({"error": "not_found", "see": ["/healthz", "/readyz", "/metrics", "/api/routes", "/api/config", "/api/mismatches", "POST /api/reload"]})),
             )
         })
         .with_state(state)
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    let body = s.metrics.render(&s.live.load().states);
+    let body = s.metrics.render(&s.live.load().states, s.shadower.in_flight());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
@@ -110,6 +113,34 @@ async fn config(State(s): State<AdminState>) -> Json<serde_json::Value> {
     }))
 }
 
+#[derive(serde::Deserialize)]
+struct MismatchQuery {
+    route: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/mismatches?route=NAME&limit=N`: the newest mismatches first (at most 100 kept per route).
+async fn mismatches(State(s): State<AdminState>, Query(q): Query<MismatchQuery>) -> Response {
+    let live = s.live.load();
+    let limit = q.limit.unwrap_or(20).min(crate::shadow::RING);
+    if let Some(name) = &q.route {
+        if !live.rules.routes.iter().any(|r| &r.name == name) {
+            let body = json!({"error": "unknown_route", "route": name});
+            return (StatusCode::NOT_FOUND, Json(body)).into_response();
+        }
+    }
+    let mut all: Vec<_> = live
+        .shadow_states
+        .iter()
+        .flatten()
+        .filter(|st| q.route.as_ref().is_none_or(|r| &st.route == r))
+        .flat_map(|st| st.mismatches(limit))
+        .collect();
+    all.sort_by(|a, b| b.at_unix.total_cmp(&a.at_unix));
+    all.truncate(limit);
+    Json(json!({"mismatches": all})).into_response()
+}
+
 async fn routes(State(s): State<AdminState>) -> Json<serde_json::Value> {
     Json(rules_json(&s.live.load()))
 }
@@ -119,7 +150,8 @@ fn rules_json(live: &Live) -> serde_json::Value {
     let routes: Vec<_> = rules
         .routes
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             let (kind, pattern) = match &r.path {
                 PathMatch::Literal(p) | PathMatch::Template(p) => ("path", p),
                 PathMatch::Prefix(p) => ("prefix", p),
@@ -130,6 +162,14 @@ fn rules_json(live: &Live) -> serde_json::Value {
                 "mode": r.mode.as_str(),
                 "service": r.service.map(|s| rules.upstreams[s].name.as_str()),
                 "canary_percent": r.canary.as_ref().map(|c| c.percent),
+                "shadow": r.shadow.as_ref().map(|sh| json!({
+                    "sample": sh.sample,
+                    "methods": sh.method_names,
+                    "max_body": sh.max_body,
+                    "ignore": sh.ignore_text,
+                    "noise_sample": sh.noise_sample,
+                    "learned_noise": live.shadow_states[i].as_ref().map(|st| st.learned_noise()).unwrap_or_default(),
+                })),
             })
         })
         .collect();

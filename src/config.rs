@@ -20,6 +20,8 @@ pub struct RulesFile {
     #[serde(default = "default_true")]
     pub response_headers: bool,
     pub upstreams: BTreeMap<String, Spanned<UpstreamFile>>,
+    /// Shadow copies in flight at once, over all routes; past it copies are skipped. Default 256.
+    pub shadow_max_in_flight: Option<Spanned<u64>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteFile>>,
 }
@@ -102,6 +104,36 @@ pub struct RouteFile {
     pub fallback_writes: Option<bool>,
     /// Overall deadline for the request, retries and fallback included. Default 30s.
     pub timeout: Option<Spanned<String>>,
+    /// Shadow copy and comparison settings (shadow routes, and the legacy share of canary routes).
+    pub shadow: Option<Spanned<ShadowFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowFile {
+    /// Share of matching requests copied, 0..=1. Default 1.
+    pub sample: Option<Spanned<f64>>,
+    /// Methods copied. Default GET, HEAD: writes are shadowed only if listed.
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// Request or response bodies past this are not compared. Default 1MiB.
+    pub max_body: Option<Spanned<String>>,
+    /// JSONPath subset (`$.a.b`, `[*]`, `[n]`) or `header:NAME`.
+    pub ignore: Option<Vec<Spanned<String>>>,
+    /// Headers that must match. Default [content-type].
+    pub compare_headers: Option<Vec<Spanned<String>>>,
+    /// `strict` (default) or `any`.
+    pub array_order: Option<Spanned<String>>,
+    pub numeric_tolerance: Option<Spanned<f64>>,
+    /// Learn non-deterministic fields by asking the legacy upstream twice.
+    pub noise: Option<Spanned<NoiseFile>>,
+    /// Request headers never stored with a mismatch (besides authorization, cookie, set-cookie).
+    pub redact: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoiseFile {
+    pub sample: Spanned<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod diff;
 pub mod explain;
 pub mod fallback;
 pub mod health;
@@ -36,3 +37,4 @@ pub mod reload;
 pub mod resilience;
 pub mod rules;
 pub mod server;
+pub mod shadow;

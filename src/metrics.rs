@@ -12,6 +12,7 @@ use prometheus::{
 use crate::config::Mode;
 use crate::fallback::{Reason, SkipReason};
 use crate::resilience::UpstreamState;
+use crate::shadow::{ShadowMetrics, Skip};
 use std::collections::HashMap;
 
 use crate::rules::{Route, RuleSet, Side, NO_ROUTE};
@@ -22,6 +23,7 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const SHADOW_RESULTS: [&str; 4] = ["match", "mismatch", "error", "skipped"];
 
 /// The process-wide metric families. One per server, so tests can run several in one process.
 pub struct Metrics {
@@ -37,6 +39,11 @@ pub struct Metrics {
     circuit_state: IntGaugeVec,
     upstream_up: IntGaugeVec,
     in_flight: IntGaugeVec,
+    shadow_total: IntCounterVec,
+    shadow_skipped: IntCounterVec,
+    shadow_paths: IntCounterVec,
+    shadow_latency: HistogramVec,
+    shadow_in_flight: IntGauge,
     reloads: IntCounterVec,
     generation: IntGauge,
     last_reload_ok: IntGauge,
@@ -74,7 +81,43 @@ impl Metrics {
             &["route", "side"],
         )
         .expect("valid metric");
+        let shadow_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "strangler_shadow_latency_seconds",
+                "Latency of both sides of shadowed requests: legacy (the answer the client got) and new (the copy).",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "side"],
+        )
+        .expect("valid metric");
         let m = Metrics {
+            shadow_total: counters(
+                &r,
+                "strangler_shadow_total",
+                "Shadowed requests by result: match, mismatch, error, skipped.",
+                &["route", "result"],
+            ),
+            shadow_skipped: counters(
+                &r,
+                "strangler_shadow_skipped_total",
+                "Requests on shadowed routes that were not compared, by reason.",
+                &["route", "reason"],
+            ),
+            shadow_paths: counters(
+                &r,
+                "strangler_shadow_mismatch_paths_total",
+                "Differences by path (indices as [*]; at most 50 paths per route, then (other)).",
+                &["route", "path"],
+            ),
+            shadow_latency: register(&r, shadow_latency),
+            shadow_in_flight: register(
+                &r,
+                IntGauge::new(
+                    "strangler_shadow_in_flight",
+                    "Shadow copies in flight (capped by shadow_max_in_flight).",
+                )
+                .expect("valid metric"),
+            ),
             requests: counters(
                 &r,
                 "strangler_requests_total",
@@ -175,7 +218,8 @@ impl Metrics {
 
     /// The text exposition of every metric. Upstream gauges are read from the live state now,
     /// so the request path never touches them.
-    pub fn render(&self, upstreams: &[std::sync::Arc<UpstreamState>]) -> Vec<u8> {
+    pub fn render(&self, upstreams: &[std::sync::Arc<UpstreamState>], shadow_in_flight: usize) -> Vec<u8> {
+        self.shadow_in_flight.set(shadow_in_flight as i64);
         self.circuit_state.reset();
         self.upstream_up.reset();
         self.in_flight.reset();
@@ -234,6 +278,24 @@ impl Metrics {
                 }
                 let _ = self.retries.remove_label_values(&[name]);
             }
+            if r.shadow.is_some() {
+                for result in SHADOW_RESULTS {
+                    let _ = self.shadow_total.remove_label_values(&[name, result]);
+                }
+                for skip in Skip::ALL {
+                    let _ = self.shadow_skipped.remove_label_values(&[name, skip.as_str()]);
+                }
+                for side in ["legacy", "new"] {
+                    let _ = self.shadow_latency.remove_label_values(&[name, side]);
+                }
+            }
+        }
+    }
+
+    /// Remove a removed route's per-path mismatch series.
+    pub fn forget_shadow_paths(&self, route: &str, paths: &[String]) {
+        for p in paths {
+            let _ = self.shadow_paths.remove_label_values(&[route, p]);
         }
     }
 
@@ -288,6 +350,7 @@ impl Metrics {
                 let kept = before.get(r.name.as_str()).filter(|(old, old_rules, _)| {
                     old_rules.upstreams[old_rules.legacy].name == legacy
                         && upstream(old_rules, old.service) == upstream(rules, r.service)
+                        && old.shadow.is_some() == r.shadow.is_some()
                 });
                 if let Some((_, _, m)) = kept {
                     return (*m).clone();
@@ -303,6 +366,12 @@ impl Metrics {
                             .map(|x| self.fallbacks_skipped.with_label_values(&[&r.name, x.as_str()])),
                         retries: self.retries.with_label_values(&[&r.name]),
                     }),
+                    shadow: r.shadow.as_ref().map(|_| ShadowMetrics {
+                        results: SHADOW_RESULTS.map(|x| self.shadow_total.with_label_values(&[&r.name, x])),
+                        skipped: Skip::ALL.map(|x| self.shadow_skipped.with_label_values(&[&r.name, x.as_str()])),
+                        latency: ["legacy", "new"].map(|x| self.shadow_latency.with_label_values(&[&r.name, x])),
+                        paths: self.shadow_paths.clone(),
+                    }),
                 }
             })
             .collect();
@@ -310,6 +379,7 @@ impl Metrics {
             legacy: self.side(NO_ROUTE, legacy, Side::Legacy),
             new: None,
             resilience: None,
+            shadow: None,
         };
         RouteHandles { per_route, none }
     }
@@ -373,6 +443,7 @@ pub struct RouteMetric {
     pub legacy: SideMetric,
     pub new: Option<SideMetric>,
     pub resilience: Option<Resilience>,
+    pub shadow: Option<ShadowMetrics>,
 }
 
 impl RouteMetric {

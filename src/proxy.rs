@@ -25,6 +25,7 @@ use crate::fallback::{self, Decision, Reason};
 use crate::metrics::{Metrics, RouteHandles};
 use crate::resilience::{InFlight, UpstreamState};
 use crate::rules::{RouteId, RuleSet, Side, UpstreamId, DEFAULT_ROUTE_TIMEOUT};
+use crate::shadow::{self, Capture, Job, RouteShadow, Shadower, X_STRANGLER_SHADOW};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -48,6 +49,9 @@ pub struct Live {
     /// Breaker, bulkhead and health of each upstream, indexed like `rules.upstreams`.
     /// Carried over from the previous `Live` by upstream name.
     pub states: Vec<Arc<UpstreamState>>,
+    /// Learned noise and recent mismatches of each shadowed route, indexed like `rules.routes`.
+    /// Carried over by route name.
+    pub shadow_states: Vec<Option<Arc<RouteShadow>>>,
 }
 
 impl Live {
@@ -63,6 +67,28 @@ impl Live {
                     .unwrap_or_else(|| Arc::new(UpstreamState::new(&u.name)))
             })
             .collect();
+        let before: std::collections::HashMap<&str, &Arc<RouteShadow>> = previous
+            .map(|p| {
+                p.rules
+                    .routes
+                    .iter()
+                    .zip(&p.shadow_states)
+                    .filter_map(|(r, s)| Some((r.name.as_str(), s.as_ref()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let shadow_states = rules
+            .routes
+            .iter()
+            .map(|r| {
+                r.shadow.as_ref()?;
+                Some(
+                    before
+                        .get(r.name.as_str())
+                        .map_or_else(|| Arc::new(RouteShadow::new(&r.name)), |s| Arc::clone(s)),
+                )
+            })
+            .collect();
         let header = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         let mut route_headers: Vec<HeaderValue> = rules.routes.iter().map(|r| header(&r.name)).collect();
         route_headers.push(HeaderValue::from_static(crate::rules::NO_ROUTE));
@@ -74,6 +100,7 @@ impl Live {
             route_headers,
             upstream_headers,
             states,
+            shadow_states,
         }
     }
 }
@@ -81,6 +108,7 @@ impl Live {
 pub struct Strangler {
     pub live: Arc<ArcSwap<Live>>,
     pub metrics: Arc<Metrics>,
+    pub shadower: Arc<Shadower>,
 }
 
 /// Per-request state. `live` pins one rule set for the whole request, even across a reload.
@@ -106,6 +134,8 @@ pub struct Ctx {
     responded: bool,
     /// `upstream_response_filter` already decided what a 5xx leads to.
     decided: bool,
+    /// The shadow copy's capture, when this request is copied.
+    shadow: Option<Capture>,
 }
 
 #[async_trait]
@@ -127,6 +157,7 @@ impl ProxyHttp for Strangler {
             slot: None,
             responded: false,
             decided: false,
+            shadow: None,
         }
     }
 
@@ -174,6 +205,19 @@ impl ProxyHttp for Strangler {
                     );
                     respond(session, 503, body.into()).await?;
                     return Ok(true);
+                }
+            }
+        }
+        if let (Some(id), Some(spec)) = (route, r.and_then(|r| r.shadow.as_ref())) {
+            // Shadow routes, and the legacy share of canary routes, send a copy to the service.
+            if ctx.side == Side::Legacy && ctx.fallback.is_none() {
+                let m = live.handles.route(Some(id)).shadow.as_ref();
+                if !spec.copies(&req.method) || session.is_upgrade_req() {
+                    m.inspect(|m| m.skip(shadow::Skip::Method));
+                } else if spec.sample < 1.0 && rand::random::<f64>() >= spec.sample {
+                    m.inspect(|m| m.skip(shadow::Skip::SampledOut));
+                } else {
+                    ctx.shadow = Some(Capture::new(spec.clone()));
                 }
             }
         }
@@ -305,11 +349,50 @@ impl ProxyHttp for Strangler {
         if let Some(host) = &live.rules.upstreams[ctx.target].host {
             up.insert_header(HOST, host.clone())?;
         }
+        if ctx.shadow.as_ref().is_some_and(|c| c.header.is_none()) {
+            self.prepare_copy(session, up, ctx)?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(cap) = ctx.shadow.as_mut().filter(|c| c.wants_body && !c.started) else {
+            return Ok(());
+        };
+        if let Some(b) = body {
+            if cap.body_len + b.len() > cap.spec.max_body {
+                // Held only up to max_body: past it the copy is cancelled.
+                ctx.shadow = None;
+                if let Some(m) = ctx
+                    .live
+                    .as_ref()
+                    .and_then(|l| l.handles.route(ctx.route).shadow.as_ref())
+                {
+                    m.skip(shadow::Skip::BodyTooLarge);
+                }
+                return Ok(());
+            }
+            cap.body_len += b.len();
+            cap.body.push(b.clone());
+        }
+        if end_of_stream {
+            self.start_copy(ctx);
+        }
         Ok(())
     }
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         ctx.responded = true;
+        if let Some(cap) = ctx.shadow.as_mut().filter(|c| c.to_task.is_some()) {
+            cap.status = resp.status.as_u16();
+            cap.headers = resp.headers.clone();
+        }
         let live = ctx.live.as_ref().expect("request_filter sets live");
         if live.rules.response_headers {
             let route = ctx.route.unwrap_or(live.route_headers.len() - 1);
@@ -354,12 +437,98 @@ impl ProxyHttp for Strangler {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&pingora_error::Error>, ctx: &mut Ctx) {
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(cap), Some(b)) = (ctx.shadow.as_mut().filter(|c| c.to_task.is_some()), body.as_ref()) {
+            cap.response_chunk(b);
+        }
+        Ok(None)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&pingora_error::Error>, ctx: &mut Ctx) {
         ctx.slot = None;
+        if let Some(cap) = ctx.shadow.as_mut() {
+            cap.finish(
+                e.is_none() && session.response_written().is_some(),
+                ctx.started.elapsed(),
+            );
+        }
         let Some(live) = ctx.live.as_ref() else { return };
         let status = session.response_written().map_or(502, |r| r.status.as_u16());
         let seconds = ctx.started.elapsed().as_secs_f64();
         live.handles.route(ctx.route).side(ctx.side).observe(status, seconds);
+    }
+}
+
+impl Strangler {
+    /// Build the copy's request header from what the legacy upstream is sent; start the copy now
+    /// unless it has to wait for a request body.
+    fn prepare_copy(&self, session: &Session, up: &RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        let live = ctx.live.clone().expect("request_filter sets live");
+        let Some(service) = ctx.route.and_then(|id| live.rules.routes[id].service) else {
+            ctx.shadow = None;
+            return Ok(());
+        };
+        let mut copy = up.clone();
+        copy.insert_header(X_STRANGLER_SHADOW, "1")?;
+        match (
+            &live.rules.upstreams[service].host,
+            session.req_header().headers.get(HOST),
+        ) {
+            (Some(host), _) => copy.insert_header(HOST, host.clone())?,
+            (None, Some(client_host)) => copy.insert_header(HOST, client_host.clone())?,
+            (None, None) => {}
+        }
+        let req = session.req_header();
+        let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            || req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|n| n > 0);
+        let Some(cap) = ctx.shadow.as_mut() else { return Ok(()) };
+        cap.header = Some(copy);
+        cap.wants_body = has_body;
+        if !has_body {
+            self.start_copy(ctx);
+        }
+        Ok(())
+    }
+
+    fn start_copy(&self, ctx: &mut Ctx) {
+        let (Some(live), Some(id)) = (ctx.live.clone(), ctx.route) else {
+            return;
+        };
+        let route = &live.rules.routes[id];
+        let (Some(cap), Some(service), Some(state), Some(metrics)) = (
+            ctx.shadow.as_mut(),
+            route.service,
+            live.shadow_states[id].clone(),
+            live.handles.route(Some(id)).shadow.clone(),
+        ) else {
+            return;
+        };
+        let Some(header) = cap.header.take() else { return };
+        cap.started = true;
+        let up = &live.rules.upstreams[service];
+        cap.to_task = shadow::start(Job {
+            shadower: self.shadower.clone(),
+            max_in_flight: live.rules.shadow_max_in_flight,
+            state,
+            metrics,
+            spec: cap.spec.clone(),
+            service: up.peer.clone(),
+            service_timeout: up.connect_timeout + up.response_timeout,
+            legacy: live.rules.upstreams[live.rules.legacy].peer.clone(),
+            header,
+            body: std::mem::take(&mut cap.body),
+        });
     }
 }
 

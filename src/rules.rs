@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -15,6 +16,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use serde_saphyr::{Location, Spanned};
 
 use crate::config::{self, ConfigError, ConfigErrors, Mode, Place, RulesFile};
+use crate::diff::{self, ArrayOrder, Compare};
 use crate::resilience::{BreakerConfig, HealthConfig, RetryConfig};
 
 pub type UpstreamId = usize;
@@ -140,7 +142,35 @@ pub struct Route {
     pub fallback_writes: bool,
     /// Overall deadline: every try and the fallback together.
     pub timeout: Duration,
+    /// Shadow copies: always on shadow routes; on canary routes when `shadow:` is given.
+    pub shadow: Option<Arc<ShadowSpec>>,
 }
+
+/// A route's compiled `shadow:` block.
+#[derive(Debug)]
+pub struct ShadowSpec {
+    pub sample: f64,
+    /// Bit set of `method_bit`s copied.
+    methods: u16,
+    pub method_names: Vec<String>,
+    pub max_body: usize,
+    pub compare: Compare,
+    /// The ignore list as written, for the admin API and `explain`.
+    pub ignore_text: Vec<String>,
+    /// Share of copied requests also sent to the legacy upstream a second time, to learn noise.
+    pub noise_sample: Option<f64>,
+    /// Request headers never stored with a mismatch.
+    pub redact: Vec<HeaderName>,
+}
+
+impl ShadowSpec {
+    pub fn copies(&self, m: &Method) -> bool {
+        self.methods & method_bit(m) != 0
+    }
+}
+
+pub const DEFAULT_SHADOW_MAX_BODY: usize = 1 << 20;
+pub const DEFAULT_SHADOW_MAX_IN_FLIGHT: usize = 256;
 
 /// Why a candidate route did not take a request (for `explain`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +182,7 @@ pub enum Skip {
 /// The compiled rules. Immutable; a reload builds a new one.
 #[derive(Debug)]
 pub struct RuleSet {
+    pub shadow_max_in_flight: usize,
     pub listen: Option<String>,
     pub admin: Option<String>,
     pub response_headers: bool,
@@ -181,6 +212,20 @@ fn method_bit(m: &Method) -> u16 {
 }
 
 impl Route {
+    /// Does this route take every request `later` could (same pattern assumed)?
+    fn takes_all_of(&self, later: &Route) -> bool {
+        let methods = match (self.methods, later.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b & !a == 0,
+        };
+        methods
+            && self
+                .headers
+                .iter()
+                .all(|h| later.headers.iter().any(|l| l.name == h.name && l.want == h.want))
+    }
+
     /// Does this service status fall back (when the request is safe to send twice)?
     pub fn falls_back_on(&self, status: u16) -> bool {
         (500..=627).contains(&status) && self.fallback_on & (1 << (status - 500)) != 0
@@ -412,6 +457,31 @@ impl RuleSet {
             routes.push(route);
         }
 
+        // Within one pattern the first matching rule wins, so a later rule whose requests an
+        // earlier rule always takes can never match: refuse it rather than let it sit unused.
+        let mut by_pattern: HashMap<PathMatch, Vec<RouteId>> = HashMap::new();
+        for (id, r) in routes.iter().enumerate() {
+            let key = match &r.path {
+                PathMatch::Template(t) => PathMatch::Template(template_shape(t)),
+                other => other.clone(),
+            };
+            let earlier = by_pattern.entry(key).or_default();
+            if let Some(&first) = earlier.iter().find(|&&e| routes[e].takes_all_of(r)) {
+                let (a, b) = (&routes[first], r);
+                if let Some(at) = raw.routes.iter().find(|f| f.value.name.value.trim() == b.name) {
+                    c.err(
+                        &at.value.matcher.referenced,
+                        Some(&b.name),
+                        format!(
+                            "never matches: route \"{}\" (line {}) has the same path and takes every request this one would; put the more specific route first",
+                            a.name, a.line
+                        ),
+                    );
+                }
+            }
+            earlier.push(id);
+        }
+
         let mut exact: HashMap<String, Vec<RouteId>> = HashMap::new();
         let mut prefixes: HashMap<String, Vec<RouteId>> = HashMap::new();
         let mut shapes: BTreeMap<String, Vec<RouteId>> = BTreeMap::new();
@@ -439,7 +509,12 @@ impl RuleSet {
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
+        let shadow_max_in_flight = match &raw.shadow_max_in_flight {
+            None => DEFAULT_SHADOW_MAX_IN_FLIGHT,
+            Some(n) => n.value as usize,
+        };
         Ok(RuleSet {
+            shadow_max_in_flight,
             listen: raw.listen.as_ref().map(|s| s.value.clone()),
             admin: raw.admin.as_ref().map(|s| s.value.clone()),
             response_headers: raw.response_headers,
@@ -845,7 +920,23 @@ impl Compiler<'_> {
                 }
             }
         }
-        let timeout = self.duration(&f.timeout, &format!("route \"{name}\": timeout"), DEFAULT_ROUTE_TIMEOUT);
+        let timeout = match &f.timeout {
+            None => DEFAULT_ROUTE_TIMEOUT,
+            Some(_) => self.duration(&f.timeout, &format!("route \"{name}\": timeout"), DEFAULT_ROUTE_TIMEOUT),
+        };
+        let shadow = match (&f.shadow, mode) {
+            (Some(sh), Mode::Shadow | Mode::Canary) => self.shadow(Some(sh), n).map(Arc::new),
+            (None, Mode::Shadow) => self.shadow(None, n).map(Arc::new),
+            (Some(sh), m) => {
+                self.err(
+                    &sh.referenced,
+                    n,
+                    format!("`shadow` is for shadow and canary routes, not {m}; remove it or change `mode`"),
+                );
+                None
+            }
+            (None, _) => None,
+        };
 
         if self.errors.len() > errors_before {
             return None;
@@ -855,6 +946,7 @@ impl Compiler<'_> {
             fallback_on,
             fallback_writes: f.fallback_writes.unwrap_or(false),
             timeout,
+            shadow,
             name,
             line: r.referenced.line(),
             path: path?,
@@ -923,6 +1015,123 @@ impl Compiler<'_> {
             return Some(PathMatch::Template(v.into()));
         }
         Some(PathMatch::Literal(v.into()))
+    }
+
+    fn shadow(&mut self, f: Option<&Spanned<config::ShadowFile>>, route: Option<&str>) -> Option<ShadowSpec> {
+        let before = self.errors.len();
+        let mut spec = ShadowSpec {
+            sample: 1.0,
+            methods: method_bit(&Method::GET) | method_bit(&Method::HEAD),
+            method_names: vec!["GET".into(), "HEAD".into()],
+            max_body: DEFAULT_SHADOW_MAX_BODY,
+            compare: Compare {
+                compare_headers: vec![http::header::CONTENT_TYPE],
+                ..Compare::default()
+            },
+            ignore_text: Vec::new(),
+            noise_sample: None,
+            redact: Vec::new(),
+        };
+        let Some(f) = f else { return Some(spec) };
+        let f = &f.value;
+        let share = |c: &mut Self, v: &Spanned<f64>, what: &str| {
+            if (0.0..=1.0).contains(&v.value) {
+                v.value
+            } else {
+                c.err(
+                    &v.referenced,
+                    route,
+                    format!("shadow.{what} must be within 0..=1, got {}", v.value),
+                );
+                0.0
+            }
+        };
+        if let Some(s) = &f.sample {
+            spec.sample = share(self, s, "sample");
+        }
+        if let Some(noise) = &f.noise {
+            spec.noise_sample = Some(share(self, &noise.value.sample, "noise.sample"));
+        }
+        if let Some(list) = &f.methods {
+            spec.methods = 0;
+            spec.method_names.clear();
+            for m in list {
+                let upper = m.value.trim().to_ascii_uppercase();
+                match Method::from_bytes(upper.as_bytes()).ok().map(|m| method_bit(&m)) {
+                    Some(bit) if bit != 0 => {
+                        spec.methods |= bit;
+                        spec.method_names.push(upper);
+                    }
+                    _ => self.err(
+                        &m.referenced,
+                        route,
+                        format!("shadow.methods: unknown method \"{}\"", m.value),
+                    ),
+                }
+            }
+        }
+        if let Some(mb) = &f.max_body {
+            match mb.value.trim().parse::<bytesize::ByteSize>() {
+                Ok(b) if b.as_u64() > 0 => spec.max_body = b.as_u64() as usize,
+                _ => self.err(
+                    &mb.referenced,
+                    route,
+                    format!("shadow.max_body: bad size \"{}\" (use e.g. 64KiB, 1MiB)", mb.value),
+                ),
+            }
+        }
+        for ig in f.ignore.iter().flatten() {
+            match diff::parse_ignore(ig.value.trim()) {
+                Ok(diff::Ignore::Json(p)) => spec.compare.ignore.push(p),
+                Ok(diff::Ignore::Header(h)) => spec.compare.ignore_headers.push(h),
+                Err(why) => self.err(&ig.referenced, route, format!("shadow.ignore: {why}")),
+            }
+            spec.ignore_text.push(ig.value.trim().to_string());
+        }
+        let header_list = |c: &mut Self, list: &Option<Vec<Spanned<String>>>, what: &str| -> Vec<HeaderName> {
+            let mut out = Vec::new();
+            for h in list.iter().flatten() {
+                match HeaderName::from_bytes(h.value.trim().as_bytes()) {
+                    Ok(n) => out.push(n),
+                    Err(_) => c.err(
+                        &h.referenced,
+                        route,
+                        format!("shadow.{what}: bad header name \"{}\"", h.value),
+                    ),
+                }
+            }
+            out
+        };
+        if f.compare_headers.is_some() {
+            spec.compare.compare_headers = header_list(self, &f.compare_headers, "compare_headers");
+        }
+        spec.redact = header_list(self, &f.redact, "redact");
+        if let Some(order) = &f.array_order {
+            spec.compare.array_order = match order.value.as_str() {
+                "strict" => ArrayOrder::Strict,
+                "any" => ArrayOrder::Any,
+                other => {
+                    self.err(
+                        &order.referenced,
+                        route,
+                        format!("shadow.array_order: \"{other}\" (allowed: strict, any)"),
+                    );
+                    ArrayOrder::Strict
+                }
+            };
+        }
+        if let Some(t) = &f.numeric_tolerance {
+            if t.value >= 0.0 && t.value.is_finite() {
+                spec.compare.numeric_tolerance = t.value;
+            } else {
+                self.err(
+                    &t.referenced,
+                    route,
+                    format!("shadow.numeric_tolerance must be 0 or more, got {}", t.value),
+                );
+            }
+        }
+        (self.errors.len() == before).then_some(spec)
     }
 
     fn canary(&mut self, c: &Spanned<config::CanaryFile>, route: Option<&str>) -> Option<Canary> {
@@ -1057,10 +1266,36 @@ mod tests {
     fn ties_go_to_the_first_rule() {
         let rules = compile(
             "  - { name: first, match: { prefix: /a, methods: [GET, POST] }, mode: legacy }\n\
-             \x20 - { name: second, match: { prefix: /a, methods: [GET] }, mode: legacy }\n",
+             \x20 - { name: second, match: { prefix: /a, methods: [GET, PUT] }, mode: legacy }\n",
         )
         .unwrap();
         assert_eq!(name_of(&rules, "GET", "/a", &[]), "first");
+        assert_eq!(name_of(&rules, "PUT", "/a", &[]), "second");
+    }
+
+    #[test]
+    fn a_rule_an_earlier_one_always_beats_is_refused() {
+        let never = [
+            "  - { name: a, match: { prefix: /a }, mode: legacy }\n  - { name: b, match: { prefix: /a, methods: [GET] }, mode: legacy }\n",
+            "  - { name: a, match: { prefix: /a, methods: [GET, POST] }, mode: legacy }\n  - { name: b, match: { prefix: /a, methods: [GET] }, mode: legacy }\n",
+            "  - { name: a, match: { path: \"/o/{id}\" }, mode: legacy }\n  - { name: b, match: { path: \"/o/{x}\", headers: { x-v: \"2\" } }, mode: legacy }\n",
+            "  - { name: a, match: { path: /o, headers: { x-v: present } }, mode: legacy }\n  - { name: b, match: { path: /o, headers: { x-v: present, x-w: \"1\" } }, mode: legacy }\n",
+        ];
+        for routes in never {
+            let err = compile(routes).expect_err("refused").to_string();
+            assert!(
+                err.contains("route \"b\": never matches: route \"a\" (line 6)"),
+                "{routes}\n{err}"
+            );
+        }
+        let fine = [
+            "  - { name: b, match: { prefix: /a, methods: [GET] }, mode: legacy }\n  - { name: a, match: { prefix: /a }, mode: legacy }\n",
+            "  - { name: a, match: { path: /o, headers: { x-v: \"1\" } }, mode: legacy }\n  - { name: b, match: { path: /o, headers: { x-v: \"2\" } }, mode: legacy }\n",
+            "  - { name: a, match: { prefix: /a }, mode: legacy }\n  - { name: b, match: { path: /a, methods: [GET] }, mode: legacy }\n",
+        ];
+        for routes in fine {
+            compile(routes).unwrap_or_else(|e| panic!("{routes}\n{e}"));
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Live, Strangler};
 use crate::reload::{ReloadService, Reloader};
 use crate::rules::RuleSet;
+use crate::shadow::Shadower;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9911";
@@ -116,6 +117,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     let routes = rules.routes.len();
     let live = Arc::new(ArcSwap::from_pointee(Live::new(rules, &metrics, 0, None)));
     let live_for_health = live.clone();
+    let shadower = Arc::new(Shadower::default());
     let reloader = Arc::new(Reloader::new(
         &opts.config,
         text,
@@ -149,6 +151,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         Strangler {
             live: live.clone(),
             metrics: metrics.clone(),
+            shadower: shadower.clone(),
         },
         "strangler proxy",
     );
@@ -166,6 +169,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
             live,
             metrics,
             reloader: reloader.clone(),
+            shadower,
         },
     };
     server.add_service(background_service("strangler admin", admin_service));

@@ -60,6 +60,8 @@ fn check_refuses_every_mistake_with_its_place() {
         ("  - { name: a, match: { prefix: /a }, mode: canary, service: orders, canary: { percent: 150 } }\n", "route \"a\": canary.percent must be within 0..=100, got 150"),
         // identical match
         ("  - { name: a, match: { path: \"/o/{id}\", methods: [GET] }, mode: legacy }\n  - { name: b, match: { path: \"/o/{x}\", methods: [GET] }, mode: legacy }\n", "rules.yaml:7:23: route \"b\": same match as route \"a\" (line 6); it would never be used"),
+        // a rule an earlier rule always takes first
+        ("  - { name: all, match: { prefix: /a }, mode: legacy }\n  - { name: gets, match: { prefix: /a, methods: [GET] }, mode: legacy }\n", "rules.yaml:7:26: route \"gets\": never matches: route \"all\" (line 6) has the same path and takes every request this one would; put the more specific route first"),
         // bad mode
         ("  - { name: a, match: { prefix: /a }, mode: sideways }\n", "route \"a\": unknown variant `sideways`, expected one of legacy, shadow, canary, migrated"),
     ];

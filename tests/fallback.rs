@@ -271,8 +271,8 @@ async fn the_service_dies_under_load_and_no_client_sees_an_error() {
 async fn a_post_is_never_sent_to_both() {
     let shop = start_shop().await;
     let ord = "    circuit_breaker: { enabled: false }\n    timeouts: { connect: 300ms, response: 300ms }\n";
-    let routes = "  - { name: create, match: { path: /api/orders, methods: [POST] }, mode: migrated, service: orders }\n\
-                  \x20 - { name: create-keyed, match: { path: /api/orders, methods: [POST], headers: { idempotency-key: present } }, mode: migrated, service: orders, fallback_writes: true }\n";
+    let routes = "  - { name: create-keyed, match: { path: /api/orders, methods: [POST], headers: { idempotency-key: present } }, mode: migrated, service: orders, fallback_writes: true }\n\
+                  \x20 - { name: create, match: { path: /api/orders, methods: [POST] }, mode: migrated, service: orders }\n";
     let proxy = Proxy::start(&rules(&shop, "", ord, routes)).await;
     let client = reqwest::Client::new();
     let order = json!({"user_id": 3, "items": [{"sku": "SKU-0005", "quantity": 1}]});

@@ -139,7 +139,7 @@ async fn add_volatile(response: Response, request_id: &str, drift: Option<&Drift
         Err(_) => return Response::from_parts(parts, Body::from(bytes)),
     };
     if let Some(map) = value.as_object_mut() {
-        map.insert("served_at".into(), crate::time::now_rfc3339().into());
+        map.insert("served_at".into(), crate::time::now_rfc3339_micros().into());
         map.insert("request_id".into(), request_id.into());
     }
     if let Some(drift) = drift {

@@ -2,13 +2,21 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Now, as `2024-05-01T12:00:00Z`.
+/// Now, as `2024-05-01T12:00:00Z`: the precision records are stored with.
 pub fn now_rfc3339() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     rfc3339(secs)
+}
+
+/// Now, as `2024-05-01T12:00:00.123456Z`: microseconds, so two answers to the same request
+/// practically never carry the same `served_at` (a field the shadow comparison must ignore or learn).
+pub fn now_rfc3339_micros() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = rfc3339(now.as_secs() as i64);
+    format!("{}.{:06}Z", secs.trim_end_matches('Z'), now.subsec_micros())
 }
 
 /// Seconds since the Unix epoch as an RFC 3339 UTC string (second precision).

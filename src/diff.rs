@@ -1,0 +1,562 @@
+//! Compare two answers to the same request: status, chosen headers, body (pure).
+//!
+//! JSON bodies are compared structurally: ignore paths (a JSONPath subset: `$.a.b`, `[*]`,
+//! `[n]`; a path also ignores everything below it), arrays in order or as multisets, numbers
+//! within a tolerance. Other bodies are compared byte for byte.
+
+use std::fmt::Write;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName};
+use serde::Serialize;
+use serde_json::Value;
+
+/// One step of a path in a JSON document.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+    /// `[*]`: any index (only in patterns).
+    Any,
+}
+
+/// A parsed ignore pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ignore {
+    Json(Vec<Seg>),
+    Header(HeaderName),
+}
+
+/// Parse `$.a.b[*].c`, `$.items[3]`, `$["odd key"]` or `header:NAME`.
+pub fn parse_ignore(s: &str) -> Result<Ignore, String> {
+    if let Some(h) = s.strip_prefix("header:") {
+        return HeaderName::from_bytes(h.trim().as_bytes())
+            .map(Ignore::Header)
+            .map_err(|_| format!("bad header name in \"{s}\""));
+    }
+    parse_path(s).map(Ignore::Json)
+}
+
+pub fn parse_path(s: &str) -> Result<Vec<Seg>, String> {
+    let bad = |why: &str| format!("bad path \"{s}\": {why} (use e.g. $.items[*].id)");
+    let rest = s.strip_prefix('$').ok_or_else(|| bad("must start with $"))?;
+    let b = rest.as_bytes();
+    let mut segs = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'.' => {
+                let end = rest[i + 1..].find(['.', '[']).map_or(rest.len(), |e| i + 1 + e);
+                let key = &rest[i + 1..end];
+                if key.is_empty() {
+                    return Err(bad("empty key"));
+                }
+                segs.push(Seg::Key(key.to_string()));
+                i = end;
+            }
+            b'[' => {
+                let end = rest[i..].find(']').map(|e| i + e).ok_or_else(|| bad("unclosed ["))?;
+                let inner = &rest[i + 1..end];
+                segs.push(match inner {
+                    "*" => Seg::Any,
+                    q if q.len() >= 2
+                        && (q.starts_with('"') && q.ends_with('"') || q.starts_with('\'') && q.ends_with('\'')) =>
+                    {
+                        Seg::Key(q[1..q.len() - 1].to_string())
+                    }
+                    n => Seg::Index(
+                        n.parse()
+                            .map_err(|_| bad("index must be a number, * or a quoted key"))?,
+                    ),
+                });
+                i = end + 1;
+            }
+            _ => return Err(bad("expected . or [")),
+        }
+    }
+    Ok(segs)
+}
+
+/// Render a concrete path as `$.a.b[2]`.
+pub fn render(path: &[Seg]) -> String {
+    let mut s = String::from("$");
+    for seg in path {
+        match seg {
+            Seg::Key(k) if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {
+                let _ = write!(s, ".{k}");
+            }
+            Seg::Key(k) => {
+                let _ = write!(s, "[\"{k}\"]");
+            }
+            Seg::Index(n) => {
+                let _ = write!(s, "[{n}]");
+            }
+            Seg::Any => s.push_str("[*]"),
+        }
+    }
+    s
+}
+
+/// A concrete path as a JSON Pointer: `/a/b/2`.
+pub fn pointer(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        s.push('/');
+        match seg {
+            Seg::Key(k) => s.push_str(&k.replace('~', "~0").replace('/', "~1")),
+            Seg::Index(n) => {
+                let _ = write!(s, "{n}");
+            }
+            Seg::Any => s.push('*'),
+        }
+    }
+    s
+}
+
+/// The path with every index replaced by `[*]`: the bounded form used as a metric label and for noise.
+pub fn generalize(path: &[Seg]) -> Vec<Seg> {
+    path.iter()
+        .map(|s| {
+            if matches!(s, Seg::Index(_)) {
+                Seg::Any
+            } else {
+                s.clone()
+            }
+        })
+        .collect()
+}
+
+/// Does `pattern` cover `path` (equal, or a prefix of it)?
+fn covers(pattern: &[Seg], path: &[Seg]) -> bool {
+    pattern.len() <= path.len()
+        && pattern.iter().zip(path).all(|(p, c)| match (p, c) {
+            (Seg::Any, Seg::Index(_) | Seg::Any) => true,
+            (a, b) => a == b,
+        })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArrayOrder {
+    #[default]
+    Strict,
+    Any,
+}
+
+/// How to compare, compiled from a route's `shadow:` block.
+#[derive(Debug, Clone, Default)]
+pub struct Compare {
+    pub ignore: Vec<Vec<Seg>>,
+    pub ignore_headers: Vec<HeaderName>,
+    pub compare_headers: Vec<HeaderName>,
+    pub array_order: ArrayOrder,
+    /// Numbers are equal when they differ by at most this (absolute).
+    pub numeric_tolerance: f64,
+}
+
+/// One side's answer, as captured.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A difference: where, and both values (`None`: absent on that side).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Difference {
+    pub path: String,
+    /// The path with indices as `[*]`.
+    #[serde(skip)]
+    pub pattern: String,
+    /// JSON Pointer (RFC 6901) of a body difference; `None` for status, header and byte differences.
+    #[serde(skip)]
+    pub pointer: Option<String>,
+    pub legacy: Option<Value>,
+    pub new: Option<Value>,
+}
+
+fn is_json(h: &HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            ct == "application/json" || ct.ends_with("+json")
+        })
+}
+
+fn header_text(h: &HeaderMap, name: &HeaderName) -> Option<Value> {
+    let values: Vec<String> = h
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    (!values.is_empty()).then(|| Value::String(values.join(", ")))
+}
+
+/// Compare two answers. `noise` holds learned non-deterministic paths, ignored like `ignore`.
+pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer) -> Vec<Difference> {
+    let mut out = Vec::new();
+    if legacy.status != new.status {
+        out.push(Difference {
+            path: "status".into(),
+            pattern: "status".into(),
+            pointer: None,
+            legacy: Some(legacy.status.into()),
+            new: Some(new.status.into()),
+        });
+    }
+    for name in cfg.compare_headers.iter().filter(|n| !cfg.ignore_headers.contains(n)) {
+        let (a, b) = (header_text(&legacy.headers, name), header_text(&new.headers, name));
+        if a != b {
+            let path = format!("header:{name}");
+            out.push(Difference {
+                pattern: path.clone(),
+                path,
+                pointer: None,
+                legacy: a,
+                new: b,
+            });
+        }
+    }
+    if is_json(&legacy.headers) && is_json(&new.headers) {
+        if let (Ok(a), Ok(b)) = (
+            serde_json::from_slice::<Value>(&legacy.body),
+            serde_json::from_slice::<Value>(&new.body),
+        ) {
+            let mut walker = Walker {
+                cfg,
+                noise,
+                out: &mut out,
+                path: Vec::new(),
+            };
+            walker.diff(&a, &b);
+            return out;
+        }
+    }
+    if legacy.body != new.body {
+        let text = |b: &Bytes| Value::String(String::from_utf8_lossy(&b[..b.len().min(256)]).into_owned());
+        out.push(Difference {
+            path: "body".into(),
+            pattern: "body".into(),
+            pointer: None,
+            legacy: Some(text(&legacy.body)),
+            new: Some(text(&new.body)),
+        });
+    }
+    out
+}
+
+struct Walker<'a> {
+    cfg: &'a Compare,
+    noise: &'a [Vec<Seg>],
+    out: &'a mut Vec<Difference>,
+    path: Vec<Seg>,
+}
+
+impl Walker<'_> {
+    fn ignored(&self) -> bool {
+        self.cfg.ignore.iter().chain(self.noise).any(|p| covers(p, &self.path))
+    }
+
+    fn push(&mut self, legacy: Option<&Value>, new: Option<&Value>) {
+        self.out.push(Difference {
+            path: render(&self.path),
+            pattern: render(&generalize(&self.path)),
+            pointer: Some(pointer(&self.path)),
+            legacy: legacy.cloned(),
+            new: new.cloned(),
+        });
+    }
+
+    fn diff(&mut self, a: &Value, b: &Value) {
+        if self.ignored() {
+            return;
+        }
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))).collect();
+                keys.sort();
+                for k in keys {
+                    self.path.push(Seg::Key(k.clone()));
+                    match (x.get(k), y.get(k)) {
+                        (Some(va), Some(vb)) => self.diff(va, vb),
+                        (va, vb) if !self.ignored() => self.push(va, vb),
+                        _ => {}
+                    }
+                    self.path.pop();
+                }
+            }
+            (Value::Array(x), Value::Array(y)) if self.cfg.array_order == ArrayOrder::Any => self.diff_multiset(x, y),
+            (Value::Array(x), Value::Array(y)) => {
+                for i in 0..x.len().max(y.len()) {
+                    self.path.push(Seg::Index(i));
+                    match (x.get(i), y.get(i)) {
+                        (Some(va), Some(vb)) => self.diff(va, vb),
+                        (va, vb) if !self.ignored() => self.push(va, vb),
+                        _ => {}
+                    }
+                    self.path.pop();
+                }
+            }
+            (Value::Number(x), Value::Number(y)) => {
+                let same = match (x.as_i64(), y.as_i64()) {
+                    (Some(i), Some(j)) if self.cfg.numeric_tolerance == 0.0 => i == j,
+                    _ => match (x.as_f64(), y.as_f64()) {
+                        (Some(f), Some(g)) => (f - g).abs() <= self.cfg.numeric_tolerance,
+                        _ => x == y,
+                    },
+                };
+                if !same {
+                    self.push(Some(a), Some(b));
+                }
+            }
+            _ if a == b => {}
+            _ => self.push(Some(a), Some(b)),
+        }
+    }
+
+    /// Arrays as multisets: each legacy element pairs with an equal, unused new element.
+    fn diff_multiset(&mut self, x: &[Value], y: &[Value]) {
+        let mut used = vec![false; y.len()];
+        let mut unmatched = Vec::new();
+        for (i, va) in x.iter().enumerate() {
+            self.path.push(Seg::Index(i));
+            let found = (0..y.len()).find(|&j| !used[j] && self.equal_here(va, &y[j]));
+            self.path.pop();
+            match found {
+                Some(j) => used[j] = true,
+                None => unmatched.push(i),
+            }
+        }
+        for i in unmatched {
+            self.path.push(Seg::Index(i));
+            self.push(Some(&x[i]), None);
+            self.path.pop();
+        }
+        for (j, vb) in y.iter().enumerate().filter(|(j, _)| !used[*j]) {
+            self.path.push(Seg::Index(j));
+            self.push(None, Some(vb));
+            self.path.pop();
+        }
+    }
+
+    /// Equal at the current path, under the same ignore rules.
+    fn equal_here(&mut self, a: &Value, b: &Value) -> bool {
+        let mut scratch = Vec::new();
+        let mut sub = Walker {
+            cfg: self.cfg,
+            noise: self.noise,
+            out: &mut scratch,
+            path: self.path.clone(),
+        };
+        sub.diff(a, b);
+        scratch.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answer(status: u16, body: Value) -> Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+        Answer {
+            status,
+            headers,
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    fn cfg(ignore: &[&str]) -> Compare {
+        Compare {
+            ignore: ignore
+                .iter()
+                .map(|s| match parse_ignore(s).unwrap() {
+                    Ignore::Json(p) => p,
+                    Ignore::Header(_) => unreachable!(),
+                })
+                .collect(),
+            compare_headers: vec![http::header::CONTENT_TYPE],
+            ..Compare::default()
+        }
+    }
+
+    fn paths(d: &[Difference]) -> Vec<&str> {
+        d.iter().map(|d| d.path.as_str()).collect()
+    }
+
+    #[test]
+    fn parses_paths() {
+        let cases = [
+            ("$.a.b", vec![Seg::Key("a".into()), Seg::Key("b".into())]),
+            (
+                "$.items[*].request_id",
+                vec![Seg::Key("items".into()), Seg::Any, Seg::Key("request_id".into())],
+            ),
+            ("$.items[3]", vec![Seg::Key("items".into()), Seg::Index(3)]),
+            ("$[\"odd key\"]", vec![Seg::Key("odd key".into())]),
+            ("$", vec![]),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_path(s).unwrap(), want, "{s}");
+        }
+        for bad in ["a.b", "$..a", "$.a[", "$.a[x]", "$a"] {
+            assert!(parse_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_ignore("header:Date").unwrap(), Ignore::Header(http::header::DATE));
+    }
+
+    #[test]
+    fn structural_differences() {
+        let cases: Vec<(&[&str], Value, Value, Vec<&str>)> = vec![
+            (&[], json!({"a": 1, "b": [1, 2]}), json!({"b": [1, 2], "a": 1}), vec![]),
+            (&[], json!({"a": 1}), json!({"a": 2}), vec!["$.a"]),
+            (&[], json!({"a": 1}), json!({"a": 1, "extra": true}), vec!["$.extra"]),
+            (
+                &[],
+                json!({"a": {"b": [1, 2, 3]}}),
+                json!({"a": {"b": [1, 5]}}),
+                vec!["$.a.b[1]", "$.a.b[2]"],
+            ),
+            (
+                &["$.served_at"],
+                json!({"served_at": "x", "v": 1}),
+                json!({"served_at": "y", "v": 1}),
+                vec![],
+            ),
+            (
+                &["$.items[*].rid"],
+                json!({"items": [{"rid": 1, "q": 1}, {"rid": 2, "q": 2}]}),
+                json!({"items": [{"rid": 9, "q": 1}, {"rid": 8, "q": 3}]}),
+                vec!["$.items[1].q"],
+            ),
+            (
+                &["$.meta"],
+                json!({"meta": {"a": 1, "b": [1]}}),
+                json!({"meta": {"c": 2}}),
+                vec![],
+            ),
+            (
+                &["$.items[0]"],
+                json!({"items": [1, 2]}),
+                json!({"items": [9, 2]}),
+                vec![],
+            ),
+            (
+                &[],
+                json!({"odd key": 1}),
+                json!({"odd key": 2}),
+                vec!["$[\"odd key\"]"],
+            ),
+            (&[], json!([1, "a", null]), json!([1, "a", false]), vec!["$[2]"]),
+        ];
+        for (ignore, a, b, want) in cases {
+            let d = compare(&cfg(ignore), &[], &answer(200, a.clone()), &answer(200, b.clone()));
+            assert_eq!(paths(&d), want, "{a} vs {b} ignoring {ignore:?}");
+        }
+    }
+
+    #[test]
+    fn values_status_headers_and_bytes() {
+        let d = compare(
+            &cfg(&[]),
+            &[],
+            &answer(200, json!({"a": 1})),
+            &answer(404, json!({"a": 2})),
+        );
+        assert_eq!(
+            d[0],
+            Difference {
+                path: "status".into(),
+                pattern: "status".into(),
+                pointer: None,
+                legacy: Some(json!(200)),
+                new: Some(json!(404))
+            }
+        );
+        assert_eq!(d[1].pointer.as_deref(), Some("/a"));
+        assert_eq!(d[1].legacy, Some(json!(1)));
+        assert_eq!(d[1].new, Some(json!(2)));
+
+        let mut b = answer(200, json!({}));
+        b.headers
+            .insert(http::header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        let d = compare(&cfg(&[]), &[], &answer(200, json!({})), &b);
+        assert_eq!(paths(&d), vec!["header:content-type"]);
+
+        let text = |s: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, "text/html".parse().unwrap());
+            Answer {
+                status: 200,
+                headers: h,
+                body: Bytes::from(s.to_string()),
+            }
+        };
+        assert!(compare(&cfg(&[]), &[], &text("<p>a</p>"), &text("<p>a</p>")).is_empty());
+        assert_eq!(
+            paths(&compare(&cfg(&[]), &[], &text("<p>a</p>"), &text("<p>b</p>"))),
+            vec!["body"]
+        );
+    }
+
+    #[test]
+    fn arrays_as_multisets_and_numeric_tolerance() {
+        let mut c = cfg(&["$.items[*].rid"]);
+        c.array_order = ArrayOrder::Any;
+        let a = json!({"items": [{"id": 1, "rid": "x"}, {"id": 2, "rid": "y"}]});
+        let b = json!({"items": [{"id": 2, "rid": "q"}, {"id": 1, "rid": "r"}]});
+        assert!(compare(&c, &[], &answer(200, a), &answer(200, b)).is_empty());
+        let d = compare(
+            &c,
+            &[],
+            &answer(200, json!({"items": [1, 2, 2]})),
+            &answer(200, json!({"items": [2, 1, 3]})),
+        );
+        assert_eq!(paths(&d), vec!["$.items[2]", "$.items[2]"]);
+        assert_eq!(
+            (d[0].legacy.clone(), d[1].new.clone()),
+            (Some(json!(2)), Some(json!(3)))
+        );
+
+        let mut c = cfg(&[]);
+        c.numeric_tolerance = 0.01;
+        assert!(compare(
+            &c,
+            &[],
+            &answer(200, json!({"p": 1.0})),
+            &answer(200, json!({"p": 1.005}))
+        )
+        .is_empty());
+        assert_eq!(
+            paths(&compare(
+                &c,
+                &[],
+                &answer(200, json!({"p": 1.0})),
+                &answer(200, json!({"p": 1.02}))
+            )),
+            vec!["$.p"]
+        );
+        assert_eq!(
+            paths(&compare(
+                &cfg(&[]),
+                &[],
+                &answer(200, json!({"p": 1})),
+                &answer(200, json!({"p": 1.0}))
+            )),
+            Vec::<&str>::new()
+        );
+    }
+
+    #[test]
+    fn learned_noise_is_ignored_and_patterns_are_general() {
+        let noise = vec![parse_path("$.items[*].at").unwrap()];
+        let a = json!({"items": [{"at": 1, "v": 1}]});
+        let b = json!({"items": [{"at": 2, "v": 2}]});
+        let d = compare(&cfg(&[]), &noise, &answer(200, a), &answer(200, b));
+        assert_eq!(paths(&d), vec!["$.items[0].v"]);
+        assert_eq!(d[0].pattern, "$.items[*].v");
+    }
+}

@@ -1,0 +1,526 @@
+//! Shadow traffic: send the copy (bounded, timed out, off the request path), collect both
+//! answers, compare them, learn noise, and keep the last mismatches.
+//!
+//! The request path only clones `Bytes` into a `Capture` (up to `max_body`). The copy runs in a
+//! spawned task that holds a slot of the global in-flight cap; the client never waits for it.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName};
+use pingora_core::connectors::http::Connector;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
+use prometheus::{Histogram, IntCounter, IntCounterVec};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::diff::{self, Answer, Difference, Seg};
+use crate::rules::ShadowSpec;
+
+/// Mismatches kept per route for `GET /api/mismatches`.
+pub const RING: usize = 100;
+/// Distinct mismatch paths per route that get their own metric series; the rest count as `(other)`.
+pub const MAX_PATH_LABELS: usize = 50;
+/// Learned noise paths kept per route.
+pub const MAX_NOISE: usize = 100;
+/// Bodies stored with a mismatch are cut to this.
+pub const STORED_BODY: usize = 4096;
+
+/// Headers never stored with a mismatch, whatever `redact:` says.
+const ALWAYS_REDACTED: [HeaderName; 4] = [
+    http::header::AUTHORIZATION,
+    http::header::COOKIE,
+    http::header::SET_COOKIE,
+    http::header::PROXY_AUTHORIZATION,
+];
+
+pub const X_STRANGLER_SHADOW: HeaderName = HeaderName::from_static("x-strangler-shadow");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    SampledOut,
+    Method,
+    BodyTooLarge,
+    Overloaded,
+    LegacyError,
+}
+
+impl Skip {
+    pub const ALL: [Skip; 5] = [
+        Skip::SampledOut,
+        Skip::Method,
+        Skip::BodyTooLarge,
+        Skip::Overloaded,
+        Skip::LegacyError,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::SampledOut => "sampled_out",
+            Skip::Method => "method",
+            Skip::BodyTooLarge => "body_too_large",
+            Skip::Overloaded => "overloaded",
+            Skip::LegacyError => "legacy_error",
+        }
+    }
+}
+
+/// `strangler_shadow_*` handles of one route, resolved when the rules are compiled.
+#[derive(Clone)]
+pub struct ShadowMetrics {
+    /// match, mismatch, error, skipped
+    pub results: [IntCounter; 4],
+    pub skipped: [IntCounter; 5],
+    /// legacy, new
+    pub latency: [Histogram; 2],
+    /// The family, for the bounded per-path series created off the request path.
+    pub paths: IntCounterVec,
+}
+
+impl ShadowMetrics {
+    pub fn skip(&self, why: Skip) {
+        self.results[3].inc();
+        let i = Skip::ALL.iter().position(|s| *s == why).unwrap_or(0);
+        self.skipped[i].inc();
+    }
+}
+
+/// One stored mismatch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mismatch {
+    pub at_unix: f64,
+    pub route: String,
+    pub method: String,
+    pub path: String,
+    pub request_id: String,
+    pub request_headers: serde_json::Map<String, Value>,
+    pub status: Value,
+    pub differences: Vec<Difference>,
+    /// JSON Patch (RFC 6902) from the legacy body to the new one.
+    pub patch: Vec<Value>,
+    pub legacy_body: String,
+    pub new_body: String,
+}
+
+/// What survives a reload for a route name: learned noise, recent mismatches, path labels.
+pub struct RouteShadow {
+    pub route: String,
+    noise: RwLock<Vec<Vec<Seg>>>,
+    mismatches: Mutex<VecDeque<Mismatch>>,
+    path_labels: Mutex<HashSet<String>>,
+}
+
+impl RouteShadow {
+    pub fn new(route: &str) -> RouteShadow {
+        RouteShadow {
+            route: route.to_string(),
+            noise: RwLock::new(Vec::new()),
+            mismatches: Mutex::new(VecDeque::with_capacity(RING)),
+            path_labels: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn learned_noise(&self) -> Vec<String> {
+        self.noise
+            .read()
+            .map(|n| n.iter().map(|p| diff::render(p)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn mismatches(&self, limit: usize) -> Vec<Mismatch> {
+        self.mismatches
+            .lock()
+            .map(|m| m.iter().rev().take(limit).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn learn(&self, diffs: &[Difference], paths: &[Vec<Seg>]) {
+        let Ok(mut noise) = self.noise.write() else { return };
+        for (d, p) in diffs.iter().zip(paths) {
+            if d.pointer.is_none() || noise.len() >= MAX_NOISE {
+                continue;
+            }
+            let general = diff::generalize(p);
+            if !noise.contains(&general) {
+                tracing::info!(route = %self.route, path = %diff::render(&general), "shadow: learned a non-deterministic field");
+                noise.push(general);
+            }
+        }
+    }
+
+    /// The mismatch paths that have their own metric series.
+    pub fn path_labels(&self) -> Vec<String> {
+        self.path_labels
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn path_label(&self, pattern: &str) -> String {
+        let Ok(mut labels) = self.path_labels.lock() else {
+            return "(other)".into();
+        };
+        if labels.contains(pattern) {
+            return pattern.to_string();
+        }
+        if labels.len() < MAX_PATH_LABELS {
+            labels.insert(pattern.to_string());
+            return pattern.to_string();
+        }
+        "(other)".into()
+    }
+}
+
+/// The global side of shadowing: one connector (its own keep-alive pool) and the in-flight cap.
+pub struct Shadower {
+    connector: Connector,
+    in_flight: AtomicUsize,
+}
+
+impl Default for Shadower {
+    fn default() -> Self {
+        Shadower {
+            connector: Connector::new(None),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Shadower {
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn acquire(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot(self.clone()))
+    }
+}
+
+struct Slot(Arc<Shadower>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The legacy answer, handed from the request path to the comparing task.
+pub struct LegacyAnswer {
+    pub answer: Answer,
+    pub truncated: bool,
+    pub latency: Duration,
+}
+
+/// Per-request capture, kept in the CTX while the request runs.
+pub struct Capture {
+    pub spec: Arc<ShadowSpec>,
+    /// The copy's request header, once built; taken when the copy starts.
+    pub header: Option<RequestHeader>,
+    /// The copy waits for the request body before it starts.
+    pub wants_body: bool,
+    /// Request body chunks (cheap `Bytes` clones), `body_len` bytes in all.
+    pub body: Vec<Bytes>,
+    pub body_len: usize,
+    pub started: bool,
+    /// Legacy answer so far.
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub response: BytesMut,
+    pub response_truncated: bool,
+    pub to_task: Option<oneshot::Sender<LegacyAnswer>>,
+}
+
+impl Capture {
+    pub fn new(spec: Arc<ShadowSpec>) -> Capture {
+        Capture {
+            spec,
+            header: None,
+            wants_body: false,
+            body: Vec::new(),
+            body_len: 0,
+            started: false,
+            status: 0,
+            headers: HeaderMap::new(),
+            response: BytesMut::new(),
+            response_truncated: false,
+            to_task: None,
+        }
+    }
+
+    /// Append a response chunk, up to `max_body`.
+    pub fn response_chunk(&mut self, chunk: &Bytes) {
+        if self.response_truncated {
+            return;
+        }
+        if self.response.len() + chunk.len() > self.spec.max_body {
+            self.response_truncated = true;
+            self.response = BytesMut::new();
+        } else {
+            self.response.extend_from_slice(chunk);
+        }
+    }
+
+    /// Hand the legacy answer to the task (or drop the channel if the request failed).
+    pub fn finish(&mut self, ok: bool, latency: Duration) {
+        let Some(tx) = self.to_task.take() else { return };
+        if !ok {
+            return;
+        }
+        let answer = Answer {
+            status: self.status,
+            headers: std::mem::take(&mut self.headers),
+            body: std::mem::take(&mut self.response).freeze(),
+        };
+        let _ = tx.send(LegacyAnswer {
+            answer,
+            truncated: self.response_truncated,
+            latency,
+        });
+    }
+}
+
+/// Everything the comparing task needs.
+pub struct Job {
+    pub shadower: Arc<Shadower>,
+    pub max_in_flight: usize,
+    pub state: Arc<RouteShadow>,
+    pub metrics: ShadowMetrics,
+    pub spec: Arc<ShadowSpec>,
+    pub service: HttpPeer,
+    pub service_timeout: Duration,
+    /// The legacy upstream, for the noise copy.
+    pub legacy: HttpPeer,
+    pub header: RequestHeader,
+    pub body: Vec<Bytes>,
+}
+
+/// Start the copy now. Returns the sender for the legacy answer, or `None` if the cap is reached
+/// (counted as skipped `overloaded`).
+pub fn start(job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
+    let Some(slot) = job.shadower.acquire(job.max_in_flight) else {
+        job.metrics.skip(Skip::Overloaded);
+        return None;
+    };
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let _slot = slot;
+        run(job, rx).await;
+    });
+    Some(tx)
+}
+
+async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
+    let noise = job.spec.noise_sample.is_some_and(|p| rand::random::<f64>() < p)
+        && crate::fallback::idempotent_method(&job.header.method);
+    let started = Instant::now();
+    let new = send(
+        &job.shadower.connector,
+        &job.service,
+        &job.header,
+        &job.body,
+        job.spec.max_body,
+        job.service_timeout,
+    );
+    let again = async {
+        if noise {
+            Some(
+                send(
+                    &job.shadower.connector,
+                    &job.legacy,
+                    &job.header,
+                    &job.body,
+                    job.spec.max_body,
+                    job.service_timeout,
+                )
+                .await,
+            )
+        } else {
+            None
+        }
+    };
+    let (new, again) = tokio::join!(async { (new.await, started.elapsed()) }, again);
+    let (new, new_latency) = new;
+    let m = &job.metrics;
+    let Ok(legacy) = legacy_rx.await else {
+        m.skip(Skip::LegacyError);
+        return;
+    };
+    m.latency[0].observe(legacy.latency.as_secs_f64());
+    let new = match new {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!(route = %job.state.route, "shadow copy failed: {e}");
+            m.results[2].inc();
+            return;
+        }
+    };
+    m.latency[1].observe(new_latency.as_secs_f64());
+    if legacy.truncated || new.1 {
+        m.skip(Skip::BodyTooLarge);
+        return;
+    }
+    // Two legacy answers to one request differ only where legacy is non-deterministic.
+    if let Some(Ok((second, false))) = again {
+        let (diffs, paths) = compare_with_paths(&job.spec.compare, &[], &legacy.answer, &second);
+        job.state.learn(&diffs, &paths);
+    }
+    let noise = job.state.noise.read().map(|n| n.clone()).unwrap_or_default();
+    let diffs = diff::compare(&job.spec.compare, &noise, &legacy.answer, &new.0);
+    if diffs.is_empty() {
+        m.results[0].inc();
+        return;
+    }
+    m.results[1].inc();
+    for d in &diffs {
+        m.paths
+            .with_label_values(&[&job.state.route, &job.state.path_label(&d.pattern)])
+            .inc();
+    }
+    record(&job, &legacy.answer, &new.0, diffs);
+}
+
+/// `diff::compare`, also returning each difference's concrete path (for noise learning).
+fn compare_with_paths(
+    cfg: &diff::Compare,
+    noise: &[Vec<Seg>],
+    a: &Answer,
+    b: &Answer,
+) -> (Vec<Difference>, Vec<Vec<Seg>>) {
+    let diffs = diff::compare(cfg, noise, a, b);
+    let paths = diffs
+        .iter()
+        .map(|d| d.pointer.as_deref().map(pointer_segments).unwrap_or_default())
+        .collect();
+    (diffs, paths)
+}
+
+fn pointer_segments(pointer: &str) -> Vec<Seg> {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|raw| {
+            let s = raw.replace("~1", "/").replace("~0", "~");
+            match s.parse::<usize>() {
+                Ok(i) if !s.starts_with('0') || s == "0" => Seg::Index(i),
+                _ => Seg::Key(s),
+            }
+        })
+        .collect()
+}
+
+fn record(job: &Job, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) {
+    let redacted = |name: &HeaderName| ALWAYS_REDACTED.contains(name) || job.spec.redact.contains(name);
+    for d in &mut diffs {
+        if let Some(h) = d.path.strip_prefix("header:") {
+            if HeaderName::from_bytes(h.as_bytes()).is_ok_and(|n| redacted(&n)) {
+                d.legacy = d.legacy.as_ref().map(|_| Value::String("[redacted]".into()));
+                d.new = d.new.as_ref().map(|_| Value::String("[redacted]".into()));
+            }
+        }
+    }
+    let mut request_headers = serde_json::Map::new();
+    for (name, value) in job.header.headers.iter().filter(|(n, _)| !redacted(n)) {
+        request_headers.insert(
+            name.as_str().to_string(),
+            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        );
+    }
+    let patch = diffs
+        .iter()
+        .filter_map(|d| {
+            let path = d.pointer.as_ref()?;
+            Some(match (&d.legacy, &d.new) {
+                (None, Some(v)) => json!({"op": "add", "path": path, "value": v}),
+                (Some(_), None) => json!({"op": "remove", "path": path}),
+                (_, v) => json!({"op": "replace", "path": path, "value": v}),
+            })
+        })
+        .collect();
+    let cut = |b: &Bytes| String::from_utf8_lossy(&b[..b.len().min(STORED_BODY)]).into_owned();
+    let entry = Mismatch {
+        at_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        route: job.state.route.clone(),
+        method: job.header.method.to_string(),
+        path: job.header.uri.to_string(),
+        request_id: job
+            .header
+            .headers
+            .get("x-request-id")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default(),
+        request_headers,
+        status: json!({"legacy": legacy.status, "new": new.status}),
+        differences: diffs,
+        patch,
+        legacy_body: cut(&legacy.body),
+        new_body: cut(&new.body),
+    };
+    if let Ok(mut ring) = job.state.mismatches.lock() {
+        if ring.len() == RING {
+            ring.pop_front();
+        }
+        ring.push_back(entry);
+    }
+}
+
+/// Send one request and read the whole answer (up to `max_body`), within `limit`.
+/// Returns the answer and whether its body was cut.
+async fn send(
+    connector: &Connector,
+    peer: &HttpPeer,
+    header: &RequestHeader,
+    body: &[Bytes],
+    max_body: usize,
+    limit: Duration,
+) -> Result<(Answer, bool), String> {
+    let work = async {
+        let (mut s, _reused) = connector.get_http_session(peer).await.map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(limit));
+        s.set_write_timeout(Some(limit));
+        s.write_request_header(Box::new(header.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        for chunk in body {
+            s.write_request_body(chunk.clone(), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        s.finish_request_body().await.map_err(|e| e.to_string())?;
+        s.read_response_header().await.map_err(|e| e.to_string())?;
+        let resp = s.response_header().ok_or("no response header")?;
+        let (status, headers) = (resp.status.as_u16(), resp.headers.clone());
+        let mut buf = BytesMut::new();
+        let mut truncated = false;
+        while let Some(chunk) = s.read_response_body().await.map_err(|e| e.to_string())? {
+            if !truncated && buf.len() + chunk.len() <= max_body {
+                buf.extend_from_slice(&chunk);
+            } else {
+                truncated = true;
+                buf.clear();
+            }
+        }
+        connector.release_http_session(s, peer, peer.options.idle_timeout).await;
+        Ok((
+            Answer {
+                status,
+                headers,
+                body: buf.freeze(),
+            },
+            truncated,
+        ))
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}

@@ -1,0 +1,391 @@
+//! Shadow traffic end to end against the bundled shop: the monolith answers, the service gets a
+//! copy, the proxy compares the two answers, learns noise, and shows what differs.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::proxy::Proxy;
+use common::shop::{start_shop, Shop};
+use serde_json::{json, Value};
+use shop_kit::faults::{Drift, FaultSettings};
+
+fn rules(shop: &Shop, extra_upstreams: &str, routes: &str) -> String {
+    format!(
+        "legacy: monolith\nupstreams:\n  monolith: {{ url: \"http://{}\" }}\n  inventory: {{ url: \"http://{}\", timeouts: {{ connect: 200ms, response: 1s }} }}\n  orders: {{ url: \"http://{}\", timeouts: {{ connect: 200ms, response: 1s }} }}\n{extra_upstreams}routes:\n{routes}",
+        shop.monolith, shop.inventory, shop.orders
+    )
+}
+
+fn shadow_routes(shadow: &str) -> String {
+    format!(
+        "  - {{ name: orders-read, match: {{ path: \"/api/orders/{{id}}\", methods: [GET] }}, mode: shadow, service: orders, shadow: {shadow} }}\n\
+         \x20 - {{ name: user-orders, match: {{ path: \"/api/users/{{id}}/orders\", methods: [GET] }}, mode: shadow, service: orders, shadow: {shadow} }}\n\
+         \x20 - {{ name: stock, match: {{ prefix: /api/inventory, methods: [GET] }}, mode: shadow, service: inventory, shadow: {shadow} }}\n"
+    )
+}
+
+fn metric(m: &str, prefix: &str) -> u64 {
+    m.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn results(m: &str, route: &str) -> [u64; 4] {
+    ["match", "mismatch", "error", "skipped"].map(|r| {
+        metric(
+            m,
+            &format!("strangler_shadow_total{{result=\"{r}\",route=\"{route}\"}}"),
+        )
+    })
+}
+
+/// Wait until `route` has `n` shadow results (comparisons run after the response).
+async fn settled(proxy: &Proxy, route: &str, n: u64) -> [u64; 4] {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = results(&proxy.metrics().await, route);
+        if r.iter().sum::<u64>() >= n {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{route}: only {r:?} of {n} shadow results");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn get(client: &reqwest::Client, url: String) -> (u16, String, Value) {
+    let r = client.get(url).send().await.expect("request");
+    let up = r.headers()["x-strangler-upstream"].to_str().unwrap().to_string();
+    (r.status().as_u16(), up, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthy_services_match_on_every_shadowed_endpoint() {
+    let shop = start_shop().await;
+    let proxy = Proxy::start(&rules(&shop, "", &shadow_routes("{ ignore: [\"$.served_at\"] }"))).await;
+    let client = reqwest::Client::new();
+    for id in 1..=30 {
+        let (status, up, body) = get(&client, proxy.url(&format!("/api/orders/{id}"))).await;
+        assert_eq!(
+            (status, up.as_str()),
+            (200, "monolith"),
+            "the client gets the monolith's answer"
+        );
+        assert_eq!(body["id"], id);
+    }
+    for id in 1..=10 {
+        get(&client, proxy.url(&format!("/api/users/{id}/orders"))).await;
+        get(&client, proxy.url(&format!("/api/inventory/SKU-{:04}", id * 7))).await;
+    }
+    get(&client, proxy.url("/api/orders/99999")).await; // a 404 on both sides matches too
+    assert_eq!(settled(&proxy, "orders-read", 31).await, [31, 0, 0, 0]);
+    assert_eq!(settled(&proxy, "user-orders", 10).await, [10, 0, 0, 0]);
+    assert_eq!(settled(&proxy, "stock", 10).await, [10, 0, 0, 0]);
+    let m = proxy.metrics().await;
+    assert!(
+        m.contains("strangler_shadow_latency_seconds_count{route=\"stock\",side=\"new\"} 10"),
+        "{m}"
+    );
+    assert!(
+        m.contains("strangler_shadow_latency_seconds_count{route=\"stock\",side=\"legacy\"} 10"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn noise_is_learned_when_nothing_is_ignored() {
+    let shop = start_shop().await;
+    let proxy = Proxy::start(&rules(&shop, "", &shadow_routes("{ noise: { sample: 1.0 } }"))).await;
+    let client = reqwest::Client::new();
+    for id in 1..=20 {
+        get(&client, proxy.url(&format!("/api/orders/{id}"))).await;
+    }
+    let r = settled(&proxy, "orders-read", 20).await;
+    assert_eq!(
+        r,
+        [20, 0, 0, 0],
+        "served_at differs on every call, and was learned before it could mismatch"
+    );
+    let routes: Value = reqwest::get(proxy.admin_url("/api/routes"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let route = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "orders-read")
+        .unwrap();
+    assert_eq!(route["shadow"]["learned_noise"], json!(["$.served_at"]), "{route}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_is_caught_with_exactly_the_drifted_path() {
+    let shop = start_shop().await;
+    let proxy = Proxy::start(&rules(&shop, "", &shadow_routes("{ ignore: [\"$.served_at\"] }"))).await;
+    shop.orders_faults.set(FaultSettings {
+        drift: Some(Drift {
+            field: "total_cents".into(),
+            value: json!(-1),
+        }),
+        ..Default::default()
+    });
+    let client = reqwest::Client::new();
+    let (_, _, legacy) = get(&client, proxy.url("/api/orders/5")).await;
+    assert_eq!(settled(&proxy, "orders-read", 1).await, [0, 1, 0, 0]);
+
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "strangler_shadow_mismatch_paths_total{path=\"$.total_cents\",route=\"orders-read\"}"
+        ),
+        1,
+        "{m}"
+    );
+    let v: Value = reqwest::get(proxy.admin_url("/api/mismatches?route=orders-read&limit=5"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = v["mismatches"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{v}");
+    let e = &entries[0];
+    assert_eq!(e["method"], "GET");
+    assert_eq!(e["path"], "/api/orders/5");
+    assert_eq!(e["status"], json!({"legacy": 200, "new": 200}));
+    assert_eq!(
+        e["differences"],
+        json!([{"path": "$.total_cents", "legacy": legacy["total_cents"], "new": -1}])
+    );
+    assert_eq!(
+        e["patch"],
+        json!([{"op": "replace", "path": "/total_cents", "value": -1}])
+    );
+    assert_eq!(e["request_id"].as_str().unwrap().len(), 32);
+    assert!(e["legacy_body"].as_str().unwrap().contains("\"total_cents\""));
+
+    let r = reqwest::get(proxy.admin_url("/api/mismatches?route=nope"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_or_dead_shadow_changes_nothing_for_the_client() {
+    let shop = start_shop().await;
+    let text = rules(&shop, "", &shadow_routes("{ ignore: [\"$.served_at\"] }"))
+        .replace("routes:\n", "shadow_max_in_flight: 8\nroutes:\n");
+    let proxy = Proxy::start(&text).await;
+    let client = reqwest::Client::new();
+
+    // Dead: refused connections are errors, the client still gets the monolith's answer.
+    shop.orders_faults.set(FaultSettings {
+        refuse: true,
+        ..Default::default()
+    });
+    shop.orders_faults.until_listening(false).await;
+    for id in 1..=5 {
+        let (status, up, _) = get(&client, proxy.url(&format!("/api/orders/{id}"))).await;
+        assert_eq!((status, up.as_str()), (200, "monolith"));
+    }
+    assert_eq!(settled(&proxy, "orders-read", 5).await, [0, 0, 5, 0]);
+
+    // Slow (5 s, past its 1 s timeout): copies time out; past 8 in flight they are skipped.
+    shop.orders_faults.set(FaultSettings {
+        latency: Duration::from_secs(5),
+        ..Default::default()
+    });
+    shop.orders_faults.until_listening(true).await;
+    let calls: Vec<_> = (1..=20)
+        .map(|id| {
+            let (client, url) = (client.clone(), proxy.url(&format!("/api/orders/{id}")));
+            tokio::spawn(async move { get(&client, url).await })
+        })
+        .collect();
+    for c in calls {
+        let (status, up, _) = c.await.unwrap();
+        assert_eq!((status, up.as_str()), (200, "monolith"));
+    }
+    let [_, _, errors, skipped] = settled(&proxy, "orders-read", 25).await;
+    assert_eq!(errors + skipped, 25, "timeouts and skips only");
+    assert!(skipped >= 1, "the in-flight cap held");
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "strangler_shadow_skipped_total{reason=\"overloaded\",route=\"orders-read\"}"
+        ),
+        skipped,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_stays_bounded_over_10000_shadowed_requests() {
+    let shop = start_shop().await;
+    let proxy = Proxy::start(&rules(&shop, "", &shadow_routes("{ ignore: [\"$.served_at\"] }"))).await;
+    shop.inventory_faults.set(FaultSettings {
+        drift: Some(Drift {
+            field: "available".into(),
+            value: json!(0),
+        }),
+        ..Default::default()
+    });
+    let rss = |m: &str| metric(m, "process_resident_memory_bytes");
+    let client = reqwest::Client::new();
+    let url = proxy.url("/api/inventory/SKU-0001");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..1250 {
+                assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r = settled(&proxy, "stock", 10_000).await;
+    assert_eq!(
+        r[1] + r[3],
+        10_000,
+        "every copy mismatched (drift) or was skipped at the cap: {r:?}"
+    );
+    let m = proxy.metrics().await;
+    let v: Value = reqwest::get(proxy.admin_url("/api/mismatches?route=stock&limit=1000"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["mismatches"].as_array().unwrap().len(),
+        100,
+        "the ring keeps 100 per route"
+    );
+    assert!(rss(&m) < 256 << 20, "resident memory {} MiB", rss(&m) >> 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_are_copied_only_when_listed_and_carry_the_shadow_header() {
+    let shop = start_shop().await;
+    let echo: SocketAddr = common::echo::start("echo").await;
+    // The more specific rule first: among rules with the same path, the first that matches wins.
+    let routes = "  - { name: create-listed, match: { path: /api/orders, methods: [POST], headers: { x-listed: present } }, mode: shadow, service: echo, shadow: { methods: [POST], max_body: 1KiB } }\n\
+                  \x20 - { name: create, match: { path: /api/orders, methods: [POST] }, mode: shadow, service: orders }\n";
+    let extra = format!("  echo: {{ url: \"http://{echo}\" }}\n");
+    let proxy = Proxy::start(&rules(&shop, &extra, routes)).await;
+    let client = reqwest::Client::new();
+    let order = json!({"user_id": 2, "items": [{"sku": "SKU-0009", "quantity": 1}]});
+
+    let r = client.post(proxy.url("/api/orders")).json(&order).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(settled(&proxy, "create", 1).await, [0, 0, 0, 1]);
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(&m, "strangler_shadow_skipped_total{reason=\"method\",route=\"create\"}"),
+        1
+    );
+    assert_eq!(shop.orders_faults.requests(), 0, "the service never saw the POST");
+
+    let r = client
+        .post(proxy.url("/api/orders"))
+        .header("x-listed", "1")
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        settled(&proxy, "create-listed", 1).await,
+        [0, 1, 0, 0],
+        "the echo answers differently"
+    );
+    let v: Value = reqwest::get(proxy.admin_url("/api/mismatches?route=create-listed"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seen: Value = serde_json::from_str(v["mismatches"][0]["new_body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["headers"]["x-strangler-shadow"], json!(["1"]));
+    assert_eq!(seen["path"], "/api/orders");
+
+    // Past max_body (1 KiB) the copy is skipped and counted.
+    let big = json!({"user_id": 2, "items": [{"sku": "SKU-0009", "quantity": 1}], "note": "x".repeat(4096)});
+    client
+        .post(proxy.url("/api/orders"))
+        .header("x-listed", "1")
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "strangler_shadow_skipped_total{reason=\"body_too_large\",route=\"create-listed\"}"
+        ),
+        1,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_reach_the_mismatch_log() {
+    let shop = start_shop().await;
+    let proxy = Proxy::start(&rules(
+        &shop,
+        "",
+        &shadow_routes("{ ignore: [\"$.served_at\"], redact: [x-api-key] }"),
+    ))
+    .await;
+    shop.orders_faults.set(FaultSettings {
+        drift: Some(Drift {
+            field: "status".into(),
+            value: json!("lost"),
+        }),
+        ..Default::default()
+    });
+    let client = reqwest::Client::new();
+    client
+        .get(proxy.url("/api/orders/3"))
+        .header("authorization", "Bearer secret-token")
+        .header("cookie", "session=secret-cookie")
+        .header("x-api-key", "secret-key")
+        .header("x-visible", "fine")
+        .send()
+        .await
+        .unwrap();
+    settled(&proxy, "orders-read", 1).await;
+    let text = reqwest::get(proxy.admin_url("/api/mismatches"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("\"x-visible\":\"fine\""), "{text}");
+    assert!(!text.contains("secret"), "a secret leaked: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_route_can_shadow_its_legacy_share() {
+    let shop = start_shop().await;
+    let routes = "  - { name: stock, match: { prefix: /api/inventory }, mode: canary, service: inventory, canary: { percent: 0 }, shadow: { ignore: [\"$.served_at\"] } }\n";
+    let proxy = Proxy::start(&rules(&shop, "", routes)).await;
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let (status, up, _) = get(&client, proxy.url("/api/inventory/SKU-0004")).await;
+        assert_eq!((status, up.as_str()), (200, "monolith"));
+    }
+    assert_eq!(settled(&proxy, "stock", 5).await, [5, 0, 0, 0]);
+}
