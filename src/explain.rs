@@ -108,7 +108,56 @@ pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) 
             }
         }
     }
+    if let Some(sh) = &r.shadow {
+        let copied = sh.copies(&method);
+        let _ = writeln!(
+            out,
+            "shadow:      {} of {} requests copied to {service}{}",
+            if sh.sample >= 1.0 {
+                "all".to_string()
+            } else {
+                format!("{}%", sh.sample * 100.0)
+            },
+            sh.method_names.join("/"),
+            if copied { "" } else { " (not this method)" }
+        );
+        let ignore = if sh.ignore_text.is_empty() {
+            "nothing".to_string()
+        } else {
+            sh.ignore_text.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  ignores:   {ignore}; compares status, body and {}",
+            headers_list(&sh.compare.compare_headers)
+        );
+        if let Some(p) = sh.noise_sample {
+            let _ = writeln!(
+                out,
+                "  noise:     {}% of copies also ask {legacy} twice; learned paths: GET /api/routes on the admin port",
+                p * 100.0
+            );
+        }
+    }
+    if r.service.is_some() && r.mode != Mode::Shadow {
+        let _ = writeln!(
+            out,
+            "fallback:    {}",
+            if r.fallback {
+                format!("to {legacy} when {service} fails (timeout {:?})", r.timeout)
+            } else {
+                "off".into()
+            }
+        );
+    }
     Ok(out)
+}
+
+fn headers_list(h: &[HeaderName]) -> String {
+    if h.is_empty() {
+        return "no headers".into();
+    }
+    h.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 fn sticky_name(s: Option<&Sticky>) -> String {

@@ -1,0 +1,68 @@
+//! JSON diff speed: comparing two 10 KiB answers (target: under 50 µs).
+//!
+//! Run: `cargo bench --bench diff`.
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::HeaderMap;
+use serde_json::{json, Value};
+use strangler::diff::{compare, parse_path, Answer, Compare};
+
+/// An order-list document of about 10 KiB, like the shop's `GET /api/users/{id}/orders`.
+fn document(drift: bool) -> Value {
+    let orders: Vec<Value> = (0..24)
+        .map(|i| {
+            json!({
+                "id": i, "user_id": 7, "status": if drift && i == 13 { "lost" } else { "paid" },
+                "created_at": "2023-04-16T18:00:00Z", "total_cents": 21980 + i,
+                "items": [
+                    {"sku": format!("SKU-{:04}", i), "name": "Rustic Bamboo Lamp", "quantity": 3, "unit_price_cents": 35999, "line_total_cents": 107997},
+                    {"sku": format!("SKU-{:04}", i + 1), "name": "Everyday Cotton Lamp", "quantity": 2, "unit_price_cents": 13399, "line_total_cents": 26798}
+                ]
+            })
+        })
+        .collect();
+    json!({"user_id": 7, "items": orders, "served_at": if drift { "2026-11-26T03:19:10.000001Z" } else { "2026-11-26T03:19:10.000002Z" }, "request_id": "4f58661563367d0ff2dad46448a2d738"})
+}
+
+fn answer(v: &Value) -> Answer {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, "application/json".parse().unwrap());
+    Answer {
+        status: 200,
+        headers,
+        body: Bytes::from(v.to_string()),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let (a, b) = (answer(&document(false)), answer(&document(true)));
+    assert!(
+        (9_000..12_000).contains(&a.body.len()),
+        "document is {} bytes",
+        a.body.len()
+    );
+    let cfg = Compare {
+        ignore: vec![parse_path("$.served_at").unwrap()],
+        compare_headers: vec![http::header::CONTENT_TYPE],
+        ..Compare::default()
+    };
+    assert_eq!(compare(&cfg, &[], &a, &b).len(), 1);
+    c.bench_function("diff 10 KiB JSON, one difference", |bench| {
+        bench.iter(|| compare(&cfg, &[], &a, &b))
+    });
+    c.bench_function("diff 10 KiB JSON, equal", |bench| {
+        bench.iter(|| compare(&cfg, &[], &a, &a))
+    });
+    // Baseline in the same run: parsing both bodies, which any JSON-aware comparison must do.
+    c.bench_function("baseline: parse both 10 KiB bodies", |bench| {
+        bench.iter(|| {
+            let x: Value = serde_json::from_slice(&a.body).unwrap();
+            let y: Value = serde_json::from_slice(&b.body).unwrap();
+            (x, y)
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

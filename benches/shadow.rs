@@ -1,0 +1,75 @@
+//! The proxy's CPU per request with 100% shadowing against 0%, on the same route, in one run
+//! (target: at most 1.5x). Two proxy processes serve the same route, one copying every request
+//! and comparing the answers, one copying none; blocks of requests alternate between them, and
+//! each process's CPU time is read from /proc.
+//!
+//! Run: `cargo bench --bench shadow`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::proxy::{rules, Proxy};
+use common::shop::start_shop;
+
+const BLOCKS: usize = 10;
+const PER_BLOCK: usize = 500;
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the ")" that closes the command name; utime and stime are 14th and 15th overall.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[tokio::main]
+async fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark skipped: run it with `cargo bench --bench shadow`");
+        return;
+    }
+    let shop = start_shop().await;
+    let route = |sample: &str| {
+        format!("  - {{ name: stock, match: {{ prefix: /api/inventory }}, mode: shadow, service: inventory, shadow: {{ sample: {sample}, ignore: [\"$.served_at\"] }} }}\n")
+    };
+    let ups = [("monolith", shop.monolith), ("inventory", shop.inventory)];
+    let on = Proxy::start(&rules(&ups, &route("1.0"))).await;
+    let off = Proxy::start(&rules(&ups, &route("0.0"))).await;
+    let client = reqwest::Client::new();
+    let mut cpu = [0.0f64; 2];
+    for block in 0..BLOCKS + 1 {
+        for (i, proxy) in [&off, &on].into_iter().enumerate() {
+            let url = proxy.url("/api/inventory/SKU-0001");
+            let before = cpu_seconds(proxy.pid());
+            for _ in 0..PER_BLOCK {
+                let r = client.get(&url).send().await.unwrap();
+                let _ = r.bytes().await.unwrap();
+            }
+            // Let the last copies finish before reading the CPU time.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if block > 0 {
+                cpu[i] += cpu_seconds(proxy.pid()) - before;
+            }
+        }
+    }
+    let n = (BLOCKS * PER_BLOCK) as f64;
+    let (off_us, on_us) = (cpu[0] / n * 1e6, cpu[1] / n * 1e6);
+    println!(
+        "proxy CPU per request, {} requests each, one client, same route:",
+        BLOCKS * PER_BLOCK
+    );
+    println!("  shadow off (sample 0): {off_us:.1} µs (baseline)");
+    println!(
+        "  shadow on (sample 1, copy + compare): {on_us:.1} µs; ratio {:.2}x (target <= 1.5x)",
+        on_us / off_us
+    );
+    let m = on.metrics().await;
+    for line in m
+        .lines()
+        .filter(|l| l.starts_with("strangler_shadow_total{") && !l.ends_with(" 0"))
+    {
+        println!("  {line}");
+    }
+}
