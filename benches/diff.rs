@@ -10,7 +10,7 @@ use strangler::diff::{compare, parse_path, Answer, Compare};
 
 /// An order-list document of about 10 KiB, like the shop's `GET /api/users/{id}/orders`.
 fn document(drift: bool) -> Value {
-    let orders: Vec<Value> = (0..24)
+    let orders: Vec<Value> = (0..31)
         .map(|i| {
             json!({
                 "id": i, "user_id": 7, "status": if drift && i == 13 { "lost" } else { "paid" },

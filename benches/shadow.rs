@@ -72,4 +72,42 @@ async fn main() {
     {
         println!("  {line}");
     }
+
+    // A shadow service that takes 5 s to answer: the client's latency must not notice.
+    shop.inventory_faults.set(shop_kit::faults::FaultSettings {
+        latency: std::time::Duration::from_secs(5),
+        ..Default::default()
+    });
+    let mut lat: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..BLOCKS {
+        for (i, proxy) in [&off, &on].into_iter().enumerate() {
+            let url = proxy.url("/api/inventory/SKU-0001");
+            for _ in 0..PER_BLOCK / 5 {
+                let t = std::time::Instant::now();
+                let r = client.get(&url).send().await.unwrap();
+                let _ = r.bytes().await.unwrap();
+                lat[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let p99 = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[(v.len() as f64 * 0.99) as usize - 1]
+    };
+    let (off_p99, on_p99) = (p99(&mut lat[0]), p99(&mut lat[1]));
+    println!(
+        "client p99 with the shadow service 5 s slow, {} requests each, interleaved:",
+        lat[0].len()
+    );
+    println!(
+        "  shadow off: {off_p99:.3} ms (baseline); shadow on: {on_p99:.3} ms; ratio {:.2}x",
+        on_p99 / off_p99
+    );
+    let m = on.metrics().await;
+    for line in m
+        .lines()
+        .filter(|l| l.starts_with("strangler_shadow_skipped_total{") && !l.ends_with(" 0"))
+    {
+        println!("  {line}");
+    }
 }

@@ -219,17 +219,21 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
         }
     }
     if is_json(&legacy.headers) && is_json(&new.headers) {
-        if let (Ok(a), Ok(b)) = (
-            serde_json::from_slice::<Value>(&legacy.body),
-            serde_json::from_slice::<Value>(&new.body),
-        ) {
+        // simd-json parses in place into borrowed values: much cheaper than building
+        // serde_json::Value trees, and the diff runs for every shadowed request.
+        let (mut x, mut y) = (legacy.body.to_vec(), new.body.to_vec());
+        let (a, b) = (
+            simd_json::to_borrowed_value(&mut x),
+            simd_json::to_borrowed_value(&mut y),
+        );
+        if let (Ok(a), Ok(b)) = (&a, &b) {
             let mut walker = Walker {
                 cfg,
                 noise,
                 out: &mut out,
                 path: Vec::new(),
             };
-            walker.diff(&a, &b);
+            walker.diff(a, b);
             return out;
         }
     }
@@ -258,26 +262,31 @@ impl Walker<'_> {
         self.cfg.ignore.iter().chain(self.noise).any(|p| covers(p, &self.path))
     }
 
-    fn push(&mut self, legacy: Option<&Value>, new: Option<&Value>) {
+    fn push(&mut self, legacy: Option<&Json>, new: Option<&Json>) {
+        let plain = |v: &Json| serde_json::to_value(v).unwrap_or(Value::Null);
         self.out.push(Difference {
             path: render(&self.path),
             pattern: render(&generalize(&self.path)),
             pointer: Some(pointer(&self.path)),
-            legacy: legacy.cloned(),
-            new: new.cloned(),
+            legacy: legacy.map(plain),
+            new: new.map(plain),
         });
     }
 
-    fn diff(&mut self, a: &Value, b: &Value) {
+    fn diff(&mut self, a: &Json, b: &Json) {
         if self.ignored() {
             return;
         }
         match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                let mut keys: Vec<&String> = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))).collect();
-                keys.sort();
+            (Json::Object(x), Json::Object(y)) => {
+                let mut keys: Vec<&str> = x
+                    .keys()
+                    .chain(y.keys().filter(|k| !x.contains_key(*k)))
+                    .map(|k| k.as_ref())
+                    .collect();
+                keys.sort_unstable();
                 for k in keys {
-                    self.path.push(Seg::Key(k.clone()));
+                    self.path.push(Seg::Key(k.to_string()));
                     match (x.get(k), y.get(k)) {
                         (Some(va), Some(vb)) => self.diff(va, vb),
                         (va, vb) if !self.ignored() => self.push(va, vb),
@@ -286,8 +295,8 @@ impl Walker<'_> {
                     self.path.pop();
                 }
             }
-            (Value::Array(x), Value::Array(y)) if self.cfg.array_order == ArrayOrder::Any => self.diff_multiset(x, y),
-            (Value::Array(x), Value::Array(y)) => {
+            (Json::Array(x), Json::Array(y)) if self.cfg.array_order == ArrayOrder::Any => self.diff_multiset(x, y),
+            (Json::Array(x), Json::Array(y)) => {
                 for i in 0..x.len().max(y.len()) {
                     self.path.push(Seg::Index(i));
                     match (x.get(i), y.get(i)) {
@@ -298,13 +307,11 @@ impl Walker<'_> {
                     self.path.pop();
                 }
             }
-            (Value::Number(x), Value::Number(y)) => {
-                let same = match (x.as_i64(), y.as_i64()) {
-                    (Some(i), Some(j)) if self.cfg.numeric_tolerance == 0.0 => i == j,
-                    _ => match (x.as_f64(), y.as_f64()) {
-                        (Some(f), Some(g)) => (f - g).abs() <= self.cfg.numeric_tolerance,
-                        _ => x == y,
-                    },
+            (Json::Static(x), Json::Static(y)) => {
+                let same = match (number(x), number(y)) {
+                    (Some(Num::Int(i)), Some(Num::Int(j))) if self.cfg.numeric_tolerance == 0.0 => i == j,
+                    (Some(i), Some(j)) => (i.as_f64() - j.as_f64()).abs() <= self.cfg.numeric_tolerance,
+                    _ => x == y,
                 };
                 if !same {
                     self.push(Some(a), Some(b));
@@ -316,7 +323,7 @@ impl Walker<'_> {
     }
 
     /// Arrays as multisets: each legacy element pairs with an equal, unused new element.
-    fn diff_multiset(&mut self, x: &[Value], y: &[Value]) {
+    fn diff_multiset(&mut self, x: &[Json], y: &[Json]) {
         let mut used = vec![false; y.len()];
         let mut unmatched = Vec::new();
         for (i, va) in x.iter().enumerate() {
@@ -341,7 +348,7 @@ impl Walker<'_> {
     }
 
     /// Equal at the current path, under the same ignore rules.
-    fn equal_here(&mut self, a: &Value, b: &Value) -> bool {
+    fn equal_here(&mut self, a: &Json, b: &Json) -> bool {
         let mut scratch = Vec::new();
         let mut sub = Walker {
             cfg: self.cfg,
@@ -351,6 +358,33 @@ impl Walker<'_> {
         };
         sub.diff(a, b);
         scratch.is_empty()
+    }
+}
+
+type Json<'v> = simd_json::BorrowedValue<'v>;
+
+#[derive(Clone, Copy)]
+enum Num {
+    Int(i128),
+    Float(f64),
+}
+
+impl Num {
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+}
+
+fn number(n: &simd_json::StaticNode) -> Option<Num> {
+    use simd_json::StaticNode::*;
+    match *n {
+        I64(i) => Some(Num::Int(i128::from(i))),
+        U64(u) => Some(Num::Int(i128::from(u))),
+        F64(f) => Some(Num::Float(f)),
+        _ => None,
     }
 }
 

@@ -203,7 +203,8 @@ impl ProxyHttp for Strangler {
                         "{{\"error\":\"service_unavailable\",\"reason\":\"{}\"}}\n",
                         reason.as_str()
                     );
-                    respond(session, 503, body.into()).await?;
+                    // Open circuit or full bulkhead: a moment later may well work.
+                    respond_with(session, 503, body.into(), &[(http::header::RETRY_AFTER, "1")]).await?;
                     return Ok(true);
                 }
             }
@@ -629,8 +630,15 @@ fn on_failure(session: &Session, ctx: &mut Ctx, reason: Reason, mut e: Box<Error
 
 /// A small JSON answer from the proxy itself.
 async fn respond(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+    respond_with(session, status, body, &[]).await
+}
+
+async fn respond_with(session: &mut Session, status: u16, body: Bytes, extra: &[(HeaderName, &str)]) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3 + extra.len()))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    for (name, value) in extra {
+        resp.insert_header(name.clone(), *value)?;
+    }
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), false).await?;

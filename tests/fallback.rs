@@ -474,6 +474,29 @@ async fn the_bulkhead_sheds_exactly_the_one_over_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn without_fallback_a_full_bulkhead_answers_503_with_retry_after() {
+    let shop = start_shop().await;
+    let routes =
+        "  - { name: stock, match: { prefix: /api/inventory }, mode: migrated, service: inventory, fallback: false }\n";
+    let proxy = Arc::new(Proxy::start(&rules(&shop, "    max_in_flight: 1\n", "", routes)).await);
+    shop.inventory_faults.set(FaultSettings {
+        latency: Duration::from_millis(800),
+        ..Default::default()
+    });
+    let slow = {
+        let url = proxy.url("/api/inventory/SKU-0001");
+        tokio::spawn(async move { reqwest::get(url).await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = reqwest::get(proxy.url("/api/inventory/SKU-0002")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "overloaded");
+    assert_eq!(slow.await.unwrap(), 200, "the one in flight is served");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn fallback_off_gives_the_client_the_services_answer() {
     let shop = start_shop().await;
     let routes =

@@ -247,6 +247,48 @@ async fn counters_survive_for_kept_names_and_go_for_removed_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn breaker_state_survives_for_a_kept_upstream_and_goes_with_a_removed_one() {
+    let shop = start_shop().await;
+    let (mono, inv) = (shop.monolith, shop.inventory);
+    let text = |extra_route: &str| {
+        format!(
+            "legacy: monolith\nupstreams:\n  monolith: {{ url: \"http://{mono}\" }}\n  inventory:\n    url: \"http://{inv}\"\n    circuit_breaker: {{ min_requests: 2, failure_ratio: 0.5, open_for: 60s }}\n{}routes:\n  - {{ name: stock, match: {{ prefix: /api/inventory }}, mode: migrated, service: inventory }}\n{extra_route}",
+            if extra_route.is_empty() { String::new() } else { format!("  spare: {{ url: \"http://{inv}\" }}\n") }
+        )
+    };
+    let proxy = Proxy::start(&text(
+        "  - { name: extra, match: { prefix: /x }, mode: migrated, service: spare }\n",
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    shop.inventory_faults.set(FaultSettings {
+        error_rate: 1.0,
+        ..Default::default()
+    });
+    for _ in 0..2 {
+        client.get(proxy.url("/api/inventory/SKU-0001")).send().await.unwrap();
+    }
+    let m = proxy.metrics().await;
+    assert!(m.contains("strangler_circuit_state{upstream=\"inventory\"} 2"), "{m}");
+    assert!(m.contains("strangler_circuit_state{upstream=\"spare\"} 0"), "{m}");
+
+    std::fs::write(&proxy.rules, text("")).unwrap();
+    let r = client.post(proxy.admin_url("/api/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let m = proxy.metrics().await;
+    assert!(
+        m.contains("strangler_circuit_state{upstream=\"inventory\"} 2"),
+        "still open after the reload:\n{m}"
+    );
+    assert!(
+        !m.contains("upstream=\"spare\""),
+        "the removed upstream's series are gone:\n{m}"
+    );
+    let r = client.get(proxy.url("/api/inventory/SKU-0001")).send().await.unwrap();
+    assert_eq!(r.headers()["x-strangler-fallback"], "circuit_open");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_edits_under_load_fail_no_request() {
     let shop = start_shop().await;
     let (mono, inv) = (shop.monolith, shop.inventory);
