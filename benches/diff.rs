@@ -54,6 +54,15 @@ fn bench(c: &mut Criterion) {
     c.bench_function("diff 10 KiB JSON, equal", |bench| {
         bench.iter(|| compare(&cfg, &[], &a, &a))
     });
+    // What parsing alone costs with the parser the diff uses (simd-json, borrowed values).
+    c.bench_function("parse only: simd-json, both bodies", |bench| {
+        bench.iter(|| {
+            let (mut x, mut y) = (a.body.to_vec(), b.body.to_vec());
+            let p = simd_json::to_borrowed_value(&mut x).is_ok();
+            let q = simd_json::to_borrowed_value(&mut y).is_ok();
+            (p, q)
+        })
+    });
     // Baseline in the same run: parsing both bodies, which any JSON-aware comparison must do.
     c.bench_function("baseline: parse both 10 KiB bodies", |bench| {
         bench.iter(|| {

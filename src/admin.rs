@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
+use axum::http::Method;
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -13,11 +15,14 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde_json::json;
 
+use crate::config::Mode;
 use crate::metrics::Metrics;
 use crate::proxy::Live;
 use crate::reload::{ErrorView, Outcome, Reloader, Trigger};
 use crate::rules::PathMatch;
+use crate::rules::NO_ROUTE;
 use crate::shadow::Shadower;
+use crate::stats::Stats;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -25,6 +30,44 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
     pub shadower: Arc<Shadower>,
+    pub stats: Arc<Stats>,
+    /// When set, every POST needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// POSTs change what the proxy does: with a token configured, they must carry it.
+async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    if let (Some(token), &Method::POST) = (&s.token, req.method()) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+        if !ok {
+            let body = json!({"error": "unauthorized", "detail": "send Authorization: Bearer <admin token>"});
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(body),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compare without leaking, through timing, how much of the token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -36,6 +79,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/config", get(config))
         .route("/api/mismatches", get(mismatches))
         .route("/api/reload", post(reload))
+        .route("/", get(dashboard))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -46,7 +91,10 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    let body = s.metrics.render(&s.live.load().states, s.shadower.in_flight());
+    let live = s.live.load();
+    let body = s
+        .metrics
+        .render(&live.states, live.rules.legacy, s.shadower.in_flight());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
@@ -141,8 +189,55 @@ async fn mismatches(State(s): State<AdminState>, Query(q): Query<MismatchQuery>)
     Json(json!({"mismatches": all})).into_response()
 }
 
+/// `GET /api/routes`: each route's settings and live figures, and the totals over all routes.
 async fn routes(State(s): State<AdminState>) -> Json<serde_json::Value> {
-    Json(rules_json(&s.live.load()))
+    let live = s.live.load();
+    let mut body = rules_json(&live);
+    let mut views = Vec::with_capacity(live.rules.routes.len() + 1);
+    if let Some(routes) = body["routes"].as_array_mut() {
+        for (i, r) in routes.iter_mut().enumerate() {
+            let v = s.stats.route(&live, Some(i), &live.rules.routes[i].name);
+            views.push(v["last_minute"].clone());
+            r["live"] = v;
+        }
+    }
+    let none = s.stats.route(&live, None, NO_ROUTE);
+    views.push(none["last_minute"].clone());
+    body["unrouted"] = none;
+    let sum = |f: &dyn Fn(&serde_json::Value) -> u64| views.iter().map(f).sum::<u64>();
+    let (legacy, new) = (
+        sum(&|v| v["requests"]["legacy"].as_u64().unwrap_or(0)),
+        sum(&|v| v["requests"]["new"].as_u64().unwrap_or(0)),
+    );
+    let (matched, compared) = (
+        sum(&|v| v["shadow"]["match"].as_u64().unwrap_or(0)),
+        sum(&|v| v["shadow"]["compared"].as_u64().unwrap_or(0)),
+    );
+    let mut by_reason = serde_json::Map::new();
+    for reason in crate::fallback::Reason::ALL {
+        by_reason.insert(
+            reason.as_str().into(),
+            sum(&|v| v["fallbacks"][reason.as_str()].as_u64().unwrap_or(0)).into(),
+        );
+    }
+    let by_mode: serde_json::Map<String, serde_json::Value> = Mode::ALL
+        .iter()
+        .zip(live.rules.mode_counts())
+        .map(|(m, n)| (m.as_str().to_string(), n.into()))
+        .collect();
+    body["totals"] = json!({
+        "routes_by_mode": by_mode,
+        "last_minute": {
+            "requests": legacy + new,
+            "new_share": (legacy + new > 0).then(|| new as f64 / (legacy + new) as f64),
+            "shadow_compared": compared,
+            "shadow_match_rate": (compared > 0).then(|| matched as f64 / compared as f64),
+            "fallbacks": by_reason.values().filter_map(|v| v.as_u64()).sum::<u64>(),
+            "fallbacks_by_reason": by_reason,
+        },
+    });
+    body["generation"] = live.generation.into();
+    Json(body)
 }
 
 fn rules_json(live: &Live) -> serde_json::Value {

@@ -20,10 +20,17 @@ pub struct RulesFile {
     #[serde(default = "default_true")]
     pub response_headers: bool,
     pub upstreams: BTreeMap<String, Spanned<UpstreamFile>>,
+    /// Bearer token every admin POST must carry. Prefer the STRANGLER_ADMIN_TOKEN env var.
+    pub admin_token: Option<String>,
     /// Shadow copies in flight at once, over all routes; past it copies are skipped. Default 256.
     pub shadow_max_in_flight: Option<Spanned<u64>>,
-    #[serde(default)]
+    /// `routes:` left empty (null) means no routes, like an absent key.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub routes: Vec<Spanned<RouteFile>>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Deserialize)]

@@ -127,12 +127,30 @@ pub fn generalize(path: &[Seg]) -> Vec<Seg> {
 }
 
 /// Does `pattern` cover `path` (equal, or a prefix of it)?
-fn covers(pattern: &[Seg], path: &[Seg]) -> bool {
+fn covers(pattern: &[Seg], path: &[Step]) -> bool {
     pattern.len() <= path.len()
         && pattern.iter().zip(path).all(|(p, c)| match (p, c) {
-            (Seg::Any, Seg::Index(_) | Seg::Any) => true,
-            (a, b) => a == b,
+            (Seg::Any, Step::Index(_)) => true,
+            (Seg::Index(i), Step::Index(j)) => i == j,
+            (Seg::Key(k), Step::Key(s)) => k == s,
+            _ => false,
         })
+}
+
+/// A step of the path being walked, borrowing the key from the document (no allocation).
+#[derive(Debug, Clone, Copy)]
+enum Step<'v> {
+    Key(&'v str),
+    Index(usize),
+}
+
+fn owned(path: &[Step]) -> Vec<Seg> {
+    path.iter()
+        .map(|s| match s {
+            Step::Key(k) => Seg::Key((*k).to_string()),
+            Step::Index(i) => Seg::Index(*i),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -250,43 +268,40 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
     out
 }
 
-struct Walker<'a> {
+struct Walker<'a, 'v> {
     cfg: &'a Compare,
     noise: &'a [Vec<Seg>],
     out: &'a mut Vec<Difference>,
-    path: Vec<Seg>,
+    path: Vec<Step<'v>>,
 }
 
-impl Walker<'_> {
+impl<'v> Walker<'_, 'v> {
     fn ignored(&self) -> bool {
         self.cfg.ignore.iter().chain(self.noise).any(|p| covers(p, &self.path))
     }
 
     fn push(&mut self, legacy: Option<&Json>, new: Option<&Json>) {
         let plain = |v: &Json| serde_json::to_value(v).unwrap_or(Value::Null);
+        let path = owned(&self.path);
         self.out.push(Difference {
-            path: render(&self.path),
-            pattern: render(&generalize(&self.path)),
-            pointer: Some(pointer(&self.path)),
+            path: render(&path),
+            pattern: render(&generalize(&path)),
+            pointer: Some(pointer(&path)),
             legacy: legacy.map(plain),
             new: new.map(plain),
         });
     }
 
-    fn diff(&mut self, a: &Json, b: &Json) {
+    fn diff(&mut self, a: &'v Json<'v>, b: &'v Json<'v>) {
         if self.ignored() {
             return;
         }
         match (a, b) {
             (Json::Object(x), Json::Object(y)) => {
-                let mut keys: Vec<&str> = x
-                    .keys()
-                    .chain(y.keys().filter(|k| !x.contains_key(*k)))
-                    .map(|k| k.as_ref())
-                    .collect();
-                keys.sort_unstable();
-                for k in keys {
-                    self.path.push(Seg::Key(k.to_string()));
+                // Hash order; `compare` sorts the differences at the end.
+                for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                    let k: &'v str = k.as_ref();
+                    self.path.push(Step::Key(k));
                     match (x.get(k), y.get(k)) {
                         (Some(va), Some(vb)) => self.diff(va, vb),
                         (va, vb) if !self.ignored() => self.push(va, vb),
@@ -298,7 +313,7 @@ impl Walker<'_> {
             (Json::Array(x), Json::Array(y)) if self.cfg.array_order == ArrayOrder::Any => self.diff_multiset(x, y),
             (Json::Array(x), Json::Array(y)) => {
                 for i in 0..x.len().max(y.len()) {
-                    self.path.push(Seg::Index(i));
+                    self.path.push(Step::Index(i));
                     match (x.get(i), y.get(i)) {
                         (Some(va), Some(vb)) => self.diff(va, vb),
                         (va, vb) if !self.ignored() => self.push(va, vb),
@@ -323,11 +338,11 @@ impl Walker<'_> {
     }
 
     /// Arrays as multisets: each legacy element pairs with an equal, unused new element.
-    fn diff_multiset(&mut self, x: &[Json], y: &[Json]) {
+    fn diff_multiset(&mut self, x: &'v [Json<'v>], y: &'v [Json<'v>]) {
         let mut used = vec![false; y.len()];
         let mut unmatched = Vec::new();
         for (i, va) in x.iter().enumerate() {
-            self.path.push(Seg::Index(i));
+            self.path.push(Step::Index(i));
             let found = (0..y.len()).find(|&j| !used[j] && self.equal_here(va, &y[j]));
             self.path.pop();
             match found {
@@ -336,19 +351,19 @@ impl Walker<'_> {
             }
         }
         for i in unmatched {
-            self.path.push(Seg::Index(i));
+            self.path.push(Step::Index(i));
             self.push(Some(&x[i]), None);
             self.path.pop();
         }
         for (j, vb) in y.iter().enumerate().filter(|(j, _)| !used[*j]) {
-            self.path.push(Seg::Index(j));
+            self.path.push(Step::Index(j));
             self.push(None, Some(vb));
             self.path.pop();
         }
     }
 
     /// Equal at the current path, under the same ignore rules.
-    fn equal_here(&mut self, a: &Json, b: &Json) -> bool {
+    fn equal_here(&mut self, a: &'v Json<'v>, b: &'v Json<'v>) -> bool {
         let mut scratch = Vec::new();
         let mut sub = Walker {
             cfg: self.cfg,

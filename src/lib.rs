@@ -10,7 +10,8 @@
 //! - `health`  active health checks of every upstream
 //! - `metrics` every Prometheus metric; per-route handles built at load
 //! - `reload`  hot reload: file watch, SIGHUP, POST /api/reload; keep the last good rules
-//! - `admin`   the admin listener: health, metrics, JSON API
+//! - `admin`   the admin listener: health, metrics, JSON API, dashboard page
+//! - `stats`   route counters sampled every 5 s: last-minute figures and charts
 //! - `server`  load, bind and run the Pingora server
 //! - `explain` `strangler explain`: why a request goes where it goes
 //!
@@ -38,3 +39,4 @@ pub mod resilience;
 pub mod rules;
 pub mod server;
 pub mod shadow;
+pub mod stats;

@@ -58,6 +58,12 @@ enum Command {
         /// Unix socket the listening socket is handed over on (both processes must agree).
         #[arg(long, default_value = server::DEFAULT_UPGRADE_SOCK)]
         upgrade_sock: PathBuf,
+        /// Bearer token for admin POSTs (needed when the admin port is not loopback).
+        #[arg(long, env = "STRANGLER_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Write one access log line per request (JSON with --log-format json).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        access_log: bool,
     },
     /// Validate a rules file; print every mistake with file:line:col.
     Check {
@@ -112,6 +118,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             shutdown_timeout,
             upgrade,
             upgrade_sock,
+            admin_token,
+            access_log,
         } => {
             let opts = Options {
                 listen,
@@ -121,6 +129,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 shutdown_timeout_secs: shutdown_timeout,
                 upgrade,
                 upgrade_sock,
+                admin_token,
+                access_log,
                 ..Options::new(config)
             };
             let prepared = server::prepare(&opts)?;

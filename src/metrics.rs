@@ -44,6 +44,7 @@ pub struct Metrics {
     shadow_paths: IntCounterVec,
     shadow_latency: HistogramVec,
     shadow_in_flight: IntGauge,
+    legacy_up: IntGauge,
     reloads: IntCounterVec,
     generation: IntGauge,
     last_reload_ok: IntGauge,
@@ -110,6 +111,14 @@ impl Metrics {
                 &["route", "path"],
             ),
             shadow_latency: register(&r, shadow_latency),
+            legacy_up: register(
+                &r,
+                IntGauge::new(
+                    "strangler_legacy_upstream_up",
+                    "1 if the legacy upstream passes its health checks (what /readyz reports).",
+                )
+                .expect("valid metric"),
+            ),
             shadow_in_flight: register(
                 &r,
                 IntGauge::new(
@@ -218,8 +227,15 @@ impl Metrics {
 
     /// The text exposition of every metric. Upstream gauges are read from the live state now,
     /// so the request path never touches them.
-    pub fn render(&self, upstreams: &[std::sync::Arc<UpstreamState>], shadow_in_flight: usize) -> Vec<u8> {
+    pub fn render(
+        &self,
+        upstreams: &[std::sync::Arc<UpstreamState>],
+        legacy: usize,
+        shadow_in_flight: usize,
+    ) -> Vec<u8> {
         self.shadow_in_flight.set(shadow_in_flight as i64);
+        self.legacy_up
+            .set(upstreams.get(legacy).map_or(0, |u| i64::from(u.healthy())));
         self.circuit_state.reset();
         self.upstream_up.reset();
         self.in_flight.reset();
@@ -411,6 +427,18 @@ pub struct SideMetric {
 }
 
 impl SideMetric {
+    pub fn total(&self) -> u64 {
+        self.by_status.iter().map(|c| c.get()).sum()
+    }
+
+    pub fn errors_5xx(&self) -> u64 {
+        self.by_status[4].get()
+    }
+
+    pub fn histogram(&self) -> &Histogram {
+        &self.duration
+    }
+
     pub fn observe(&self, status: u16, seconds: f64) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.by_status[class].inc();
@@ -427,6 +455,11 @@ pub struct Resilience {
 }
 
 impl Resilience {
+    /// Fallbacks so far, in `Reason::ALL` order.
+    pub fn fallback_counts(&self) -> [u64; 6] {
+        self.fallbacks.each_ref().map(|c| c.get())
+    }
+
     pub fn fallback(&self, reason: Reason) {
         let i = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
         self.fallbacks[i].inc();

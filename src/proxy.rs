@@ -109,6 +109,7 @@ pub struct Strangler {
     pub live: Arc<ArcSwap<Live>>,
     pub metrics: Arc<Metrics>,
     pub shadower: Arc<Shadower>,
+    pub access_log: bool,
 }
 
 /// Per-request state. `live` pins one rule set for the whole request, even across a reload.
@@ -453,6 +454,7 @@ impl ProxyHttp for Strangler {
 
     async fn logging(&self, session: &mut Session, e: Option<&pingora_error::Error>, ctx: &mut Ctx) {
         ctx.slot = None;
+        let copied = ctx.shadow.as_ref().map(|c| c.to_task.is_some());
         if let Some(cap) = ctx.shadow.as_mut() {
             cap.finish(
                 e.is_none() && session.response_written().is_some(),
@@ -463,6 +465,24 @@ impl ProxyHttp for Strangler {
         let status = session.response_written().map_or(502, |r| r.status.as_u16());
         let seconds = ctx.started.elapsed().as_secs_f64();
         live.handles.route(ctx.route).side(ctx.side).observe(status, seconds);
+        if self.access_log {
+            let req = session.req_header();
+            let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info!(
+                target: "access",
+                method = %req.method,
+                path = %req.uri.path(),
+                route = ctx.route.map_or(crate::rules::NO_ROUTE, |id| live.rules.routes[id].name.as_str()),
+                side = ctx.side.as_str(),
+                upstream = %live.rules.upstreams[ctx.target].name,
+                status,
+                duration_ms = (seconds * 1e6).round() / 1e3,
+                fallback = ctx.fallback.map_or("-", Reason::as_str),
+                shadow = match copied { Some(true) => "copied", Some(false) => "not_copied", None => "-" },
+                request_id = header("x-request-id"),
+                trace_id = header("traceparent").split('-').nth(1).unwrap_or("-"),
+            );
+        }
     }
 }
 

@@ -183,6 +183,7 @@ pub enum Skip {
 #[derive(Debug)]
 pub struct RuleSet {
     pub shadow_max_in_flight: usize,
+    pub admin_token: Option<String>,
     pub listen: Option<String>,
     pub admin: Option<String>,
     pub response_headers: bool,
@@ -515,6 +516,7 @@ impl RuleSet {
         };
         Ok(RuleSet {
             shadow_max_in_flight,
+            admin_token: raw.admin_token.clone().filter(|t| !t.is_empty()),
             listen: raw.listen.as_ref().map(|s| s.value.clone()),
             admin: raw.admin.as_ref().map(|s| s.value.clone()),
             response_headers: raw.response_headers,

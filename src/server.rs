@@ -18,6 +18,7 @@ use crate::proxy::{Live, Strangler};
 use crate::reload::{ReloadService, Reloader};
 use crate::rules::RuleSet;
 use crate::shadow::Shadower;
+use crate::stats::{Stats, StatsService};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9911";
@@ -44,6 +45,10 @@ pub struct Options {
     pub upgrade: bool,
     /// The Unix socket the listening sockets are handed over on.
     pub upgrade_sock: PathBuf,
+    /// Admin token (STRANGLER_ADMIN_TOKEN); overrides `admin_token` in the rules.
+    pub admin_token: Option<String>,
+    /// One log line per request, target `access`.
+    pub access_log: bool,
 }
 
 impl Options {
@@ -57,20 +62,31 @@ impl Options {
             shutdown_timeout_secs: DEFAULT_SHUTDOWN_TIMEOUT_SECS,
             upgrade: false,
             upgrade_sock: PathBuf::from(DEFAULT_UPGRADE_SOCK),
+            admin_token: None,
+            access_log: true,
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigErrors),
+    #[error("refusing to serve the admin API on {addr} without a token: anyone who can reach it could reload the rules. Set STRANGLER_ADMIN_TOKEN (or admin_token in the rules), or bind the admin port to loopback")]
+    Insecure { addr: String },
     #[error("can't listen on {addr} ({what}): {source}; choose another address with --{what}")]
     Bind {
         addr: String,
         what: &'static str,
         source: std::io::Error,
     },
+}
+
+/// True when every address `addr` resolves to is a loopback address.
+fn is_loopback(addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .is_ok_and(|mut all| all.all(|a| a.ip().is_loopback()))
 }
 
 fn bind(addr: &str, what: &'static str) -> Result<TcpListener, StartError> {
@@ -103,6 +119,14 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         .or_else(|| rules.admin.clone())
         .unwrap_or_else(|| DEFAULT_ADMIN.into());
 
+    let token = opts
+        .admin_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .or_else(|| rules.admin_token.clone());
+    if token.is_none() && !is_loopback(&admin) {
+        return Err(StartError::Insecure { addr: admin });
+    }
     let admin_listener = if opts.upgrade {
         // The old process still holds both ports: the proxy socket arrives over the upgrade
         // socket, and the admin port is bound once the old process lets it go.
@@ -117,6 +141,8 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     let routes = rules.routes.len();
     let live = Arc::new(ArcSwap::from_pointee(Live::new(rules, &metrics, 0, None)));
     let live_for_health = live.clone();
+    let live_for_stats = live.clone();
+    let stats = Arc::new(Stats::default());
     let shadower = Arc::new(Shadower::default());
     let reloader = Arc::new(Reloader::new(
         &opts.config,
@@ -152,6 +178,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
             live: live.clone(),
             metrics: metrics.clone(),
             shadower: shadower.clone(),
+            access_log: opts.access_log,
         },
         "strangler proxy",
     );
@@ -170,8 +197,17 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
             metrics,
             reloader: reloader.clone(),
             shadower,
+            stats: stats.clone(),
+            token: token.clone(),
         },
     };
+    server.add_service(background_service(
+        "strangler stats",
+        StatsService {
+            live: live_for_stats,
+            stats,
+        },
+    ));
     server.add_service(background_service("strangler admin", admin_service));
     server.add_service(background_service("strangler reload", ReloadService { reloader }));
     server.add_service(background_service(

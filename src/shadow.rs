@@ -374,11 +374,21 @@ async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
     }
     let noise = job.state.noise.read().map(|n| n.clone()).unwrap_or_default();
     let diffs = diff::compare(&job.spec.compare, &noise, &legacy.answer, &new.0);
+    let request_id = job
+        .header
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     if diffs.is_empty() {
         m.results[0].inc();
+        tracing::debug!(target: "shadow", route = %job.state.route, request_id, "match");
         return;
     }
     m.results[1].inc();
+    let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
+    tracing::info!(target: "shadow", route = %job.state.route, request_id, paths = ?paths, "mismatch");
     for d in &diffs {
         m.paths
             .with_label_values(&[&job.state.route, &job.state.path_label(&d.pattern)])

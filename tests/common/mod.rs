@@ -4,3 +4,4 @@
 pub mod echo;
 pub mod proxy;
 pub mod shop;
+pub mod tools;

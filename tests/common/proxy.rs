@@ -52,6 +52,11 @@ impl Proxy {
 
     /// Start on a rules file the test laid out itself (e.g. a ConfigMap-style symlink tree in `dir`).
     pub async fn start_file(dir: TempDir, rules: PathBuf, extra_args: &[&str]) -> Proxy {
+        Proxy::start_with(dir, rules, extra_args, &[("RUST_LOG", "warn")]).await
+    }
+
+    /// `start_file` with extra environment variables (e.g. RUST_LOG, STRANGLER_ADMIN_TOKEN).
+    pub async fn start_with(dir: TempDir, rules: PathBuf, extra_args: &[&str], env: &[(&str, &str)]) -> Proxy {
         let log_path = dir.path().join("proxy.log");
         for _attempt in 0..5 {
             let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -62,7 +67,7 @@ impl Proxy {
                 .arg(&rules)
                 .args(["--listen", &addr.to_string(), "--admin", &admin.to_string()])
                 .args(extra_args)
-                .env("RUST_LOG", "warn")
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

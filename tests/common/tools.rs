@@ -1,0 +1,21 @@
+//! External tools some tests drive (Chromium, Prometheus). `./dev test` installs them; a run
+//! without them fails under CI and is skipped, loudly, elsewhere.
+
+use std::path::PathBuf;
+
+/// The tool's path, or `None` (after saying so) when it is missing outside CI.
+pub fn require(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is not installed; `./dev test` installs it"
+        );
+        eprintln!("SKIPPED: {name} is not installed here; run `./dev test` to install it");
+    }
+    found
+}

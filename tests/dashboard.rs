@@ -1,0 +1,139 @@
+//! The dashboard page in a real browser (Debian's Chromium, headless) while traffic runs: every
+//! route of the rules shows with non-zero figures, no script error occurs, and a screenshot is
+//! saved to target/test-artifacts/dashboard.png.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::proxy::{rules, Proxy};
+use common::shop::start_shop;
+
+const ROUTES: &str = "  - { name: catalog, match: { prefix: /api/catalog }, mode: legacy }\n\
+                      \x20 - { name: inventory-read, match: { prefix: /api/inventory, methods: [GET] }, mode: migrated, service: inventory }\n\
+                      \x20 - { name: orders-read, match: { path: \"/api/orders/{id}\", methods: [GET] }, mode: shadow, service: orders, shadow: { ignore: [\"$.served_at\"] } }\n\
+                      \x20 - { name: user-orders, match: { path: \"/api/users/{id}/orders\", methods: [GET] }, mode: canary, service: orders, canary: { percent: 30, sticky: \"header:x-user-id\" } }\n";
+
+fn chromium(bin: &std::path::Path, profile: &std::path::Path) -> Command {
+    let mut c = Command::new(bin);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=8000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_every_route_in_a_real_browser() {
+    let Some(bin) = common::tools::require("chromium") else {
+        return;
+    };
+    let shop = start_shop().await;
+    let ups = [
+        ("monolith", shop.monolith),
+        ("inventory", shop.inventory),
+        ("orders", shop.orders),
+    ];
+    let proxy = Arc::new(Proxy::start(&rules(&ups, ROUTES)).await);
+
+    // Steady traffic over every route while the browser looks.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (proxy, stop) = (proxy.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let path = match i % 4 {
+                    0 => "/api/catalog/products?page=1".to_string(),
+                    1 => format!("/api/inventory/SKU-{:04}", i % 200 + 1),
+                    2 => format!("/api/orders/{}", i % 100 + 1),
+                    _ => format!("/api/users/{}/orders", i % 50 + 1),
+                };
+                let _ = client
+                    .get(proxy.url(&path))
+                    .header("x-user-id", (i % 97).to_string())
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = proxy.admin_url("/");
+    let dom = {
+        let mut c = chromium(&bin, profile.path());
+        c.args(["--dump-dom", &url]);
+        tokio::task::spawn_blocking(move || c.output())
+            .await
+            .unwrap()
+            .expect("run chromium")
+    };
+    let html = String::from_utf8_lossy(&dom.stdout).to_string();
+    assert!(
+        dom.status.success() && !html.is_empty(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("dashboard.png");
+    let png = {
+        let mut c = chromium(&bin, profile.path());
+        c.args([
+            "--window-size=1500,900",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ]);
+        tokio::task::spawn_blocking(move || c.output())
+            .await
+            .unwrap()
+            .expect("run chromium")
+    };
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+
+    assert!(
+        html.contains("data-js-errors=\"0\""),
+        "a script error on the page:\n{html}"
+    );
+    let refreshes: u32 = attr(&html, "data-refreshes").and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(refreshes >= 1, "the page never loaded its data:\n{html}");
+    for route in ["catalog", "inventory-read", "orders-read", "user-orders"] {
+        let row = html
+            .find(&format!("data-route=\"{route}\""))
+            .unwrap_or_else(|| panic!("no row for {route}:\n{html}"));
+        let requests: u64 = attr(&html[row..], "data-requests")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(requests > 0, "{route} shows no traffic");
+    }
+    assert!(html.contains(" of 4"), "migration progress is shown");
+    assert!(
+        png.status.success() && std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0) > 10_000,
+        "screenshot at {}",
+        shot.display()
+    );
+}
+
+/// The value of the first `name="..."` attribute in `html`.
+fn attr<'a>(html: &'a str, name: &str) -> Option<&'a str> {
+    let start = html.find(&format!("{name}=\""))? + name.len() + 2;
+    html[start..].split('"').next()
+}

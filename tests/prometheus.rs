@@ -1,0 +1,199 @@
+//! A real Prometheus server scrapes the proxy while traffic runs. Every PromQL expression of the
+//! Grafana dashboard and the alert rules is evaluated through Prometheus's HTTP API, the
+//! traffic-share panel shows the canary split, and promtool accepts the rules and the metrics.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::proxy::{free_port, rules, Proxy};
+use common::shop::start_shop;
+use serde_json::Value;
+
+const ROUTES: &str = "  - { name: stock, match: { prefix: /api/inventory }, mode: canary, service: inventory, canary: { percent: 30, sticky: \"header:x-user-id\" } }\n\
+                      \x20 - { name: orders-read, match: { path: \"/api/orders/{id}\", methods: [GET] }, mode: shadow, service: orders, shadow: { ignore: [\"$.served_at\"] } }\n\
+                      \x20 - { name: catalog, match: { prefix: /api/catalog }, mode: legacy }\n";
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Every `expr` in the Grafana dashboard and the alert rules.
+fn expressions() -> Vec<String> {
+    let dash: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo("dashboards/strangler.json")).unwrap()).unwrap();
+    let mut out: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let alerts: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(repo("dashboards/alerts.yaml")).unwrap()).unwrap();
+    for group in alerts["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            out.push(rule["expr"].as_str().unwrap().trim().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    let Some(promtool) = common::tools::require("promtool") else {
+        return;
+    };
+    let out = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(repo("dashboards/alerts.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_evaluates_every_dashboard_and_alert_expression() {
+    let (Some(prometheus), Some(promtool)) = (common::tools::require("prometheus"), common::tools::require("promtool"))
+    else {
+        return;
+    };
+    let shop = start_shop().await;
+    let ups = [
+        ("monolith", shop.monolith),
+        ("inventory", shop.inventory),
+        ("orders", shop.orders),
+    ];
+    let proxy = Arc::new(Proxy::start(&rules(&ups, ROUTES)).await);
+
+    // promtool check metrics reports nothing on our exposition.
+    let text = proxy.metrics().await;
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {report}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: [\"{}\"]\nscrape_configs:\n  - job_name: strangler\n    static_configs: [{{ targets: [\"{}\"] }}]\n",
+            repo("dashboards/alerts.yaml").display(),
+            proxy.admin
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut server = Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(format!("{api}/-/ready"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not start: {}",
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Traffic for a while, many users on the canary route.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (proxy, stop) = (proxy.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let path = match i % 5 {
+                    0 => format!("/api/orders/{}", i % 100 + 1),
+                    1 => "/api/catalog/products/3".to_string(),
+                    _ => format!("/api/inventory/SKU-{:04}", i % 200 + 1),
+                };
+                let _ = client
+                    .get(proxy.url(&path))
+                    .header("x-user-id", format!("user-{i}"))
+                    .send()
+                    .await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+
+    let query = |expr: String| {
+        let (client, api) = (client.clone(), api.clone());
+        async move {
+            let url =
+                reqwest::Url::parse_with_params(&format!("{api}/api/v1/query"), &[("query", expr.as_str())]).unwrap();
+            let v: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            (expr, v)
+        }
+    };
+    for expr in expressions() {
+        let (expr, v) = query(expr).await;
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+    }
+
+    let (_, v) = query(
+        "sum by (route) (rate(strangler_requests_total{side=\"new\"}[5m])) / sum by (route) (rate(strangler_requests_total[5m]))".into(),
+    )
+    .await;
+    let share = v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"]["route"] == "stock")
+        .and_then(|r| r["value"][1].as_str())
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no traffic share for the canary route: {v}"));
+    assert!(
+        (0.2..=0.4).contains(&share),
+        "the canary route is at 30%: Prometheus says {share}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
