@@ -189,6 +189,10 @@ async fn p99_under(proxy: &Arc<Proxy>, secs: u64, reloads: bool) -> (f64, usize)
             let r = client.post(proxy.admin_url("/api/reload")).send().await.unwrap();
             assert_eq!(r.status(), 200);
             applied += 1;
+        } else {
+            // The same admin round trip without the reload, so only the reload itself differs.
+            let r = client.get(proxy.admin_url("/api/config")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -222,7 +226,7 @@ async fn latency_during_reloads() {
     }
     let (b, r) = (median_of(base), median_of(burst));
     println!(
-        "p99 latency, 4 clients: no reloads {b:.2} ms; during {n} reloads (one per 50 ms) {r:.2} ms; ratio {:.2}x (target <= 1.10x)",
+        "p99 latency, 4 clients: no reloads (an admin GET every 50 ms instead) {b:.2} ms; during {n} reloads (one per 50 ms) {r:.2} ms; ratio {:.2}x (target <= 1.10x)",
         r / b
     );
 }

@@ -333,6 +333,17 @@ impl ProxyHttp for Strangler {
         if let Some(uri) = ctx.rewritten.take() {
             up.set_uri(uri);
         }
+        // Our own headers mean something to the services (x-strangler-shadow: "this is a copy,
+        // don't send the e-mail"); a client must not be able to forge them.
+        let forged: Vec<HeaderName> = up
+            .headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("x-strangler-"))
+            .cloned()
+            .collect();
+        for name in forged {
+            up.remove_header(&name);
+        }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             let xff = match up.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(prev) => format!("{prev}, {ip}"),

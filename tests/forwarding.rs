@@ -114,6 +114,18 @@ async fn hop_by_hop_headers_are_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_cannot_forge_strangler_headers() {
+    let (proxy, _) = proxy_with_echo().await;
+    let (_, v) = echoed(
+        &proxy,
+        "GET /a HTTP/1.1\r\nHost: h\r\nX-Strangler-Shadow: 1\r\nx-strangler-route: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(header(&v, "x-strangler-shadow").is_empty(), "{v}");
+    assert!(header(&v, "x-strangler-route").is_empty(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn websocket_upgrade_passes_through() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ws = echo::start_upgrade_echo().await;
