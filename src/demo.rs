@@ -89,6 +89,7 @@ pub fn run(config: &Path, data_dir: &Path, traffic: bool) -> anyhow::Result<()> 
         "\nstrangler demo is running\n\
          \x20 the shop, through the proxy:  http://{proxy}/\n\
          \x20 try:                         curl -i http://{proxy}/api/inventory/SKU-0001\n\
+         \x20 dashboard:                   http://{admin}/\n\
          \x20 metrics:                     http://{admin}/metrics\n\
          \x20 routes in force:             http://{admin}/api/routes\n\
          \x20 behind it:                   monolith http://{mono}  inventory http://{inv}  orders http://{ord}\n\

@@ -181,6 +181,35 @@ async fn a_broken_edit_changes_nothing_and_says_where() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_changed_listen_address_warns_and_the_rest_applies() {
+    let shop = start_shop().await;
+    let (mono, inv) = (shop.monolith, shop.inventory);
+    let proxy = Proxy::start(&flip(mono, inv, false)).await;
+    let client = reqwest::Client::new();
+    std::fs::write(
+        &proxy.rules,
+        format!("listen: 127.0.0.1:1\nadmin: 127.0.0.1:2\n{}", flip(mono, inv, true)),
+    )
+    .unwrap();
+    let r = client.post(proxy.admin_url("/api/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        upstream(&client, &proxy).await,
+        "inventory",
+        "the route change applied; still serving on the old address"
+    );
+    let log = proxy.log();
+    assert!(
+        log.contains("`listen: 127.0.0.1:1` takes effect only after a restart"),
+        "{log}"
+    );
+    assert!(
+        log.contains("`admin: 127.0.0.1:2` takes effect only after a restart"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads() {
     let shop = start_shop().await;
     let proxy = Proxy::start(&flip(shop.monolith, shop.inventory, false)).await;
