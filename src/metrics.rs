@@ -382,11 +382,13 @@ impl Metrics {
                             .map(|x| self.fallbacks_skipped.with_label_values(&[&r.name, x.as_str()])),
                         retries: self.retries.with_label_values(&[&r.name]),
                     }),
-                    shadow: r.shadow.as_ref().map(|_| ShadowMetrics {
-                        results: SHADOW_RESULTS.map(|x| self.shadow_total.with_label_values(&[&r.name, x])),
-                        skipped: Skip::ALL.map(|x| self.shadow_skipped.with_label_values(&[&r.name, x.as_str()])),
-                        latency: ["legacy", "new"].map(|x| self.shadow_latency.with_label_values(&[&r.name, x])),
-                        paths: self.shadow_paths.clone(),
+                    shadow: r.shadow.as_ref().map(|_| {
+                        std::sync::Arc::new(ShadowMetrics {
+                            results: SHADOW_RESULTS.map(|x| self.shadow_total.with_label_values(&[&r.name, x])),
+                            skipped: Skip::ALL.map(|x| self.shadow_skipped.with_label_values(&[&r.name, x.as_str()])),
+                            latency: ["legacy", "new"].map(|x| self.shadow_latency.with_label_values(&[&r.name, x])),
+                            paths: self.shadow_paths.clone(),
+                        })
                     }),
                 }
             })
@@ -476,7 +478,7 @@ pub struct RouteMetric {
     pub legacy: SideMetric,
     pub new: Option<SideMetric>,
     pub resilience: Option<Resilience>,
-    pub shadow: Option<ShadowMetrics>,
+    pub shadow: Option<std::sync::Arc<ShadowMetrics>>,
 }
 
 impl RouteMetric {

@@ -404,7 +404,15 @@ impl ProxyHttp for Strangler {
         ctx.responded = true;
         if let Some(cap) = ctx.shadow.as_mut().filter(|c| c.to_task.is_some()) {
             cap.status = resp.status.as_u16();
-            cap.headers = resp.headers.clone();
+            // Only the headers the comparison reads, not the whole map.
+            cap.headers.clear();
+            let compared = &cap.spec.compare.compare_headers;
+            let content_type = (!compared.contains(&http::header::CONTENT_TYPE)).then_some(&http::header::CONTENT_TYPE);
+            for name in compared.iter().chain(content_type) {
+                for v in resp.headers.get_all(name) {
+                    cap.headers.append(name.clone(), v.clone());
+                }
+            }
         }
         let live = ctx.live.as_ref().expect("request_filter sets live");
         if live.rules.response_headers {
@@ -549,7 +557,21 @@ impl Strangler {
         let Some(header) = cap.header.take() else { return };
         cap.started = true;
         let up = &live.rules.upstreams[service];
+        // A service that keeps failing its copies opens its circuit; copies then wait it out
+        // instead of piling up timeouts in the proxy.
+        let health = &live.states[service];
+        if !health.healthy()
+            || !up
+                .breaker
+                .as_ref()
+                .is_none_or(|cfg| health.breaker.allow(cfg, Instant::now()))
+        {
+            cap.to_task = None;
+            metrics.skip(shadow::Skip::CircuitOpen);
+            return;
+        }
         cap.to_task = shadow::start(Job {
+            breaker: up.breaker.clone().map(|cfg| (health.clone(), cfg)),
             shadower: self.shadower.clone(),
             max_in_flight: live.rules.shadow_max_in_flight,
             state,
@@ -557,7 +579,9 @@ impl Strangler {
             spec: cap.spec.clone(),
             service: up.peer.clone(),
             service_timeout: up.connect_timeout + up.response_timeout,
-            legacy: live.rules.upstreams[live.rules.legacy].peer.clone(),
+            noise_copy: (cap.spec.noise_sample.is_some_and(|p| rand::random::<f64>() < p)
+                && fallback::idempotent_method(&header.method))
+            .then(|| live.rules.upstreams[live.rules.legacy].peer.clone()),
             header,
             body: std::mem::take(&mut cap.body),
         });

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::diff::{self, Answer, Difference, Seg};
+use crate::resilience::{BreakerConfig, UpstreamState};
 use crate::rules::ShadowSpec;
 
 /// Mismatches kept per route for `GET /api/mismatches`.
@@ -48,15 +49,18 @@ pub enum Skip {
     BodyTooLarge,
     Overloaded,
     LegacyError,
+    /// The service's circuit is open (or it fails its health checks): copies wait it out.
+    CircuitOpen,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 5] = [
+    pub const ALL: [Skip; 6] = [
         Skip::SampledOut,
         Skip::Method,
         Skip::BodyTooLarge,
         Skip::Overloaded,
         Skip::LegacyError,
+        Skip::CircuitOpen,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -65,6 +69,7 @@ impl Skip {
             Skip::BodyTooLarge => "body_too_large",
             Skip::Overloaded => "overloaded",
             Skip::LegacyError => "legacy_error",
+            Skip::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -74,7 +79,7 @@ impl Skip {
 pub struct ShadowMetrics {
     /// match, mismatch, error, skipped
     pub results: [IntCounter; 4],
-    pub skipped: [IntCounter; 5],
+    pub skipped: [IntCounter; 6],
     /// legacy, new
     pub latency: [Histogram; 2],
     /// The family, for the bounded per-path series created off the request path.
@@ -292,12 +297,14 @@ pub struct Job {
     pub shadower: Arc<Shadower>,
     pub max_in_flight: usize,
     pub state: Arc<RouteShadow>,
-    pub metrics: ShadowMetrics,
+    pub metrics: Arc<ShadowMetrics>,
     pub spec: Arc<ShadowSpec>,
     pub service: HttpPeer,
     pub service_timeout: Duration,
-    /// The legacy upstream, for the noise copy.
-    pub legacy: HttpPeer,
+    /// The service's breaker: copies that fail count against it, like proxied requests do.
+    pub breaker: Option<(Arc<UpstreamState>, BreakerConfig)>,
+    /// The legacy upstream, when this request also asks it a second time to learn noise.
+    pub noise_copy: Option<HttpPeer>,
     pub header: RequestHeader,
     pub body: Vec<Bytes>,
 }
@@ -318,8 +325,6 @@ pub fn start(job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
 }
 
 async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
-    let noise = job.spec.noise_sample.is_some_and(|p| rand::random::<f64>() < p)
-        && crate::fallback::idempotent_method(&job.header.method);
     let started = Instant::now();
     let new = send(
         &job.shadower.connector,
@@ -330,11 +335,11 @@ async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
         job.service_timeout,
     );
     let again = async {
-        if noise {
+        if let Some(legacy) = &job.noise_copy {
             Some(
                 send(
                     &job.shadower.connector,
-                    &job.legacy,
+                    legacy,
                     &job.header,
                     &job.body,
                     job.spec.max_body,
@@ -348,6 +353,10 @@ async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
     };
     let (new, again) = tokio::join!(async { (new.await, started.elapsed()) }, again);
     let (new, new_latency) = new;
+    if let Some((state, cfg)) = &job.breaker {
+        let ok = new.as_ref().is_ok_and(|(a, _)| a.status < 500);
+        state.breaker.record(cfg, ok, Instant::now());
+    }
     let m = &job.metrics;
     let Ok(legacy) = legacy_rx.await else {
         m.skip(Skip::LegacyError);

@@ -389,3 +389,43 @@ async fn a_canary_route_can_shadow_its_legacy_share() {
     }
     assert_eq!(settled(&proxy, "stock", 5).await, [5, 0, 0, 0]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_shadow_service_opens_its_circuit_and_copies_wait() {
+    let shop = start_shop().await;
+    let text = rules(&shop, "", &shadow_routes("{ ignore: [\"$.served_at\"] }")).replace(
+        "  orders: { url:",
+        "  orders: { circuit_breaker: { min_requests: 4, failure_ratio: 0.5, open_for: 60s }, url:",
+    );
+    let proxy = Proxy::start(&text).await;
+    shop.orders_faults.set(FaultSettings {
+        error_rate: 1.0,
+        ..Default::default()
+    });
+    let client = reqwest::Client::new();
+    for id in 1..=4 {
+        get(&client, proxy.url(&format!("/api/orders/{id}"))).await;
+    }
+    settled(&proxy, "orders-read", 4).await;
+    let reached = shop.orders_faults.requests();
+    for id in 5..=14 {
+        let (status, up, _) = get(&client, proxy.url(&format!("/api/orders/{id}"))).await;
+        assert_eq!((status, up.as_str()), (200, "monolith"));
+    }
+    settled(&proxy, "orders-read", 14).await;
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "strangler_shadow_skipped_total{reason=\"circuit_open\",route=\"orders-read\"}"
+        ),
+        10,
+        "{m}"
+    );
+    assert_eq!(
+        shop.orders_faults.requests(),
+        reached,
+        "no copy reached the service while its circuit was open"
+    );
+    assert!(m.contains("strangler_circuit_state{upstream=\"orders\"} 2"), "{m}");
+}
