@@ -82,7 +82,12 @@ pub fn run(config: &Path, data_dir: &Path, traffic: bool) -> anyhow::Result<()> 
         anyhow::Ok(tasks)
     })?;
 
-    let prepared = server::prepare(&Options::new(config))?;
+    // The banner below must stay readable: no per-request lines in the demo's terminal.
+    let opts = Options {
+        access_log: false,
+        ..Options::new(config)
+    };
+    let prepared = server::prepare(&opts)?;
     let proxy = loopback(&prepared.listen);
     let admin = loopback(&prepared.admin);
     println!(
@@ -208,7 +213,11 @@ fn next_request() -> Planned {
                 vec![("x-user-id", user)],
             )
         }
-        92..=95 => (Method::GET, format!("/api/users/{user}"), None, vec![]),
+        92..=93 => (Method::GET, format!("/api/users/{user}"), None, vec![]),
+        94..=95 => {
+            let body = serde_json::json!({"order_id": rng.random_range(1..=140)});
+            (Method::POST, "/api/payments".into(), Some(body), vec![])
+        }
         96..=97 => (Method::GET, format!("/account/{user}"), None, vec![]),
         _ => (Method::GET, "/".into(), None, vec![]),
     }

@@ -97,7 +97,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo's terminal shows its banner and warnings; RUST_LOG still overrides.
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_logging(cli.log_format, default_filter);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -181,9 +187,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
