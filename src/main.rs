@@ -11,6 +11,11 @@ use strangler::server::{self, Options};
 
 mod demo;
 
+/// mimalloc: fewer cycles per allocation than the system allocator on the request path
+/// (see BENCHMARKS.md, "Speed").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "strangler",

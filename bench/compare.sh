@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# strangler next to nginx, HAProxy and a bare Pingora proxy, on this machine, in one run.
+#
+#   bench/compare.sh            # DURATION=10 ROUNDS=2 by default
+#
+# Setup (the one described in issue 8): the backend is nginx answering a fixed 200 on two ports,
+# pinned with wrk to CPU 0. Each proxy runs one worker pinned to CPU 1 and routes /api/orders/ to
+# one backend port and everything else to the other. The measure is the proxy's own CPU time per
+# request, from /proc/PID/stat over the run. Proxies run interleaved, ROUNDS times each; the
+# medians are reported, then strangler's ratios against the others. strangler also runs with
+# 1,000 and 10,000 routes to show how the cost grows with the rule count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-2}"
+CONNS="${CONNS:-32}"
+WORK="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+export RUST_LOG=warn
+need=()
+for tool in nginx haproxy wrk curl cmake; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "compare: installing ${need[*]}" >&2
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --bin strangler --example bare_pingora 2>&1 | tail -1
+
+B1=127.0.0.1:8401 B2=127.0.0.1:8402
+mkdir -p "$WORK/nginx-backend" "$WORK/nginx-proxy"
+cat > "$WORK/nginx-backend/nginx.conf" <<EOF
+worker_processes 1; daemon off; pid $WORK/nginx-backend/pid; error_log stderr warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen $B1; location / { return 200 "ok\n"; } }
+  server { listen $B2; location / { return 200 "ok\n"; } } }
+EOF
+cat > "$WORK/nginx-proxy/nginx.conf" <<EOF
+worker_processes 1; daemon off; pid $WORK/nginx-proxy/pid; error_log stderr warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream orders { server $B1; keepalive 64; }
+  upstream other { server $B2; keepalive 64; }
+  server { listen 127.0.0.1:8480;
+    location /api/orders/ { proxy_pass http://orders; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / { proxy_pass http://other; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+cat > "$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend in
+  bind 127.0.0.1:8481
+  acl orders path_beg /api/orders/
+  use_backend orders if orders
+  default_backend other
+backend orders
+  server b1 $B1
+backend other
+  server b2 $B2
+EOF
+# strangler's rules: /api/orders goes to the "orders" upstream, everything else to legacy, and
+# N-1 more routes that this request never takes, so matching has a real table to search.
+rules() {
+  local n="$1" f="$WORK/rules-$1.yaml"
+  { echo "legacy: other"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
+    echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders }"
+    for i in $(seq 1 $((n - 1))); do
+      case $((i % 3)) in
+        0) echo "  - { name: r$i, match: { prefix: /svc$i }, mode: legacy }";;
+        1) echo "  - { name: r$i, match: { path: \"/svc$i/items/{id}\" }, mode: migrated, service: orders }";;
+        2) echo "  - { name: r$i, match: { path: /svc$i/list, methods: [GET] }, mode: legacy }";;
+      esac
+    done; } > "$f"
+  echo "$f"
+}
+
+taskset -c 0 nginx -c "$WORK/nginx-backend/nginx.conf" -p "$WORK/nginx-backend" 2>"$WORK/backend.log" &
+sleep 0.5
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run NAME PORT CMD...: start the proxy on CPU 1, load it from CPU 0, print one result line.
+run() {
+  local name="$1" port="$2"; shift 2
+  taskset -c 1 "$@" >"$WORK/$name.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/api/orders/1" 2>/dev/null && break; sleep 0.1; done
+  local measured="$pid"
+  # nginx: the worker does the work, not the master.
+  if [ "$name" = nginx ]; then measured="$(pgrep -P "$pid" | head -1)"; fi
+  taskset -c 0 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/api/orders/1" >/dev/null  # warm-up
+  local before; before="$(cpu_ticks "$measured")"
+  local out; out="$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/api/orders/1")"
+  local after; after="$(cpu_ticks "$measured")"
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  local requests rps p50 p99
+  requests="$(echo "$out" | awk '/requests in/ {print $1}')"
+  rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+  p50="$(echo "$out" | awk '$1 == "50%" {print $2}')"
+  p99="$(echo "$out" | awk '$1 == "99%" {print $2}')"
+  local hz; hz="$(getconf CLK_TCK)"
+  local us; us="$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
+  echo "$name $rps $p50 $p99 $us"
+}
+
+results="$WORK/results"
+R20="$(rules 20)" R1K="$(rules 1000)" R10K="$(rules 10000)"
+STRANGLER=(./target/release/strangler run --threads 1 --access-log false --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round of $ROUNDS" >&2
+  run nginx 8480 nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy" >> "$results"
+  run haproxy 8481 haproxy -f "$WORK/haproxy.cfg" >> "$results"
+  run bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2" >> "$results"
+  run strangler 8483 "${STRANGLER[@]}" --config "$R20" >> "$results"
+  run strangler-1k-routes 8483 "${STRANGLER[@]}" --config "$R1K" >> "$results"
+  run strangler-10k-routes 8483 "${STRANGLER[@]}" --config "$R10K" >> "$results"
+done
+
+echo
+echo "medians of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, proxy on CPU 1 with one worker:"
+printf "%-22s %12s %10s %10s %14s\n" proxy "requests/s" p50 p99 "CPU µs/req"
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
+declare -A cpu
+for name in nginx haproxy bare-pingora strangler strangler-1k-routes strangler-10k-routes; do
+  rps="$(awk -v n="$name" '$1 == n {print $2}' "$results" | median)"
+  p50="$(awk -v n="$name" '$1 == n {print $3}' "$results" | head -1)"
+  p99="$(awk -v n="$name" '$1 == n {print $4}' "$results" | head -1)"
+  cpu[$name]="$(awk -v n="$name" '$1 == n {print $5}' "$results" | median)"
+  printf "%-22s %12s %10s %10s %14s\n" "$name" "$rps" "$p50" "$p99" "${cpu[$name]}"
+done
+echo
+for base in nginx haproxy bare-pingora; do
+  awk -v s="${cpu[strangler]}" -v b="${cpu[$base]}" -v n="$base" 'BEGIN {printf "strangler / %-13s %.2fx CPU per request\n", n, s / b}'
+done
+awk -v a="${cpu[strangler-10k-routes]}" -v s="${cpu[strangler]}" 'BEGIN {printf "strangler 10k routes / 20 routes: %.2fx\n", a / s}'
