@@ -125,7 +125,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "medians of $ROUNDS rounds, ${DURATION}s each, $CONNS connections, proxy on CPU 1 with one worker:"
+echo "medians of $ROUNDS rounds (p50 and p99: first round), ${DURATION}s each, $CONNS connections, proxy on CPU 1 with one worker:"
 printf "%-22s %12s %10s %10s %14s\n" proxy "requests/s" p50 p99 "CPU µs/req"
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
 declare -A cpu
