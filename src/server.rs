@@ -160,6 +160,8 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     };
     let conf = ServerConf {
         threads,
+        // One runtime per thread: requests stay on the thread that accepted them (see BENCHMARKS.md).
+        work_stealing: false,
         grace_period_seconds: Some(opts.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(opts.shutdown_timeout_secs),
         upgrade_sock: opts.upgrade_sock.display().to_string(),
