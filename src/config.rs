@@ -20,6 +20,8 @@ pub struct RulesFile {
     #[serde(default = "default_true")]
     pub response_headers: bool,
     pub upstreams: BTreeMap<String, Spanned<UpstreamFile>>,
+    /// Peers (IPs or CIDRs) whose x-forwarded-* headers are believed. Default: none.
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
     /// Bearer token every admin POST must carry. Prefer the STRANGLER_ADMIN_TOKEN env var.
     pub admin_token: Option<String>,
     /// Shadow copies in flight at once, over all routes; past it copies are skipped. Default 256.

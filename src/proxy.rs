@@ -344,19 +344,31 @@ impl ProxyHttp for Strangler {
         for name in forged {
             up.remove_header(&name);
         }
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let xff = match up.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        // The client's own x-forwarded-* headers are believed only from a trusted proxy;
+        // from anyone else they are replaced, so a client can't pose as another address.
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let trusted = peer.is_some_and(|ip| live.rules.trusted(ip));
+        if let Some(ip) = peer {
+            let xff = match up
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+                .filter(|_| trusted)
+            {
                 Some(prev) => format!("{prev}, {ip}"),
                 None => ip.to_string(),
             };
             up.insert_header(X_FORWARDED_FOR, xff)?;
         }
-        if !up.headers.contains_key(&X_FORWARDED_PROTO) {
+        if !trusted || !up.headers.contains_key(&X_FORWARDED_PROTO) {
             up.insert_header(X_FORWARDED_PROTO, "http")?;
         }
-        if !up.headers.contains_key(&X_FORWARDED_HOST) {
-            if let Some(host) = session.req_header().headers.get(HOST).cloned() {
-                up.insert_header(X_FORWARDED_HOST, host)?;
+        if !trusted || !up.headers.contains_key(&X_FORWARDED_HOST) {
+            match session.req_header().headers.get(HOST).cloned() {
+                Some(host) => up.insert_header(X_FORWARDED_HOST, host)?,
+                None => {
+                    up.remove_header(&X_FORWARDED_HOST);
+                }
             }
         }
         if let Some(host) = &live.rules.upstreams[ctx.target].host {

@@ -182,6 +182,8 @@ pub enum Skip {
 /// The compiled rules. Immutable; a reload builds a new one.
 #[derive(Debug)]
 pub struct RuleSet {
+    /// Peers whose x-forwarded-* headers are kept (appended to) rather than replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub shadow_max_in_flight: usize,
     pub admin_token: Option<String>,
     pub listen: Option<String>,
@@ -346,6 +348,11 @@ impl RuleSet {
         }
     }
 
+    /// Is this peer a trusted proxy?
+    pub fn trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
     pub fn upstream_id(&self, name: &str) -> Option<UpstreamId> {
         self.upstreams.iter().position(|u| u.name == name)
     }
@@ -507,6 +514,21 @@ impl RuleSet {
             }
         }
 
+        let mut trusted_proxies = Vec::new();
+        for t in raw.trusted_proxies.iter().flatten() {
+            let v = t.value.trim();
+            match v
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => c.err(
+                    &t.referenced,
+                    None,
+                    format!("trusted_proxies: \"{v}\" is not an IP address or CIDR (e.g. 10.0.0.0/8)"),
+                ),
+            }
+        }
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
@@ -515,6 +537,7 @@ impl RuleSet {
             Some(n) => n.value as usize,
         };
         Ok(RuleSet {
+            trusted_proxies,
             shadow_max_in_flight,
             admin_token: raw.admin_token.clone().filter(|t| !t.is_empty()),
             listen: raw.listen.as_ref().map(|s| s.value.clone()),

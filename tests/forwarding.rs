@@ -54,7 +54,11 @@ async fn forwarding_headers_host_and_request_id() {
         ["shop.example:8080"],
         "Host kept as the client sent it"
     );
-    assert_eq!(header(&v, "x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(
+        header(&v, "x-forwarded-for"),
+        ["127.0.0.1"],
+        "a client's own x-forwarded-for is not believed"
+    );
     assert_eq!(header(&v, "x-forwarded-proto"), ["http"]);
     assert_eq!(header(&v, "x-forwarded-host"), ["shop.example:8080"]);
     assert_eq!(
@@ -83,6 +87,36 @@ async fn forwarding_headers_host_and_request_id() {
         header(&v3, "x-request-id"),
         "ids are unique"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
+    let mono = echo::start("monolith").await;
+    let text = rules(&[("monolith", mono)], "").replace("routes:\n", "trusted_proxies: [127.0.0.0/8]\nroutes:\n");
+    let proxy = Proxy::start(&text).await;
+    let (_, v) = echoed(
+        &proxy,
+        "GET /a HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n\
+         X-Forwarded-Host: www.shop.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(header(&v, "x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(header(&v, "x-forwarded-proto"), ["https"]);
+    assert_eq!(header(&v, "x-forwarded-host"), ["www.shop.example"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_headers_from_anyone_else_are_replaced() {
+    let (proxy, _) = proxy_with_echo().await;
+    let (_, v) = echoed(
+        &proxy,
+        "GET /a HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Proto: https\r\n\
+         X-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(header(&v, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(header(&v, "x-forwarded-proto"), ["http"]);
+    assert_eq!(header(&v, "x-forwarded-host"), ["shop.example"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
