@@ -189,6 +189,9 @@ pub struct Difference {
     /// JSON Pointer (RFC 6901) of a body difference; `None` for status, header and byte differences.
     #[serde(skip)]
     pub pointer: Option<String>,
+    /// The concrete path of a body difference (what noise learning generalizes).
+    #[serde(skip)]
+    pub at: Option<Vec<Seg>>,
     pub legacy: Option<Value>,
     pub new: Option<Value>,
 }
@@ -219,6 +222,7 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
             path: "status".into(),
             pattern: "status".into(),
             pointer: None,
+            at: None,
             legacy: Some(legacy.status.into()),
             new: Some(new.status.into()),
         });
@@ -231,6 +235,7 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
                 pattern: path.clone(),
                 path,
                 pointer: None,
+                at: None,
                 legacy: a,
                 new: b,
             });
@@ -261,6 +266,7 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
             path: "body".into(),
             pattern: "body".into(),
             pointer: None,
+            at: None,
             legacy: Some(text(&legacy.body)),
             new: Some(text(&new.body)),
         });
@@ -289,6 +295,7 @@ impl<'v> Walker<'_, 'v> {
             pointer: Some(pointer(&path)),
             legacy: legacy.map(plain),
             new: new.map(plain),
+            at: Some(path),
         });
     }
 
@@ -521,6 +528,7 @@ mod tests {
                 path: "status".into(),
                 pattern: "status".into(),
                 pointer: None,
+                at: None,
                 legacy: Some(json!(200)),
                 new: Some(json!(404))
             }

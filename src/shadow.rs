@@ -143,13 +143,13 @@ impl RouteShadow {
             .unwrap_or_default()
     }
 
-    fn learn(&self, diffs: &[Difference], paths: &[Vec<Seg>]) {
+    fn learn(&self, diffs: &[Difference]) {
         let Ok(mut noise) = self.noise.write() else { return };
-        for (d, p) in diffs.iter().zip(paths) {
-            if d.pointer.is_none() || noise.len() >= MAX_NOISE {
-                continue;
+        for at in diffs.iter().filter_map(|d| d.at.as_deref()) {
+            if noise.len() >= MAX_NOISE {
+                break;
             }
-            let general = diff::generalize(p);
+            let general = diff::generalize(at);
             if !noise.contains(&general) {
                 tracing::info!(route = %self.route, path = %diff::render(&general), "shadow: learned a non-deterministic field");
                 noise.push(general);
@@ -378,11 +378,13 @@ async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
     }
     // Two legacy answers to one request differ only where legacy is non-deterministic.
     if let Some(Ok((second, false))) = again {
-        let (diffs, paths) = compare_with_paths(&job.spec.compare, &[], &legacy.answer, &second);
-        job.state.learn(&diffs, &paths);
+        job.state
+            .learn(&diff::compare(&job.spec.compare, &[], &legacy.answer, &second));
     }
-    let noise = job.state.noise.read().map(|n| n.clone()).unwrap_or_default();
-    let diffs = diff::compare(&job.spec.compare, &noise, &legacy.answer, &new.0);
+    let diffs = match job.state.noise.read() {
+        Ok(noise) => diff::compare(&job.spec.compare, &noise, &legacy.answer, &new.0),
+        Err(_) => diff::compare(&job.spec.compare, &[], &legacy.answer, &new.0),
+    };
     let request_id = job
         .header
         .headers
@@ -404,35 +406,6 @@ async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
             .inc();
     }
     record(&job, &legacy.answer, &new.0, diffs);
-}
-
-/// `diff::compare`, also returning each difference's concrete path (for noise learning).
-fn compare_with_paths(
-    cfg: &diff::Compare,
-    noise: &[Vec<Seg>],
-    a: &Answer,
-    b: &Answer,
-) -> (Vec<Difference>, Vec<Vec<Seg>>) {
-    let diffs = diff::compare(cfg, noise, a, b);
-    let paths = diffs
-        .iter()
-        .map(|d| d.pointer.as_deref().map(pointer_segments).unwrap_or_default())
-        .collect();
-    (diffs, paths)
-}
-
-fn pointer_segments(pointer: &str) -> Vec<Seg> {
-    pointer
-        .split('/')
-        .skip(1)
-        .map(|raw| {
-            let s = raw.replace("~1", "/").replace("~0", "~");
-            match s.parse::<usize>() {
-                Ok(i) if !s.starts_with('0') || s == "0" => Seg::Index(i),
-                _ => Seg::Key(s),
-            }
-        })
-        .collect()
 }
 
 fn record(job: &Job, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) {
