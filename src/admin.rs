@@ -193,49 +193,18 @@ async fn mismatches(State(s): State<AdminState>, Query(q): Query<MismatchQuery>)
 async fn routes(State(s): State<AdminState>) -> Json<serde_json::Value> {
     let live = s.live.load();
     let mut body = rules_json(&live);
-    let mut views = Vec::with_capacity(live.rules.routes.len() + 1);
     if let Some(routes) = body["routes"].as_array_mut() {
         for (i, r) in routes.iter_mut().enumerate() {
-            let v = s.stats.route(&live, Some(i), &live.rules.routes[i].name);
-            views.push(v["last_minute"].clone());
-            r["live"] = v;
+            r["live"] = s.stats.route(&live, Some(i), &live.rules.routes[i].name);
         }
     }
-    let none = s.stats.route(&live, None, NO_ROUTE);
-    views.push(none["last_minute"].clone());
-    body["unrouted"] = none;
-    let sum = |f: &dyn Fn(&serde_json::Value) -> u64| views.iter().map(f).sum::<u64>();
-    let (legacy, new) = (
-        sum(&|v| v["requests"]["legacy"].as_u64().unwrap_or(0)),
-        sum(&|v| v["requests"]["new"].as_u64().unwrap_or(0)),
-    );
-    let (matched, compared) = (
-        sum(&|v| v["shadow"]["match"].as_u64().unwrap_or(0)),
-        sum(&|v| v["shadow"]["compared"].as_u64().unwrap_or(0)),
-    );
-    let mut by_reason = serde_json::Map::new();
-    for reason in crate::fallback::Reason::ALL {
-        by_reason.insert(
-            reason.as_str().into(),
-            sum(&|v| v["fallbacks"][reason.as_str()].as_u64().unwrap_or(0)).into(),
-        );
-    }
+    body["unrouted"] = s.stats.route(&live, None, NO_ROUTE);
     let by_mode: serde_json::Map<String, serde_json::Value> = Mode::ALL
         .iter()
         .zip(live.rules.mode_counts())
         .map(|(m, n)| (m.as_str().to_string(), n.into()))
         .collect();
-    body["totals"] = json!({
-        "routes_by_mode": by_mode,
-        "last_minute": {
-            "requests": legacy + new,
-            "new_share": (legacy + new > 0).then(|| new as f64 / (legacy + new) as f64),
-            "shadow_compared": compared,
-            "shadow_match_rate": (compared > 0).then(|| matched as f64 / compared as f64),
-            "fallbacks": by_reason.values().filter_map(|v| v.as_u64()).sum::<u64>(),
-            "fallbacks_by_reason": by_reason,
-        },
-    });
+    body["totals"] = json!({"routes_by_mode": by_mode, "last_minute": s.stats.totals(&live)});
     body["generation"] = live.generation.into();
     Json(body)
 }

@@ -80,6 +80,20 @@ impl Counts {
         }
     }
 
+    /// Add another route's counts (latency buckets are per route and are not summed).
+    fn add(&mut self, other: &Counts) {
+        for i in 0..2 {
+            self.requests[i] += other.requests[i];
+        }
+        self.errors_5xx += other.errors_5xx;
+        for (a, b) in self.fallbacks.iter_mut().zip(other.fallbacks) {
+            *a += b;
+        }
+        for (a, b) in self.shadow.iter_mut().zip(other.shadow) {
+            *a += b;
+        }
+    }
+
     fn total(&self) -> u64 {
         self.requests[0] + self.requests[1]
     }
@@ -178,15 +192,7 @@ impl Stats {
     pub fn route(&self, live: &Live, id: Option<usize>, name: &str) -> Value {
         let now = Counts::read(live.handles.route(id));
         let Ok(ring) = self.ring.lock() else { return Value::Null };
-        let minute_ago = ring
-            .iter()
-            .rev()
-            .find(|s| s.at.elapsed() >= Duration::from_secs(55))
-            .or(ring.front());
-        let last_minute = match minute_ago.and_then(|s| Some((s.at.elapsed(), s.routes.get(name)?))) {
-            Some((age, then)) => now.since(then).view(age.as_secs_f64()),
-            None => now.view(0.0),
-        };
+        let (minute, seconds) = last_minute(&ring, &now, name);
         let history: Vec<Value> = ring
             .iter()
             .zip(ring.iter().skip(1))
@@ -201,7 +207,50 @@ impl Stats {
                 }))
             })
             .collect();
-        json!({"since_start": now.view(0.0), "last_minute": last_minute, "history": history})
+        json!({"since_start": now.view(0.0), "last_minute": minute.view(seconds), "history": history})
+    }
+
+    /// The last minute over every route and unrouted requests together.
+    pub fn totals(&self, live: &Live) -> Value {
+        let Ok(ring) = self.ring.lock() else { return Value::Null };
+        let mut sum = Counts::default();
+        let routes = live
+            .rules
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (Some(i), r.name.as_str()));
+        for (id, name) in routes.chain([(None, crate::rules::NO_ROUTE)]) {
+            sum.add(&last_minute(&ring, &Counts::read(live.handles.route(id)), name).0);
+        }
+        let total = sum.total();
+        let compared = sum.shadow[0] + sum.shadow[1];
+        let by_reason: serde_json::Map<String, Value> = Reason::ALL
+            .iter()
+            .zip(sum.fallbacks)
+            .map(|(r, n)| (r.as_str().to_string(), n.into()))
+            .collect();
+        json!({
+            "requests": total,
+            "new_share": (total > 0).then(|| sum.requests[1] as f64 / total as f64),
+            "shadow_compared": compared,
+            "shadow_match_rate": (compared > 0).then(|| sum.shadow[0] as f64 / compared as f64),
+            "fallbacks": sum.fallbacks.iter().sum::<u64>(),
+            "fallbacks_by_reason": by_reason,
+        })
+    }
+}
+
+/// `now` minus the sample about a minute old (or the oldest), and the seconds between them.
+fn last_minute(ring: &VecDeque<Sample>, now: &Counts, name: &str) -> (Counts, f64) {
+    let then = ring
+        .iter()
+        .rev()
+        .find(|s| s.at.elapsed() >= Duration::from_secs(55))
+        .or(ring.front());
+    match then.and_then(|s| Some((s.at.elapsed(), s.routes.get(name)?))) {
+        Some((age, then)) => (now.since(then), age.as_secs_f64()),
+        None => (now.clone(), 0.0),
     }
 }
 
