@@ -71,7 +71,7 @@ fn compile_and_swap() {
         let t = Instant::now();
         let old = live.load_full();
         let next = Live::new(rules, &metrics, generation, Some(&old));
-        metrics.forget_removed(&old.rules, &next.rules);
+        metrics.forget_removed(&old.rules, &next.rules, |_| Vec::new());
         live.store(Arc::new(next));
         swap.push(ms(t));
     }

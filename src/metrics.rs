@@ -268,10 +268,16 @@ impl Metrics {
 
     /// Drop the series of routes that `new` no longer has, so a removed or renamed route
     /// disappears from /metrics. Routes that keep their name keep their counters.
-    pub fn forget_removed(&self, old: &RuleSet, new: &RuleSet) {
+    /// `mismatch_paths(i)` lists old route `i`'s per-path mismatch series.
+    pub fn forget_removed(&self, old: &RuleSet, new: &RuleSet, mismatch_paths: impl Fn(usize) -> Vec<String>) {
         let legacy = old.upstreams[old.legacy].name.as_str();
         let kept: std::collections::HashSet<&str> = new.routes.iter().map(|r| r.name.as_str()).collect();
-        for r in old.routes.iter().filter(|r| !kept.contains(r.name.as_str())) {
+        for (i, r) in old
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !kept.contains(r.name.as_str()))
+        {
             let name = r.name.as_str();
             let mut sides = vec![(legacy, Side::Legacy)];
             if let Some(s) = r.service {
@@ -304,14 +310,10 @@ impl Metrics {
                 for side in ["legacy", "new"] {
                     let _ = self.shadow_latency.remove_label_values(&[name, side]);
                 }
+                for path in mismatch_paths(i) {
+                    let _ = self.shadow_paths.remove_label_values(&[name, &path]);
+                }
             }
-        }
-    }
-
-    /// Remove a removed route's per-path mismatch series.
-    pub fn forget_shadow_paths(&self, route: &str, paths: &[String]) {
-        for p in paths {
-            let _ = self.shadow_paths.remove_label_values(&[route, p]);
         }
     }
 

@@ -188,17 +188,12 @@ impl Reloader {
         let routes = rules.routes.len();
         let old = self.live.load_full();
         let new = Live::new(rules, &self.metrics, generation, Some(&old));
-        self.metrics.forget_removed(&old.rules, &new.rules);
-        for st in old.shadow_states.iter().flatten() {
-            if !new
-                .rules
-                .routes
-                .iter()
-                .any(|r| r.name == st.route && r.shadow.is_some())
-            {
-                self.metrics.forget_shadow_paths(&st.route, &st.path_labels());
-            }
-        }
+        self.metrics.forget_removed(&old.rules, &new.rules, |i| {
+            old.shadow_states[i]
+                .as_ref()
+                .map(|st| st.path_labels())
+                .unwrap_or_default()
+        });
         self.live.store(Arc::new(new));
 
         let now = now_unix();
