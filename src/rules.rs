@@ -605,13 +605,23 @@ impl Compiler<'_> {
     }
 
     fn duration(&mut self, v: &Option<Spanned<String>>, what: &str, default: Duration) -> Duration {
+        self.duration_in(v, None, what, default)
+    }
+
+    fn duration_in(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        route: Option<&str>,
+        what: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(v) = v else { return default };
         match humantime::parse_duration(v.value.trim()) {
             Ok(d) if !d.is_zero() => d,
             _ => {
                 self.err(
                     &v.referenced,
-                    None,
+                    route,
                     format!("{what}: bad duration \"{}\" (use e.g. 250ms, 2s, 1m)", v.value),
                 );
                 default
@@ -945,10 +955,7 @@ impl Compiler<'_> {
                 }
             }
         }
-        let timeout = match &f.timeout {
-            None => DEFAULT_ROUTE_TIMEOUT,
-            Some(_) => self.duration(&f.timeout, &format!("route \"{name}\": timeout"), DEFAULT_ROUTE_TIMEOUT),
-        };
+        let timeout = self.duration_in(&f.timeout, n, "timeout", DEFAULT_ROUTE_TIMEOUT);
         let shadow = match (&f.shadow, mode) {
             (Some(sh), Mode::Shadow | Mode::Canary) => self.shadow(Some(sh), n).map(Arc::new),
             (None, Mode::Shadow) => self.shadow(None, n).map(Arc::new),
