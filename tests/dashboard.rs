@@ -5,12 +5,12 @@
 mod common;
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::proxy::{rules, Proxy};
 use common::shop::start_shop;
+use common::traffic::Traffic;
 
 const ROUTES: &str = "  - { name: catalog, match: { prefix: /api/catalog }, mode: legacy }\n\
                       \x20 - { name: inventory-read, match: { prefix: /api/inventory, methods: [GET] }, mode: migrated, service: inventory }\n\
@@ -49,29 +49,12 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
     let proxy = Arc::new(Proxy::start(&rules(&ups, ROUTES)).await);
 
     // Steady traffic over every route while the browser looks.
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = {
-        let (proxy, stop) = (proxy.clone(), stop.clone());
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let path = match i % 4 {
-                    0 => "/api/catalog/products?page=1".to_string(),
-                    1 => format!("/api/inventory/SKU-{:04}", i % 200 + 1),
-                    2 => format!("/api/orders/{}", i % 100 + 1),
-                    _ => format!("/api/users/{}/orders", i % 50 + 1),
-                };
-                let _ = client
-                    .get(proxy.url(&path))
-                    .header("x-user-id", (i % 97).to_string())
-                    .send()
-                    .await;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let traffic = Traffic::start(proxy.clone(), Duration::from_millis(5), |i| match i % 4 {
+        0 => "/api/catalog/products?page=1".to_string(),
+        1 => format!("/api/inventory/SKU-{:04}", i % 200 + 1),
+        2 => format!("/api/orders/{}", i % 100 + 1),
+        _ => format!("/api/users/{}/orders", i % 50 + 1),
+    });
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let profile = tempfile::tempdir().unwrap();
@@ -106,8 +89,7 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
             .unwrap()
             .expect("run chromium")
     };
-    stop.store(true, Ordering::Relaxed);
-    traffic.await.unwrap();
+    traffic.stop().await;
 
     assert!(
         html.contains("data-js-errors=\"0\""),

@@ -5,12 +5,12 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::proxy::{free_port, rules, Proxy};
 use common::shop::start_shop;
+use common::traffic::Traffic;
 use serde_json::Value;
 
 const ROUTES: &str = "  - { name: stock, match: { prefix: /api/inventory }, mode: canary, service: inventory, canary: { percent: 30, sticky: \"header:x-user-id\" } }\n\
@@ -139,30 +139,13 @@ async fn prometheus_evaluates_every_dashboard_and_alert_expression() {
     }
 
     // Traffic for a while, many users on the canary route.
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = {
-        let (proxy, stop) = (proxy.clone(), stop.clone());
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let path = match i % 5 {
-                    0 => format!("/api/orders/{}", i % 100 + 1),
-                    1 => "/api/catalog/products/3".to_string(),
-                    _ => format!("/api/inventory/SKU-{:04}", i % 200 + 1),
-                };
-                let _ = client
-                    .get(proxy.url(&path))
-                    .header("x-user-id", format!("user-{i}"))
-                    .send()
-                    .await;
-            }
-        })
-    };
+    let traffic = Traffic::start(proxy.clone(), Duration::ZERO, |i| match i % 5 {
+        0 => format!("/api/orders/{}", i % 100 + 1),
+        1 => "/api/catalog/products/3".to_string(),
+        _ => format!("/api/inventory/SKU-{:04}", i % 200 + 1),
+    });
     tokio::time::sleep(Duration::from_secs(12)).await;
-    stop.store(true, Ordering::Relaxed);
-    traffic.await.unwrap();
+    traffic.stop().await;
 
     let query = |expr: String| {
         let (client, api) = (client.clone(), api.clone());

@@ -5,3 +5,4 @@ pub mod echo;
 pub mod proxy;
 pub mod shop;
 pub mod tools;
+pub mod traffic;

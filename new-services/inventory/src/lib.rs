@@ -46,9 +46,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let path = config.db.clone();
-    let db =
-        tokio::task::spawn_blocking(move || Db::open(&path, store::SCHEMA, store::is_empty, store::seed)).await??;
+    let db = Db::open_blocking(config.db.clone(), store::SCHEMA, store::is_empty, store::seed).await?;
     let app = router(db, config.faults.clone());
     shop_kit::serve(listener, app, shutdown, Some(config.faults)).await
 }

@@ -60,9 +60,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let path = config.db.clone();
-    let db =
-        tokio::task::spawn_blocking(move || Db::open(&path, store::SCHEMA, store::is_empty, store::seed)).await??;
+    let db = Db::open_blocking(config.db.clone(), store::SCHEMA, store::is_empty, store::seed).await?;
     let state = AppState {
         db,
         inventory: InventoryClient::new(&config.inventory_url)?,

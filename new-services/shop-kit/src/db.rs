@@ -42,6 +42,16 @@ impl Db {
         })
     }
 
+    /// `open` on a blocking thread, for a server's async `run`.
+    pub async fn open_blocking(
+        path: std::path::PathBuf,
+        schema: &'static str,
+        is_empty: impl FnOnce(&Connection) -> rusqlite::Result<bool> + Send + 'static,
+        seed: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send + 'static,
+    ) -> anyhow::Result<Db> {
+        tokio::task::spawn_blocking(move || Db::open(&path, schema, is_empty, seed)).await?
+    }
+
     /// Runs read work on a blocking thread.
     pub async fn read<R, F>(&self, work: F) -> Result<R, ApiError>
     where
