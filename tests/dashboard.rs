@@ -1,5 +1,5 @@
-//! The dashboard page in a real browser (Debian's Chromium, headless) while traffic runs: every
-//! route of the rules shows with non-zero figures, no script error occurs, and a screenshot is
+//! The dashboard page in a real browser (Debian's Chromium, headless) while demo-like traffic runs
+//! on the repo's rules.yaml: every route of the demo rules shows with non-zero figures, no script error occurs, and a screenshot is
 //! saved to target/test-artifacts/dashboard.png.
 
 mod common;
@@ -8,14 +8,28 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::proxy::{rules, Proxy};
+use common::proxy::Proxy;
 use common::shop::start_shop;
 use common::traffic::Traffic;
 
-const ROUTES: &str = "  - { name: catalog, match: { prefix: /api/catalog }, mode: legacy }\n\
-                      \x20 - { name: inventory-read, match: { prefix: /api/inventory, methods: [GET] }, mode: migrated, service: inventory }\n\
-                      \x20 - { name: orders-read, match: { path: \"/api/orders/{id}\", methods: [GET] }, mode: shadow, service: orders, shadow: { ignore: [\"$.served_at\"] } }\n\
-                      \x20 - { name: user-orders, match: { path: \"/api/users/{id}/orders\", methods: [GET] }, mode: canary, service: orders, canary: { percent: 30, sticky: \"header:x-user-id\" } }\n";
+/// The repo's own rules.yaml (the demo's), pointed at this test's shop.
+fn demo_rules(shop: &common::shop::Shop) -> String {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules.yaml")).unwrap();
+    text.replace("http://127.0.0.1:8000", &format!("http://{}", shop.monolith))
+        .replace("http://127.0.0.1:8101", &format!("http://{}", shop.inventory))
+        .replace("http://127.0.0.1:8102", &format!("http://{}", shop.orders))
+}
+
+/// Every route of the demo rules, by name.
+const DEMO_ROUTES: [&str; 7] = [
+    "catalog",
+    "payments",
+    "inventory-read",
+    "inventory-reserve",
+    "orders-read",
+    "user-orders",
+    "orders-create",
+];
 
 fn chromium(bin: &std::path::Path, profile: &std::path::Path) -> Command {
     let mut c = Command::new(bin);
@@ -41,19 +55,40 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
         return;
     };
     let shop = start_shop().await;
-    let ups = [
-        ("monolith", shop.monolith),
-        ("inventory", shop.inventory),
-        ("orders", shop.orders),
-    ];
-    let proxy = Arc::new(Proxy::start(&rules(&ups, ROUTES)).await);
+    let proxy = Arc::new(Proxy::start(&demo_rules(&shop)).await);
+
+    // The write routes: a few reservations and v2 orders, as the demo's traffic sends.
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let user = format!("user-{i}");
+        let r = client
+            .post(proxy.url(&format!("/api/inventory/SKU-{:04}/reservations", i + 1)))
+            .header("x-user-id", &user)
+            .json(&serde_json::json!({"quantity": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert!(!r.status().is_server_error(), "{}", r.status()); // 409: that SKU is out of stock
+        let order =
+            serde_json::json!({"user_id": i % 50 + 1, "items": [{"sku": format!("SKU-{:04}", i + 30), "quantity": 1}]});
+        let r = client
+            .post(proxy.url("/api/orders"))
+            .header("x-api-version", "2")
+            .header("x-user-id", &user)
+            .json(&order)
+            .send()
+            .await
+            .unwrap();
+        assert!(!r.status().is_server_error(), "{}", r.status()); // 409: that SKU is out of stock
+    }
 
     // Steady traffic over every route while the browser looks.
-    let traffic = Traffic::start(proxy.clone(), Duration::from_millis(5), |i| match i % 4 {
+    let traffic = Traffic::start(proxy.clone(), Duration::from_millis(5), |i| match i % 5 {
         0 => "/api/catalog/products?page=1".to_string(),
         1 => format!("/api/inventory/SKU-{:04}", i % 200 + 1),
         2 => format!("/api/orders/{}", i % 100 + 1),
-        _ => format!("/api/users/{}/orders", i % 50 + 1),
+        3 => format!("/api/users/{}/orders", i % 50 + 1),
+        _ => format!("/api/payments/order/{}", i % 100 + 1),
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -97,7 +132,7 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
     );
     let refreshes: u32 = attr(&html, "data-refreshes").and_then(|v| v.parse().ok()).unwrap_or(0);
     assert!(refreshes >= 1, "the page never loaded its data:\n{html}");
-    for route in ["catalog", "inventory-read", "orders-read", "user-orders"] {
+    for route in DEMO_ROUTES {
         let row = html
             .find(&format!("data-route=\"{route}\""))
             .unwrap_or_else(|| panic!("no row for {route}:\n{html}"));
@@ -106,7 +141,7 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
             .unwrap_or(0);
         assert!(requests > 0, "{route} shows no traffic");
     }
-    assert!(html.contains(" of 4"), "migration progress is shown");
+    assert!(html.contains(" of 7"), "migration progress is shown");
     assert!(
         png.status.success() && std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0) > 10_000,
         "screenshot at {}",

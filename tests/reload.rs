@@ -210,6 +210,40 @@ async fn a_changed_listen_address_warns_and_the_rest_applies() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_kept_upstream_keeps_its_keep_alive_connections() {
+    let svc = common::echo::start("svc").await;
+    let text = |route: &str| {
+        rules(
+            &[("svc", svc)],
+            &format!("  - {{ name: {route}, match: {{ prefix: /a }}, mode: legacy }}\n"),
+        )
+    };
+    let proxy = Proxy::start(&text("first")).await;
+    let client = reqwest::Client::new();
+    let port = || async {
+        let v: serde_json::Value = client.get(proxy.url("/a")).send().await.unwrap().json().await.unwrap();
+        v["peer_port"].as_u64().expect("echo reports the proxy's port")
+    };
+    let before = port().await;
+    assert_eq!(port().await, before, "the proxy pools its upstream connection");
+    std::fs::write(&proxy.rules, text("renamed")).unwrap();
+    assert_eq!(
+        client
+            .post(proxy.admin_url("/api/reload"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        port().await,
+        before,
+        "after the reload the same pooled connection is used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads() {
     let shop = start_shop().await;
     let proxy = Proxy::start(&flip(shop.monolith, shop.inventory, false)).await;

@@ -7,7 +7,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 /// Start an echo server named `name` on 127.0.0.1:0. It answers every request with
-/// `{"server": name, "method", "path" (with query, as received), "headers": {name: [values]}}`.
+/// `{"server": name, "method", "path" (with query, as received), "headers": {name: [values]}, "peer_port"}`.
 pub async fn start(name: &'static str) -> SocketAddr {
     let app = axum::Router::new().fallback(move |req: Request| async move {
         let mut headers = Map::new();
@@ -18,12 +18,14 @@ pub async fn start(name: &'static str) -> SocketAddr {
             }
         }
         let path = req.uri().path_and_query().map_or("", |p| p.as_str()).to_string();
-        Json(json!({"server": name, "method": req.method().as_str(), "path": path, "headers": headers}))
+        // The proxy's side of the connection: the same port twice means a pooled connection was reused.
+        let peer_port = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.port());
+        Json(json!({"server": name, "method": req.method().as_str(), "path": path, "headers": headers, "peer_port": peer_port}))
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
     });
     addr
 }
