@@ -25,7 +25,7 @@ use crate::fallback::{self, Decision, Reason};
 use crate::metrics::{Metrics, RouteHandles};
 use crate::resilience::{InFlight, UpstreamState};
 use crate::rules::{RouteId, RuleSet, Side, UpstreamId, DEFAULT_ROUTE_TIMEOUT};
-use crate::shadow::{self, Capture, Job, RouteShadow, Shadower, X_STRANGLER_SHADOW};
+use crate::shadow::{self, AccessLine, Capture, Job, RouteShadow, Shadower, X_STRANGLER_SHADOW};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -485,34 +485,49 @@ impl ProxyHttp for Strangler {
 
     async fn logging(&self, session: &mut Session, e: Option<&pingora_error::Error>, ctx: &mut Ctx) {
         ctx.slot = None;
-        let copied = ctx.shadow.as_ref().map(|c| c.to_task.is_some());
-        if let Some(cap) = ctx.shadow.as_mut() {
-            cap.finish(
-                e.is_none() && session.response_written().is_some(),
-                ctx.started.elapsed(),
-            );
-        }
-        let Some(live) = ctx.live.as_ref() else { return };
         let status = session.response_written().map_or(502, |r| r.status.as_u16());
         let seconds = ctx.started.elapsed().as_secs_f64();
-        live.handles.route(ctx.route).side(ctx.side).observe(status, seconds);
-        if self.access_log {
-            let req = session.req_header();
-            let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info!(
-                target: "access",
-                method = %req.method,
-                path = %req.uri.path(),
-                route = ctx.route.map_or(crate::rules::NO_ROUTE, |id| live.rules.routes[id].name.as_str()),
-                side = ctx.side.as_str(),
-                upstream = %live.rules.upstreams[ctx.target].name,
-                status,
-                duration_ms = (seconds * 1e6).round() / 1e3,
-                fallback = ctx.fallback.map_or("-", Reason::as_str),
-                shadow = match copied { Some(true) => "copied", Some(false) => "not_copied", None => "-" },
-                request_id = header("x-request-id"),
-                trace_id = header("traceparent").split('-').nth(1).unwrap_or("-"),
-            );
+        let access = match (&ctx.live, self.access_log) {
+            (Some(live), true) => {
+                let req = session.req_header();
+                let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+                Some(AccessLine {
+                    method: req.method.to_string(),
+                    path: req.uri.path().to_string(),
+                    route: ctx
+                        .route
+                        .map_or(crate::rules::NO_ROUTE, |id| live.rules.routes[id].name.as_str())
+                        .to_string(),
+                    side: ctx.side.as_str(),
+                    upstream: live.rules.upstreams[ctx.target].name.clone(),
+                    status,
+                    duration_ms: (seconds * 1e6).round() / 1e3,
+                    fallback: ctx.fallback.map_or("-", Reason::as_str),
+                    shadow: match ctx.shadow.as_ref().map(|c| c.to_task.is_some()) {
+                        Some(true) => "copied",
+                        Some(false) => "not_copied",
+                        None => "-",
+                    },
+                    request_id: header("x-request-id").to_string(),
+                    trace_id: header("traceparent").split('-').nth(1).unwrap_or("-").to_string(),
+                })
+            }
+            _ => None,
+        };
+        // A copied request's line is written by the comparison, with its result.
+        let access = match ctx.shadow.as_mut() {
+            Some(cap) => cap.finish(
+                e.is_none() && session.response_written().is_some(),
+                ctx.started.elapsed(),
+                access,
+            ),
+            None => access,
+        };
+        if let Some(line) = access {
+            line.emit("-");
+        }
+        if let Some(live) = ctx.live.as_ref() {
+            live.handles.route(ctx.route).side(ctx.side).observe(status, seconds);
         }
     }
 }

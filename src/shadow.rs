@@ -222,6 +222,47 @@ pub struct LegacyAnswer {
     pub answer: Answer,
     pub truncated: bool,
     pub latency: Duration,
+    /// The request's access line, written once the comparison has a result.
+    pub access: Option<AccessLine>,
+}
+
+/// One access log line (target `access`). A copied request's line waits for the comparison, so
+/// it can carry `shadow_result`.
+#[derive(Debug)]
+pub struct AccessLine {
+    pub method: String,
+    pub path: String,
+    pub route: String,
+    pub side: &'static str,
+    pub upstream: String,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub fallback: &'static str,
+    /// `copied`, `not_copied` or `-`.
+    pub shadow: &'static str,
+    pub request_id: String,
+    pub trace_id: String,
+}
+
+impl AccessLine {
+    /// Write the line; `shadow_result` is `match`, `mismatch`, `error`, `skipped` or `-`.
+    pub fn emit(&self, shadow_result: &str) {
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            path = %self.path,
+            route = %self.route,
+            side = self.side,
+            upstream = %self.upstream,
+            status = self.status,
+            duration_ms = self.duration_ms,
+            fallback = self.fallback,
+            shadow = self.shadow,
+            shadow_result,
+            request_id = %self.request_id,
+            trace_id = %self.trace_id,
+        );
+    }
 }
 
 /// Per-request capture, kept in the CTX while the request runs.
@@ -274,21 +315,25 @@ impl Capture {
     }
 
     /// Hand the legacy answer to the task (or drop the channel if the request failed).
-    pub fn finish(&mut self, ok: bool, latency: Duration) {
-        let Some(tx) = self.to_task.take() else { return };
+    /// Returns the access line back when no comparison will write it.
+    pub fn finish(&mut self, ok: bool, latency: Duration, access: Option<AccessLine>) -> Option<AccessLine> {
+        let Some(tx) = self.to_task.take() else { return access };
         if !ok {
-            return;
+            return access;
         }
         let answer = Answer {
             status: self.status,
             headers: std::mem::take(&mut self.headers),
             body: std::mem::take(&mut self.response).freeze(),
         };
-        let _ = tx.send(LegacyAnswer {
+        let legacy = LegacyAnswer {
             answer,
             truncated: self.response_truncated,
             latency,
-        });
+            access,
+        };
+        // The task is gone only if it could not start; then nobody else writes the line.
+        tx.send(legacy).err().and_then(|l| l.access)
     }
 }
 
@@ -363,17 +408,20 @@ async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
         return;
     };
     m.latency[0].observe(legacy.latency.as_secs_f64());
+    let access = |result: &str| legacy.access.as_ref().inspect(|a| a.emit(result));
     let new = match new {
         Ok(n) => n,
         Err(e) => {
             tracing::debug!(route = %job.state.route, "shadow copy failed: {e}");
             m.results[2].inc();
+            access("error");
             return;
         }
     };
     m.latency[1].observe(new_latency.as_secs_f64());
     if legacy.truncated || new.1 {
         m.skip(Skip::BodyTooLarge);
+        access("skipped");
         return;
     }
     // Two legacy answers to one request differ only where legacy is non-deterministic.
@@ -394,10 +442,11 @@ async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
         .to_string();
     if diffs.is_empty() {
         m.results[0].inc();
-        tracing::debug!(target: "shadow", route = %job.state.route, request_id, "match");
+        access("match");
         return;
     }
     m.results[1].inc();
+    access("mismatch");
     let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
     tracing::info!(target: "shadow", route = %job.state.route, request_id, paths = ?paths, "mismatch");
     for d in &diffs {

@@ -198,6 +198,10 @@ async fn every_request_gets_an_access_log_line() {
     );
     assert_eq!(f["status"], 200);
     assert_eq!(f["shadow"], "copied");
+    assert_eq!(
+        f["shadow_result"], "match",
+        "a copied request's line carries the comparison's result"
+    );
     assert_eq!(f["fallback"], "-");
     assert_eq!(f["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(f["duration_ms"].as_f64().unwrap() > 0.0);

@@ -224,22 +224,24 @@ async fn a_kept_upstream_keeps_its_keep_alive_connections() {
         let v: serde_json::Value = client.get(proxy.url("/a")).send().await.unwrap().json().await.unwrap();
         v["peer_port"].as_u64().expect("echo reports the proxy's port")
     };
-    let before = port().await;
-    assert_eq!(port().await, before, "the proxy pools its upstream connection");
+    // Under load a request can start before the previous one's connection is back in the pool and
+    // open another, so compare sets of ports: a pool dropped by the reload would show only new
+    // ports afterwards.
+    let mut before = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        before.insert(port().await);
+    }
+    assert!(before.len() < 6, "the proxy pools its upstream connections: {before:?}");
     std::fs::write(&proxy.rules, text("renamed")).unwrap();
-    assert_eq!(
-        client
-            .post(proxy.admin_url("/api/reload"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        port().await,
-        before,
-        "after the reload the same pooled connection is used"
+    let reload = client.post(proxy.admin_url("/api/reload")).send().await.unwrap();
+    assert_eq!(reload.status(), 200);
+    let mut after = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        after.insert(port().await);
+    }
+    assert!(
+        !before.is_disjoint(&after),
+        "after the reload pooled connections are reused: {before:?} vs {after:?}"
     );
 }
 
