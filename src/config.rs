@@ -26,6 +26,14 @@ pub struct RulesFile {
     pub admin_token: Option<String>,
     /// Shadow copies in flight at once, over all routes; past it copies are skipped. Default 256.
     pub shadow_max_in_flight: Option<Spanned<u64>>,
+    /// Keep `;` path parameters (`/a;jsessionid=1`) instead of refusing them with 400. Default false.
+    #[serde(default)]
+    pub allow_semicolons: bool,
+    /// Request and connection limits; every field has a safe default.
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// Terminate TLS for clients (HTTP/1.1 and h2 by ALPN).
+    pub listen_tls: Option<Spanned<ListenTlsFile>>,
     /// `routes:` left empty (null) means no routes, like an absent key.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub routes: Vec<Spanned<RouteFile>>,
@@ -48,6 +56,46 @@ pub struct UpstreamFile {
     /// Bulkhead: requests in flight to this upstream at most.
     pub max_in_flight: Option<Spanned<u64>>,
     pub health: Option<Spanned<HealthFile>>,
+    /// For `https://` URLs: which CA to trust and which name to verify.
+    pub tls: Option<Spanned<UpstreamTlsFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Request line plus headers, in bytes (e.g. 64KiB). Past it: 431.
+    pub max_header_bytes: Option<Spanned<String>>,
+    /// Header lines. Past it: 431.
+    pub max_headers: Option<Spanned<u64>>,
+    /// Request target (path and query), in bytes. Past it: 414.
+    pub max_uri_bytes: Option<Spanned<String>>,
+    /// Request body, in bytes; a route's `max_body` overrides it. Past it: 413.
+    pub max_body: Option<Spanned<String>>,
+    /// A client must finish each request head within this, counted from when the connection
+    /// opened or the previous response ended; otherwise the connection is closed.
+    pub client_header_timeout: Option<Spanned<String>>,
+    /// Client connections open at once; past it new connections are closed at once.
+    pub max_connections: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTlsFile {
+    pub addr: Spanned<String>,
+    /// PEM certificate chain. Replaced on disk: picked up by the next reload.
+    pub cert: Spanned<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<String>,
+}
+
+/// TLS to an `https://` upstream. Certificate and hostname are always verified.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// PEM file of the CA certificates to trust instead of the system's.
+    pub ca: Option<Spanned<String>>,
+    /// Server name to send and verify. Default: the URL's host.
+    pub sni: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +163,8 @@ pub struct RouteFile {
     pub timeout: Option<Spanned<String>>,
     /// Shadow copy and comparison settings (shadow routes, and the legacy share of canary routes).
     pub shadow: Option<Spanned<ShadowFile>>,
+    /// Request body limit for this route (e.g. 1MiB); overrides `limits.max_body`. Past it: 413.
+    pub max_body: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -45,6 +45,8 @@ pub struct Metrics {
     shadow_latency: HistogramVec,
     shadow_in_flight: IntGauge,
     legacy_up: IntGauge,
+    connections: IntGauge,
+    connections_refused: IntCounter,
     reloads: IntCounterVec,
     generation: IntGauge,
     last_reload_ok: IntGauge,
@@ -116,6 +118,18 @@ impl Metrics {
                 IntGauge::new(
                     "strangler_legacy_upstream_up",
                     "1 if the legacy upstream passes its health checks (what /readyz reports).",
+                )
+                .expect("valid metric"),
+            ),
+            connections: register(
+                &r,
+                IntGauge::new("strangler_client_connections", "Client connections open now.").expect("valid metric"),
+            ),
+            connections_refused: register(
+                &r,
+                IntCounter::new(
+                    "strangler_client_connections_refused_total",
+                    "Client connections closed at once because limits.max_connections were open.",
                 )
                 .expect("valid metric"),
             ),
@@ -315,6 +329,22 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// Count an open client connection until the returned guard drops.
+    pub fn connection_opened(&self) -> impl Drop + '_ {
+        struct Open<'a>(&'a IntGauge);
+        impl Drop for Open<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.connections.inc();
+        Open(&self.connections)
     }
 
     pub fn rejected(&self, reason: &str) {

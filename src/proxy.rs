@@ -137,6 +137,9 @@ pub struct Ctx {
     decided: bool,
     /// The shadow copy's capture, when this request is copied.
     shadow: Option<Capture>,
+    /// Request body bytes allowed (the route's `max_body` or `limits.max_body`), and seen so far.
+    body_limit: u64,
+    body_seen: u64,
 }
 
 #[async_trait]
@@ -159,13 +162,33 @@ impl ProxyHttp for Strangler {
             responded: false,
             decided: false,
             shadow: None,
+            body_limit: u64::MAX,
+            body_seen: 0,
         }
+    }
+
+    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        crate::limits::head_read();
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let live = self.live.load_full();
+        if let Err(no) = crate::limits::check_head(session, &live.rules.limits) {
+            return self.refuse(session, no).await;
+        }
         let req = session.req_header();
-        let path = match crate::path::normalize(req.uri.path()) {
+        // Pingora reads a target like `admin` (no '/', no scheme) as "/": refuse it instead.
+        let raw = req.raw_path();
+        let absolute_form = raw.first() != Some(&b'/');
+        let target_ok = !absolute_form || raw.starts_with(b"http://") || raw.starts_with(b"https://");
+        let path = match crate::path::normalize_with(req.uri.path(), live.rules.allow_semicolons).and_then(|p| {
+            if target_ok {
+                Ok(p)
+            } else {
+                Err(crate::path::PathError::NotAbsolute)
+            }
+        }) {
             Ok(p) => p,
             Err(e) => {
                 self.metrics.rejected(e.code());
@@ -182,13 +205,19 @@ impl ProxyHttp for Strangler {
         ctx.side = r.map_or(Side::Legacy, |r| r.side(&req.headers));
         ctx.target = live.rules.target(r, ctx.side);
         ctx.route = route;
-        if let std::borrow::Cow::Owned(p) = path {
+        // The upstream gets the path that was matched, in origin form (`GET http://host/x` too).
+        if matches!(path, std::borrow::Cow::Owned(_)) || absolute_form {
             let pq = match req.uri.query() {
-                Some(q) => format!("{p}?{q}"),
-                None => p,
+                Some(q) => format!("{path}?{q}"),
+                None => path.into_owned(),
             };
             ctx.rewritten = pq.parse().ok();
         }
+        ctx.body_limit = r.and_then(|r| r.max_body).unwrap_or(live.rules.limits.max_body);
+        if let Err(no) = crate::limits::check_declared_body(session, ctx.body_limit) {
+            return self.refuse(session, no).await;
+        }
+        let req = session.req_header();
         if let Some(r) = r {
             ctx.deadline = ctx.started + r.timeout;
             // An upgraded connection can't be replayed; otherwise idempotent or declared so.
@@ -387,6 +416,13 @@ impl ProxyHttp for Strangler {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.body_seen += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_seen > ctx.body_limit {
+            // A chunked body past the limit: the upstream's request is cut off, the client gets 413.
+            self.metrics.rejected("body_too_large");
+            ctx.shadow = None;
+            return Error::e_explain(ErrorType::HTTPStatus(413), "request body past max_body");
+        }
         let Some(cap) = ctx.shadow.as_mut().filter(|c| c.wants_body && !c.started) else {
             return Ok(());
         };
@@ -453,7 +489,10 @@ impl ProxyHttp for Strangler {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        if code > 0 && !ctx.responded {
+        if code == 413 && !ctx.responded {
+            let body = "{\"error\":\"payload_too_large\",\"reason\":\"body_too_large\"}\n";
+            let _ = respond(session, code, Bytes::from_static(body.as_bytes())).await;
+        } else if code > 0 && !ctx.responded {
             let upstream = ctx
                 .live
                 .as_ref()
@@ -711,6 +750,22 @@ fn on_failure(session: &Session, ctx: &mut Ctx, reason: Reason, mut e: Box<Error
 }
 
 /// A small JSON answer from the proxy itself.
+impl Strangler {
+    /// Answer a request the limits refuse, before any upstream sees it.
+    async fn refuse(&self, session: &mut Session, no: crate::limits::Refusal) -> Result<bool> {
+        self.metrics.rejected(no.reason);
+        let error = match no.status {
+            413 => "payload_too_large",
+            414 => "uri_too_long",
+            431 => "headers_too_large",
+            _ => "bad_request",
+        };
+        let body = format!("{{\"error\":\"{error}\",\"reason\":\"{}\"}}\n", no.reason);
+        respond(session, no.status, body.into()).await?;
+        Ok(true)
+    }
+}
+
 async fn respond(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
     respond_with(session, status, body, &[]).await
 }

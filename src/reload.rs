@@ -19,6 +19,7 @@ use crate::config::{self, ConfigError, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::proxy::Live;
 use crate::rules::RuleSet;
+use crate::tls::CertStore;
 
 /// Events closer together than this are one edit (editors write several times per save).
 pub const COALESCE: Duration = Duration::from_millis(100);
@@ -95,6 +96,8 @@ pub struct Reloader {
     /// The addresses bound at start; a change needs a restart.
     listen: String,
     admin: String,
+    /// The client TLS certificate, when `listen_tls` is set; re-read on every reload.
+    certs: Option<Arc<CertStore>>,
 }
 
 fn now_unix() -> f64 {
@@ -132,6 +135,40 @@ impl Reloader {
             }),
             listen,
             admin,
+            certs: None,
+        }
+    }
+
+    /// Re-read the `listen_tls` certificate and key on every reload too.
+    pub fn with_certs(mut self, certs: Option<Arc<CertStore>>) -> Reloader {
+        self.certs = certs;
+        self
+    }
+
+    /// The directories whose changes trigger a reload: the rules file's and the certificate's.
+    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+        let parent = |p: &Path| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut dirs = vec![parent(&self.path)];
+        for f in self.certs.iter().flat_map(|c| c.files()) {
+            let d = parent(f);
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+        dirs
+    }
+
+    /// A replaced certificate or key file takes effect; a broken one is refused and the one in
+    /// force keeps serving.
+    fn reload_certs(&self) {
+        let Some(certs) = &self.certs else { return };
+        match certs.reload() {
+            Ok(true) => tracing::info!("TLS certificate reloaded from {}", certs.files()[0].display()),
+            Ok(false) => {}
+            Err(e) => tracing::error!("TLS certificate not reloaded, the one in force keeps serving: {e}"),
         }
     }
 
@@ -146,6 +183,7 @@ impl Reloader {
     /// Read, validate, compile and swap. Blocking (file I/O and compile): call it off the request path.
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        self.reload_certs();
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) => {
@@ -237,24 +275,26 @@ pub struct ReloadService {
 impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        // Watch the directory, not the file: editors and ConfigMaps replace the file (rename,
+        // Watch the directories, not the files: editors and ConfigMaps replace a file (rename,
         // symlink swap), which would orphan a watch on the old inode.
-        let dir = match self.reloader.path().parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dirs = self.reloader.watched_dirs();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if res.is_ok_and(|e| !e.kind.is_access()) {
                 let _ = tx.send(());
             }
         })
-        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+        .and_then(|mut w| {
+            for dir in &dirs {
+                w.watch(dir, RecursiveMode::NonRecursive)?;
+            }
+            Ok(w)
+        });
         let _watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::error!(
                     "can't watch {} ({e}); reload with SIGHUP or POST /api/reload",
-                    dir.display()
+                    self.reloader.path().display()
                 );
                 None
             }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,6 +144,8 @@ pub struct Route {
     pub timeout: Duration,
     /// Shadow copies: always on shadow routes; on canary routes when `shadow:` is given.
     pub shadow: Option<Arc<ShadowSpec>>,
+    /// Request body limit set on this route; `None`: `limits.max_body`.
+    pub max_body: Option<u64>,
 }
 
 /// A route's compiled `shadow:` block.
@@ -172,6 +174,44 @@ impl ShadowSpec {
 pub const DEFAULT_SHADOW_MAX_BODY: usize = 1 << 20;
 pub const DEFAULT_SHADOW_MAX_IN_FLIGHT: usize = 256;
 
+/// Request and connection limits, with their defaults in `Default`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Request line plus headers: 431 past it.
+    pub max_header_bytes: usize,
+    /// Header lines: 431 past it.
+    pub max_headers: usize,
+    /// Path and query: 414 past it.
+    pub max_uri_bytes: usize,
+    /// Request body, unless the route sets its own: 413 past it.
+    pub max_body: u64,
+    /// Time to finish a request head, from connection open or the end of the previous response.
+    pub client_header_timeout: Duration,
+    /// Client connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body: 10 * 1024 * 1024,
+            client_header_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// The client-facing TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenTls {
+    pub addr: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Why a candidate route did not take a request (for `explain`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skip {
@@ -186,6 +226,9 @@ pub struct RuleSet {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub shadow_max_in_flight: usize,
     pub admin_token: Option<String>,
+    pub allow_semicolons: bool,
+    pub limits: Limits,
+    pub listen_tls: Option<ListenTls>,
     pub listen: Option<String>,
     pub admin: Option<String>,
     pub response_headers: bool,
@@ -529,6 +572,24 @@ impl RuleSet {
                 ),
             }
         }
+        let limits = c.limits(&raw.limits);
+        let listen_tls = raw.listen_tls.as_ref().map(|t| {
+            let t = &t.value;
+            for f in [&t.cert, &t.key] {
+                if let Err(e) = std::fs::metadata(relative_to(file, &f.value)) {
+                    c.err(
+                        &f.referenced,
+                        None,
+                        format!("listen_tls: can't read \"{}\": {e}", f.value),
+                    );
+                }
+            }
+            ListenTls {
+                addr: t.addr.value.clone(),
+                cert: relative_to(file, &t.cert.value),
+                key: relative_to(file, &t.key.value),
+            }
+        });
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
@@ -539,6 +600,9 @@ impl RuleSet {
         Ok(RuleSet {
             trusted_proxies,
             shadow_max_in_flight,
+            allow_semicolons: raw.allow_semicolons,
+            limits,
+            listen_tls,
             admin_token: raw.admin_token.clone().filter(|t| !t.is_empty()),
             listen: raw.listen.as_ref().map(|s| s.value.clone()),
             admin: raw.admin.as_ref().map(|s| s.value.clone()),
@@ -604,6 +668,42 @@ impl Compiler<'_> {
         });
     }
 
+    fn size(&mut self, v: &Option<Spanned<String>>, route: Option<&str>, what: &str, default: u64) -> u64 {
+        let Some(v) = v else { return default };
+        match v.value.trim().parse::<bytesize::ByteSize>() {
+            Ok(b) if b.as_u64() > 0 => b.as_u64(),
+            _ => {
+                self.err(
+                    &v.referenced,
+                    route,
+                    format!("{what}: bad size \"{}\" (use e.g. 64KiB, 1MiB)", v.value),
+                );
+                default
+            }
+        }
+    }
+
+    fn limits(&mut self, f: &config::LimitsFile) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_header_bytes: self.size(
+                &f.max_header_bytes,
+                None,
+                "limits.max_header_bytes",
+                d.max_header_bytes as u64,
+            ) as usize,
+            max_headers: self.count(&f.max_headers, "limits.max_headers", 1..=256, d.max_headers as u64) as usize,
+            max_uri_bytes: self.size(&f.max_uri_bytes, None, "limits.max_uri_bytes", d.max_uri_bytes as u64) as usize,
+            max_body: self.size(&f.max_body, None, "limits.max_body", d.max_body),
+            client_header_timeout: self.duration(
+                &f.client_header_timeout,
+                "limits.client_header_timeout",
+                d.client_header_timeout,
+            ),
+            max_connections: self.count(&f.max_connections, "limits.max_connections", 1..=1_000_000, 10_000) as usize,
+        }
+    }
+
     fn duration(&mut self, v: &Option<Spanned<String>>, what: &str, default: Duration) -> Duration {
         self.duration_in(v, None, what, default)
     }
@@ -633,7 +733,7 @@ impl Compiler<'_> {
         let mut out = Vec::with_capacity(raw.upstreams.len());
         for (name, u) in &raw.upstreams {
             let at = &u.value.url.referenced;
-            let addr = match parse_url(&u.value.url.value) {
+            let (addr, tls, url_host) = match parse_url(&u.value.url.value) {
                 Ok(a) => a,
                 Err(why) => {
                     self.err(
@@ -674,7 +774,32 @@ impl Compiler<'_> {
                 &format!("upstream \"{name}\": timeouts.idle"),
                 DEFAULT_IDLE_TIMEOUT,
             );
-            let mut peer = HttpPeer::new(addr, false, String::new());
+            let mut peer = HttpPeer::new(addr, tls, String::new());
+            if let Some(t) = &u.value.tls {
+                if !tls {
+                    self.err(
+                        &t.referenced,
+                        None,
+                        format!("upstream \"{name}\": `tls` needs an https:// url"),
+                    );
+                }
+            }
+            if tls {
+                let t = u.value.tls.as_ref().map(|t| &t.value);
+                peer.sni = t
+                    .and_then(|t| t.sni.as_ref())
+                    .map_or(url_host, |s| s.value.trim().to_string());
+                if let Some(ca) = t.and_then(|t| t.ca.as_ref()) {
+                    match load_ca(&relative_to(self.file, &ca.value)) {
+                        Ok(certs) => {
+                            peer.options.ca = Some(certs);
+                            // Pooled connections are keyed by address and SNI, not by CA.
+                            peer.group_key = xxhash_rust::xxh3::xxh3_64(ca.value.as_bytes());
+                        }
+                        Err(why) => self.err(&ca.referenced, None, format!("upstream \"{name}\": tls.ca: {why}")),
+                    }
+                }
+            }
             peer.options.connection_timeout = Some(connect_timeout);
             peer.options.read_timeout = Some(response_timeout);
             peer.options.write_timeout = Some(response_timeout);
@@ -956,6 +1081,7 @@ impl Compiler<'_> {
             }
         }
         let timeout = self.duration_in(&f.timeout, n, "timeout", DEFAULT_ROUTE_TIMEOUT);
+        let max_body = f.max_body.as_ref().map(|_| self.size(&f.max_body, n, "max_body", 0));
         let shadow = match (&f.shadow, mode) {
             (Some(sh), Mode::Shadow | Mode::Canary) => self.shadow(Some(sh), n).map(Arc::new),
             (None, Mode::Shadow) => self.shadow(None, n).map(Arc::new),
@@ -979,6 +1105,7 @@ impl Compiler<'_> {
             fallback_writes: f.fallback_writes.unwrap_or(false),
             timeout,
             shadow,
+            max_body,
             name,
             line: r.referenced.line(),
             path: path?,
@@ -1202,26 +1329,60 @@ impl Compiler<'_> {
 }
 
 /// `http://host[:port]` to a socket address, resolved once at load time.
-fn parse_url(url: &str) -> Result<SocketAddr, String> {
+/// A path in rules.yaml, relative to the file's directory unless absolute.
+fn relative_to(file: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p.trim());
+    match file.parent() {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Where an upstream URL points: its address, whether it is `https://`, and its host name.
+fn parse_url(url: &str) -> Result<(SocketAddr, bool, String), String> {
     let uri: http::Uri = url
         .parse()
-        .map_err(|_| "not a URL (want http://host:port)".to_string())?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err("https upstreams are not supported yet; use http://".into()),
-        _ => return Err("scheme must be http://".into()),
-    }
+        .map_err(|_| "not a URL (want http://host:port or https://host:port)".to_string())?;
+    let (tls, default_port) = match uri.scheme_str() {
+        Some("http") => (false, 80),
+        Some("https") => (true, 443),
+        _ => return Err("scheme must be http:// or https://".into()),
+    };
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err("a path is not allowed; give only http://host:port".into());
     }
     let host = uri.host().ok_or("missing host")?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
-    (host, port)
+    let port = uri.port_u16().unwrap_or(default_port);
+    let addr = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("can't resolve host: {e}"))?
         .next()
-        .ok_or_else(|| "host has no address".to_string())
+        .ok_or_else(|| "host has no address".to_string())?;
+    Ok((addr, tls, host.to_string()))
+}
+
+/// The CA certificates in a PEM file, for verifying an upstream.
+fn load_ca(path: &Path) -> Result<Arc<pingora_core::protocols::tls::CaType>, String> {
+    use pingora_core::utils::tls::WrappedX509;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let pem = std::fs::read(path).map_err(|e| format!("can't read \"{}\": {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for der in CertificateDer::pem_slice_iter(&pem) {
+        let der = der.map_err(|e| format!("\"{}\" is not PEM: {e}", path.display()))?;
+        if x509_parser::parse_x509_certificate(&der).is_err() {
+            return Err(format!(
+                "\"{}\" holds a certificate that does not parse",
+                path.display()
+            ));
+        }
+        certs.push(WrappedX509::new(der.to_vec(), pingora_core::utils::tls::parse_x509));
+    }
+    if certs.is_empty() {
+        return Err(format!("\"{}\" holds no certificate", path.display()));
+    }
+    Ok(Arc::from(certs))
 }
 
 #[cfg(test)]

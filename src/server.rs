@@ -6,19 +6,23 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
 
 use crate::admin::{AdminListener, AdminService, AdminState};
 use crate::config::ConfigErrors;
 use crate::health::HealthService;
+use crate::limits::{ConnectionCap, HeadDeadline};
 use crate::metrics::Metrics;
 use crate::proxy::{Live, Strangler};
 use crate::reload::{ReloadService, Reloader};
 use crate::rules::RuleSet;
 use crate::shadow::Shadower;
 use crate::stats::{Stats, StatsService};
+use crate::tls::CertStore;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9911";
@@ -74,12 +78,27 @@ pub enum StartError {
     Config(#[from] ConfigErrors),
     #[error("refusing to serve the admin API on {addr} without a token: anyone who can reach it could reload the rules. Set STRANGLER_ADMIN_TOKEN (or admin_token in the rules), or bind the admin port to loopback")]
     Insecure { addr: String },
-    #[error("can't listen on {addr} ({what}): {source}; choose another address with --{what}")]
+    #[error("can't listen on {addr} ({what}): {source}; choose another address for {what}")]
     Bind {
         addr: String,
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("listen_tls: {0}")]
+    Tls(String),
+}
+
+/// Each client connection needs a descriptor, and so does its upstream connection: raise the
+/// soft limit to the hard one, and warn when even that is too low for `max_connections`.
+fn raise_fd_limit(max_connections: usize) {
+    let want = max_connections as u64 * 2 + 256;
+    match rlimit::increase_nofile_limit(want) {
+        Ok(got) if got < want => tracing::warn!(
+            "open-file limit is {got}, below the {want} that limits.max_connections: {max_connections} needs; raise it (ulimit -n) or lower max_connections"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("can't raise the open-file limit: {e}"),
+    }
 }
 
 /// True when every address `addr` resolves to is a loopback address.
@@ -137,6 +156,18 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         AdminListener::Bound(bind(&admin, "admin")?)
     };
 
+    let listen_tls = rules.listen_tls.clone();
+    let certs = match &listen_tls {
+        Some(t) => {
+            if !opts.upgrade {
+                drop(bind(&t.addr, "listen_tls")?);
+            }
+            Some(Arc::new(CertStore::open(&t.cert, &t.key).map_err(StartError::Tls)?))
+        }
+        None => None,
+    };
+    let max_connections = rules.limits.max_connections;
+    raise_fd_limit(max_connections);
     let metrics = Arc::new(Metrics::new());
     let routes = rules.routes.len();
     let live = Arc::new(ArcSwap::from_pointee(Live::new(rules, &metrics, 0, None)));
@@ -144,14 +175,17 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     let live_for_stats = live.clone();
     let stats = Arc::new(Stats::default());
     let shadower = Arc::new(Shadower::default());
-    let reloader = Arc::new(Reloader::new(
-        &opts.config,
-        text,
-        live.clone(),
-        metrics.clone(),
-        listen.clone(),
-        admin.clone(),
-    ));
+    let reloader = Arc::new(
+        Reloader::new(
+            &opts.config,
+            text,
+            live.clone(),
+            metrics.clone(),
+            listen.clone(),
+            admin.clone(),
+        )
+        .with_certs(certs.clone()),
+    );
 
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -174,7 +208,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+    let mut app = pingora_proxy::http_proxy(
         &server.configuration,
         Strangler {
             live: live.clone(),
@@ -182,14 +216,29 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
             shadower: shadower.clone(),
             access_log: opts.access_log,
         },
-        "strangler proxy",
     );
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    app.server_options = Some(options);
+    // Outside in: the connection cap, the request-head deadline, then Pingora's proxy.
+    let guarded = ConnectionCap {
+        inner: Arc::new(HeadDeadline {
+            inner: Arc::new(app),
+            live: live.clone(),
+            metrics: metrics.clone(),
+        }),
+        open: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+        metrics: metrics.clone(),
+    };
+    let mut proxy = Service::new("strangler proxy".to_string(), guarded);
     proxy.add_tcp(&listen);
+    if let (Some(t), Some(certs)) = (&listen_tls, &certs) {
+        let mut tls = TlsSettings::intermediate(&t.cert.display().to_string(), &t.key.display().to_string())
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+        tls.set_cert_resolver(certs.clone());
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&t.addr, None, tls);
+    }
     server.add_service(proxy);
 
     let admin_service = AdminService {

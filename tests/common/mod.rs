@@ -3,6 +3,7 @@
 
 pub mod echo;
 pub mod proxy;
+pub mod rawhttp;
 pub mod shop;
 pub mod tools;
 pub mod traffic;

@@ -1,0 +1,220 @@
+//! Hostile-input defences: request framing and size checks, and the client connection guards
+//! (a cap on open connections and a deadline for each request head).
+//!
+//! Pingora's parser already refuses most malformed heads with 400 (differing Content-Length
+//! values, bad chunk sizes, bare CR, `Transfer-Encoding` on HTTP/1.0). `check_head` refuses the
+//! rest of what could let the proxy and an upstream disagree about where a request ends.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::Session;
+use tokio::sync::Semaphore;
+
+use crate::metrics::Metrics;
+use crate::proxy::Live;
+use crate::rules::Limits;
+
+/// Why a request is refused before it reaches any upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+const fn refuse(status: u16, reason: &'static str) -> Result<(), Refusal> {
+    Err(Refusal { status, reason })
+}
+
+/// Checks on the request head, run first in `request_filter`.
+pub fn check_head(session: &Session, limits: &Limits) -> Result<(), Refusal> {
+    let req = session.req_header();
+    if req.headers.len() > limits.max_headers {
+        return refuse(431, "too_many_headers");
+    }
+    if req.raw_path().len() > limits.max_uri_bytes {
+        return refuse(414, "uri_too_long");
+    }
+    let te = req.headers.get_all(TRANSFER_ENCODING);
+    if let Some(h1) = session.as_downstream().as_http1() {
+        let raw = h1.get_headers_raw_bytes();
+        if raw.len() > limits.max_header_bytes {
+            return refuse(431, "headers_too_large");
+        }
+        if has_bare_lf(&raw) {
+            return refuse(400, "bare_lf");
+        }
+        // Pingora drops Content-Length when Transfer-Encoding is present: look at what was sent.
+        if te.iter().next().is_some() && names_header(&raw, b"content-length") {
+            return refuse(400, "transfer_encoding_with_content_length");
+        }
+        if req.version == http::Version::HTTP_11 && !req.headers.contains_key(HOST) {
+            return refuse(400, "missing_host");
+        }
+    } else {
+        let size: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        if size > limits.max_header_bytes {
+            return refuse(431, "headers_too_large");
+        }
+    }
+    let mut cl = req.headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(first) = cl.next() {
+        if cl.next().is_some() || first.as_bytes().contains(&b',') {
+            return refuse(400, "duplicate_content_length");
+        }
+    }
+    let mut te = te.iter();
+    if let Some(first) = te.next() {
+        let chunked = std::str::from_utf8(first.as_bytes()).is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+        if te.next().is_some() || !chunked {
+            return refuse(400, "bad_transfer_encoding");
+        }
+    }
+    Ok(())
+}
+
+/// A body declared longer than `max` is refused before the upstream is contacted.
+pub fn check_declared_body(session: &Session, max: u64) -> Result<(), Refusal> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max => refuse(413, "body_too_large"),
+        _ => Ok(()),
+    }
+}
+
+/// A line feed not preceded by a carriage return: a line ending some parsers accept and others don't.
+fn has_bare_lf(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
+}
+
+/// Does any header line of the raw head start with `name:` (case-insensitive)?
+fn names_header(head: &[u8], name: &[u8]) -> bool {
+    head.split(|&b| b == b'\n').skip(1).any(|line| {
+        line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name) && line[name.len()] == b':'
+    })
+}
+
+tokio::task_local! {
+    /// Set once the current request's head has been read; scoped per client connection.
+    static HEAD_READ: Cell<bool>;
+}
+
+/// Called from `early_request_filter`: the head of the current request is complete.
+pub fn head_read() {
+    let _ = HEAD_READ.try_with(|h| h.set(true));
+}
+
+/// Closes a connection whose request head is not complete within `limits.client_header_timeout`,
+/// counted from the start of each request (for a kept-alive connection: the end of the previous
+/// response). The timeout is read from the rules in force, so a reload changes it.
+pub struct HeadDeadline<A> {
+    pub inner: Arc<A>,
+    pub live: Arc<ArcSwap<Live>>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let limit = self.live.load().rules.limits.client_header_timeout;
+        if HEAD_READ.try_with(|h| h.set(false)).is_err() {
+            // An h2 stream: the head arrived with the stream.
+            return self.inner.process_new_http(session, shutdown).await;
+        }
+        let serve = self.inner.process_new_http(session, shutdown);
+        tokio::pin!(serve);
+        tokio::select! {
+            biased;
+            done = &mut serve => done,
+            _ = tokio::time::sleep(limit) => {
+                if HEAD_READ.try_with(Cell::get).unwrap_or(true) {
+                    serve.await
+                } else {
+                    // Dropping the session closes the connection.
+                    self.metrics.rejected("client_header_timeout");
+                    None
+                }
+            }
+        }
+    }
+
+    fn h2_options(&self) -> Option<pingora_core::protocols::http::v2::server::H2Options> {
+        self.inner.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
+
+/// Holds at most `limits.max_connections` client connections open; one more is closed at once.
+pub struct ConnectionCap<A> {
+    pub inner: Arc<A>,
+    pub open: Arc<Semaphore>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let Ok(_permit) = self.open.clone().try_acquire_owned() else {
+            self.metrics.connection_refused();
+            return None;
+        };
+        let _open = self.metrics.connection_opened();
+        HEAD_READ
+            .scope(Cell::new(false), self.inner.process_new(stream, shutdown))
+            .await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_lf() {
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\n\r\n"));
+        assert!(has_bare_lf(b"\n"));
+    }
+
+    #[test]
+    fn header_names_in_the_raw_head() {
+        let head = b"POST / HTTP/1.1\r\nHost: a\r\nCoNtEnT-LeNgTh: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(names_header(head, b"content-length"));
+        assert!(!names_header(
+            b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\n\r\n",
+            b"content-length"
+        ));
+        assert!(!names_header(
+            b"POST /content-length: HTTP/1.1\r\n\r\n",
+            b"content-length"
+        ));
+    }
+}
