@@ -232,6 +232,7 @@ fn rules_json(live: &Live) -> serde_json::Value {
                     "max_body": sh.max_body,
                     "ignore": sh.ignore_text,
                     "noise_sample": sh.noise_sample,
+                    "forward_credentials": sh.forward_credentials,
                     "learned_noise": live.shadow_states[i].as_ref().map(|st| st.learned_noise()).unwrap_or_default(),
                 })),
             })

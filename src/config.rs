@@ -187,6 +187,9 @@ pub struct ShadowFile {
     pub noise: Option<Spanned<NoiseFile>>,
     /// Request headers never stored with a mismatch (besides authorization, cookie, set-cookie).
     pub redact: Option<Vec<Spanned<String>>>,
+    /// Send the client's `authorization` and `cookie` with the copy. Default true: the new
+    /// service usually needs them to answer as the monolith did.
+    pub forward_credentials: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -131,6 +131,12 @@ pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) 
             "  ignores:   {ignore}; compares status, body and {}",
             headers_list(&sh.compare.compare_headers)
         );
+        if !sh.forward_credentials {
+            let _ = writeln!(
+                out,
+                "  copies:    without authorization and cookie (forward_credentials: false)"
+            );
+        }
         if let Some(p) = sh.noise_sample {
             let _ = writeln!(
                 out,

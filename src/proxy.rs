@@ -582,6 +582,10 @@ impl Strangler {
         };
         let mut copy = up.clone();
         copy.insert_header(X_STRANGLER_SHADOW, "1")?;
+        if ctx.shadow.as_ref().is_some_and(|c| !c.spec.forward_credentials) {
+            copy.remove_header(&http::header::AUTHORIZATION);
+            copy.remove_header(&http::header::COOKIE);
+        }
         match (
             &live.rules.upstreams[service].host,
             session.req_header().headers.get(HOST),

@@ -163,6 +163,8 @@ pub struct ShadowSpec {
     pub noise_sample: Option<f64>,
     /// Request headers never stored with a mismatch.
     pub redact: Vec<HeaderName>,
+    /// Keep `authorization` and `cookie` on the copy.
+    pub forward_credentials: bool,
 }
 
 impl ShadowSpec {
@@ -1190,6 +1192,7 @@ impl Compiler<'_> {
             ignore_text: Vec::new(),
             noise_sample: None,
             redact: Vec::new(),
+            forward_credentials: true,
         };
         let Some(f) = f else { return Some(spec) };
         let f = &f.value;
@@ -1265,6 +1268,7 @@ impl Compiler<'_> {
             spec.compare.compare_headers = header_list(self, &f.compare_headers, "compare_headers");
         }
         spec.redact = header_list(self, &f.redact, "redact");
+        spec.forward_credentials = f.forward_credentials.unwrap_or(true);
         if let Some(order) = &f.array_order {
             spec.compare.array_order = match order.value.as_str() {
                 "strict" => ArrayOrder::Strict,

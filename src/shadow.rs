@@ -474,7 +474,7 @@ fn record(job: &Job, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) 
             Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
         );
     }
-    let patch = diffs
+    let patch: Vec<Value> = diffs
         .iter()
         .filter_map(|d| {
             let path = d.pointer.as_ref()?;
@@ -485,7 +485,20 @@ fn record(job: &Job, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) 
             })
         })
         .collect();
-    let cut = |b: &Bytes| String::from_utf8_lossy(&b[..b.len().min(STORED_BODY)]).into_owned();
+    // A service that echoes a credential must not get it stored either: scrub the values of the
+    // redacted request headers (and their parts: a cookie's value, a bearer token) everywhere.
+    let secrets = secret_values(job.header.headers.iter().filter(|(n, _)| redacted(n)).map(|(_, v)| v));
+    let mut patch = patch;
+    if !secrets.is_empty() {
+        for d in &mut diffs {
+            d.legacy
+                .iter_mut()
+                .chain(d.new.iter_mut())
+                .for_each(|v| scrub_value(v, &secrets));
+        }
+        patch.iter_mut().for_each(|v| scrub_value(v, &secrets));
+    }
+    let cut = |b: &Bytes| scrub(&String::from_utf8_lossy(&b[..b.len().min(STORED_BODY)]), &secrets);
     let entry = Mismatch {
         at_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -511,6 +524,46 @@ fn record(job: &Job, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) 
             ring.pop_front();
         }
         ring.push_back(entry);
+    }
+}
+
+/// The strings a stored sample must not contain: each redacted header's value, and its parts
+/// (`Bearer TOKEN` → TOKEN, `a=1; b=2` → 1 and 2). Parts shorter than 4 bytes are left alone.
+fn secret_values<'a>(values: impl Iterator<Item = &'a http::HeaderValue>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for v in values {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        let parts = v
+            .split([';', ',', ' '])
+            .map(|p| p.split_once('=').map_or(p, |(_, val)| val).trim())
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        out.push(v);
+        out.extend(parts);
+    }
+    out.retain(|s| s.len() >= 4);
+    // Longest first, so a whole value is replaced before its parts.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_string();
+    for s in secrets {
+        if text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), "[redacted]");
+        }
+    }
+    text
+}
+
+fn scrub_value(v: &mut Value, secrets: &[String]) {
+    match v {
+        Value::String(s) => *s = scrub(s, secrets),
+        Value::Array(a) => a.iter_mut().for_each(|v| scrub_value(v, secrets)),
+        Value::Object(o) => o.values_mut().for_each(|v| scrub_value(v, secrets)),
+        _ => {}
     }
 }
 

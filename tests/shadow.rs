@@ -429,3 +429,46 @@ async fn a_failing_shadow_service_opens_its_circuit_and_copies_wait() {
     );
     assert!(m.contains("strangler_circuit_state{upstream=\"orders\"} 2"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_carry_credentials_unless_the_route_says_not_to() {
+    let shop = start_shop().await;
+    let echo: SocketAddr = common::echo::start("echo").await;
+    let routes = "  - { name: trusted, match: { path: \"/api/orders/{id}\", methods: [GET] }, mode: shadow, service: echo }\n\
+                  \x20 - { name: untrusted, match: { prefix: /api/catalog, methods: [GET] }, mode: shadow, service: echo, shadow: { forward_credentials: false } }\n";
+    let extra = format!("  echo: {{ url: \"http://{echo}\" }}\n");
+    let proxy = Proxy::start(&rules(&shop, &extra, routes)).await;
+    let client = reqwest::Client::new();
+    for path in ["/api/orders/3", "/api/catalog/products/1"] {
+        let r = client
+            .get(proxy.url(path))
+            .header("authorization", "Bearer secret-token")
+            .header("cookie", "session=secret-cookie")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    // The echo answers differently from the monolith, so each copy is a stored mismatch whose
+    // new body is what the echo received.
+    for (route, forwarded) in [("trusted", true), ("untrusted", false)] {
+        assert_eq!(settled(&proxy, route, 1).await, [0, 1, 0, 0], "{route}");
+        let text = reqwest::get(proxy.admin_url(&format!("/api/mismatches?route={route}")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!text.contains("secret"), "{route}: a secret was stored: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let seen: Value = serde_json::from_str(v["mismatches"][0]["new_body"].as_str().unwrap()).unwrap();
+        for h in ["authorization", "cookie"] {
+            assert_eq!(
+                seen["headers"].get(h).is_some(),
+                forwarded,
+                "{route}: {h} on the copy: {seen}"
+            );
+        }
+        assert_eq!(seen["headers"]["x-strangler-shadow"], json!(["1"]), "{route}");
+    }
+}
