@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use http::HeaderValue;
+use pingora_core::connectors::http::Connector;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
 use tokio::time::Instant;
 
 use crate::proxy::Live;
@@ -27,10 +31,8 @@ pub struct HealthService {
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let client = match reqwest::Client::builder().no_proxy().build() {
-            Ok(c) => c,
-            Err(e) => return tracing::error!("health checks are off: can't build a client: {e}"),
-        };
+        // Pingora's connector, so an https:// upstream is probed over TLS with its own CA and SNI.
+        let connector = Arc::new(Connector::new(None));
         let mut next: HashMap<String, Instant> = HashMap::new();
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -47,9 +49,10 @@ impl BackgroundService for HealthService {
                     continue;
                 }
                 *due = now + up.health.interval;
-                let (state, cfg, addr, client) = (live.states[i].clone(), up.health.clone(), up.addr, client.clone());
+                let (state, cfg, connector) = (live.states[i].clone(), up.health.clone(), connector.clone());
+                let (addr, peer, host) = (up.addr, up.peer.clone(), up.host.clone());
                 tokio::spawn(async move {
-                    let ok = probe(&client, addr, &cfg).await;
+                    let ok = probe(&connector, addr, &peer, host, &cfg).await;
                     let was = state.healthy();
                     if state.probe_result(&cfg, ok) != was {
                         let now_up = state.healthy();
@@ -62,17 +65,34 @@ impl BackgroundService for HealthService {
     }
 }
 
-async fn probe(client: &reqwest::Client, addr: SocketAddr, cfg: &HealthConfig) -> bool {
-    match &cfg.path {
-        None => matches!(
+async fn probe(
+    connector: &Connector,
+    addr: SocketAddr,
+    peer: &HttpPeer,
+    host: Option<HeaderValue>,
+    cfg: &HealthConfig,
+) -> bool {
+    let Some(path) = &cfg.path else {
+        return matches!(
             tokio::time::timeout(cfg.timeout, tokio::net::TcpStream::connect(addr)).await,
             Ok(Ok(_))
-        ),
-        Some(path) => client
-            .get(format!("http://{addr}{path}"))
-            .timeout(cfg.timeout)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success()),
+        );
+    };
+    let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), Some(2)) else {
+        return false;
+    };
+    let host = host.unwrap_or_else(|| {
+        let name = if peer.sni.is_empty() {
+            addr.to_string()
+        } else {
+            peer.sni.clone()
+        };
+        HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("localhost"))
+    });
+    if req.insert_header(http::header::HOST, host).is_err() {
+        return false;
     }
+    crate::shadow::send(connector, peer, &req, &[], 64 * 1024, cfg.timeout)
+        .await
+        .is_ok_and(|(answer, _)| (200..300).contains(&answer.status))
 }

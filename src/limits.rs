@@ -172,6 +172,9 @@ pub struct ConnectionCap<A> {
     pub inner: Arc<A>,
     pub open: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
+    pub live: Arc<ArcSwap<Live>>,
+    /// The proxy accepts h2c, so Pingora peeks for a preface before anything else.
+    pub h2c: bool,
 }
 
 #[async_trait]
@@ -182,6 +185,20 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
             return None;
         };
         let _open = self.metrics.connection_opened();
+        let mut stream = stream;
+        if self.h2c && stream.get_ssl_digest().is_none() {
+            // Pingora first waits, without a deadline, for the 24 bytes of an h2 preface. A client
+            // that sends less and goes quiet must not hold its slot: the head deadline covers it.
+            let limit = self.live.load().rules.limits.client_header_timeout;
+            let mut preface = [0u8; 24];
+            if tokio::time::timeout(limit, stream.try_peek(&mut preface))
+                .await
+                .is_err()
+            {
+                self.metrics.rejected("client_header_timeout");
+                return None;
+            }
+        }
         HEAD_READ
             .scope(Cell::new(false), self.inner.process_new(stream, shutdown))
             .await

@@ -390,7 +390,8 @@ impl ProxyHttp for Strangler {
             up.insert_header(X_FORWARDED_FOR, xff)?;
         }
         if !trusted || !up.headers.contains_key(&X_FORWARDED_PROTO) {
-            up.insert_header(X_FORWARDED_PROTO, "http")?;
+            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+            up.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         }
         if !trusted || !up.headers.contains_key(&X_FORWARDED_HOST) {
             match session.req_header().headers.get(HOST).cloned() {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::config::{self, ConfigError, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::proxy::Live;
-use crate::rules::RuleSet;
+use crate::rules::{ListenTls, RuleSet};
 use crate::tls::CertStore;
 
 /// Events closer together than this are one edit (editors write several times per save).
@@ -98,6 +98,9 @@ pub struct Reloader {
     admin: String,
     /// The client TLS certificate, when `listen_tls` is set; re-read on every reload.
     certs: Option<Arc<CertStore>>,
+    /// Fixed at start like the addresses: a change needs a restart.
+    max_connections: usize,
+    listen_tls: Option<ListenTls>,
 }
 
 fn now_unix() -> f64 {
@@ -118,6 +121,10 @@ impl Reloader {
     ) -> Reloader {
         let now = now_unix();
         let generation = live.load().generation;
+        let (max_connections, listen_tls) = {
+            let l = live.load();
+            (l.rules.limits.max_connections, l.rules.listen_tls.clone())
+        };
         metrics.config_loaded(true, generation, now);
         Reloader {
             path: path.to_path_buf(),
@@ -136,6 +143,8 @@ impl Reloader {
             listen,
             admin,
             certs: None,
+            max_connections,
+            listen_tls,
         }
     }
 
@@ -221,6 +230,18 @@ impl Reloader {
                     );
                 }
             }
+        }
+        let restart = |what: &str| {
+            tracing::warn!(
+                "{}: `{what}` takes effect only after a restart. The rest of the edit is applied",
+                self.path.display()
+            )
+        };
+        if rules.limits.max_connections != self.max_connections {
+            restart("limits.max_connections");
+        }
+        if rules.listen_tls != self.listen_tls {
+            restart("listen_tls");
         }
         let generation = st.generation + 1;
         let routes = rules.routes.len();

@@ -229,6 +229,8 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         }),
         open: Arc::new(tokio::sync::Semaphore::new(max_connections)),
         metrics: metrics.clone(),
+        live: live.clone(),
+        h2c: true,
     };
     let mut proxy = Service::new("strangler proxy".to_string(), guarded);
     proxy.add_tcp(&listen);

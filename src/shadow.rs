@@ -568,8 +568,8 @@ fn scrub_value(v: &mut Value, secrets: &[String]) {
 }
 
 /// Send one request and read the whole answer (up to `max_body`), within `limit`.
-/// Returns the answer and whether its body was cut.
-async fn send(
+/// Returns the answer and whether its body was cut. Also the HTTP health probe.
+pub(crate) async fn send(
     connector: &Connector,
     peer: &HttpPeer,
     header: &RequestHeader,

@@ -146,6 +146,19 @@ impl Proxy {
             .await
             .expect("metrics body")
     }
+
+    /// The metrics once every line in `want` is there, or after 5 s whatever they are: a request
+    /// is counted in `logging`, just after its answer went out.
+    pub async fn metrics_with(&self, want: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.metrics().await;
+            if want.iter().all(|w| m.contains(w)) || Instant::now() >= deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 async fn wait_ready(child: &mut Child, addr: SocketAddr, admin: SocketAddr) -> bool {
