@@ -26,7 +26,9 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --bin strangler --example bare_pingora 2>&1 | tail -1
+cargo build --release --bin strangler --example bare_pingora --example loadgen 2>&1 | tail -1
+LOADGEN=./target/release/examples/loadgen
+RATE="${RATE:-5000}" IDLE="${IDLE:-10000}"
 
 B1=127.0.0.1:8401 B2=127.0.0.1:8402
 mkdir -p "$WORK/nginx-backend" "$WORK/nginx-proxy"
@@ -39,8 +41,9 @@ http { access_log off; keepalive_requests 1000000;
 EOF
 cat > "$WORK/nginx-proxy/nginx.conf" <<EOF
 worker_processes 1; daemon off; pid $WORK/nginx-proxy/pid; error_log stderr warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
+worker_rlimit_nofile 20000;
+events { worker_connections 16384; }
+http { access_log off; keepalive_requests 1000000; keepalive_timeout 60s;
   upstream orders { server $B1; keepalive 64; }
   upstream other { server $B2; keepalive 64; }
   server { listen 127.0.0.1:8480;
@@ -50,6 +53,7 @@ EOF
 cat > "$WORK/haproxy.cfg" <<EOF
 global
   nbthread 1
+  maxconn 9000
 defaults
   mode http
   timeout connect 1s
@@ -70,7 +74,7 @@ EOF
 # N-1 more routes that this request never takes, so matching has a real table to search.
 rules() {
   local n="$1" f="$WORK/rules-$1.yaml"
-  { echo "legacy: other"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
+  { echo "legacy: other"; echo "limits: { max_connections: 16000 }"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
     echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders }"
     for i in $(seq 1 $((n - 1))); do
       case $((i % 3)) in
@@ -141,3 +145,41 @@ for base in nginx haproxy bare-pingora; do
   awk -v s="${cpu[strangler]}" -v b="${cpu[$base]}" -v n="$base" 'BEGIN {printf "strangler / %-13s %.2fx CPU per request\n", n, s / b}'
 done
 awk -v a="${cpu[strangler-10k-routes]}" -v s="${cpu[strangler]}" 'BEGIN {printf "strangler 10k routes / 20 routes: %.2fx\n", a / s}'
+
+# p99 at a fixed, moderate rate (open loop, latency counted from when each request was due),
+# and memory with IDLE idle keep-alive client connections. One run each, proxies interleaved.
+echo
+echo "fixed rate: $RATE requests/s for ${DURATION}s over $CONNS connections; then $IDLE idle keep-alive connections:"
+printf "%-14s %10s %10s %10s %8s %14s %14s\n" proxy p50 p99 max errors "RSS before" "RSS with idle"
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+declare -A p99s rss_idle rss_base
+steady() {
+  local name="$1" port="$2"; shift 2
+  taskset -c 1 "$@" >"$WORK/$name-steady.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/api/orders/1" 2>/dev/null && break; sleep 0.1; done
+  local measured="$pid"
+  if [ "$name" = nginx ]; then measured="$(pgrep -P "$pid" | head -1)"; fi
+  taskset -c 0 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/api/orders/1" >/dev/null  # warm-up
+  local line; line="$(taskset -c 0 "$LOADGEN" rate "127.0.0.1:$port" /api/orders/1 "$RATE" "$DURATION" "$CONNS")"
+  local before; before="$(rss_kib "$measured")"
+  taskset -c 0 "$LOADGEN" idle "127.0.0.1:$port" /api/orders/1 "$IDLE" 8 > "$WORK/$name-idle.out" &
+  local idle=$!
+  for _ in $(seq 1 600); do grep -q ready "$WORK/$name-idle.out" 2>/dev/null && break; sleep 0.1; done
+  sleep 1
+  local with; with="$(rss_kib "$measured")"
+  local held; held="$(awk '{print $2}' "$WORK/$name-idle.out")"
+  kill "$idle" 2>/dev/null; wait "$idle" 2>/dev/null || true
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  read -r _sent _ok errors p50 p99 max <<< "$line"
+  p99s[$name]="$p99"; rss_base[$name]="$before"; rss_idle[$name]="$with"
+  printf "%-14s %8sµs %8sµs %8sµs %8s %11s KiB %11s KiB (%s held)\n" "$name" "$p50" "$p99" "$max" "$errors" "$before" "$with" "$held"
+}
+steady nginx 8480 nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy"
+steady haproxy 8481 haproxy -f "$WORK/haproxy.cfg"
+steady bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2"
+steady strangler 8483 "${STRANGLER[@]}" --config "$R20"
+echo
+awk -v s="${p99s[strangler]}" -v b="${p99s[nginx]}" 'BEGIN {printf "strangler / nginx: %.2fx p99 at a fixed rate\n", s / b}'
+awk -v s="${rss_idle[strangler]}" -v sb="${rss_base[strangler]}" -v n="${rss_idle[nginx]}" -v nb="${rss_base[nginx]}" -v c="$IDLE" \
+  'BEGIN {printf "memory per idle connection: strangler %.1f KiB, nginx %.1f KiB (%.2fx)\n", (s - sb) / c, (n - nb) / c, (s - sb) / (n - nb)}'

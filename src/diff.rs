@@ -214,6 +214,18 @@ fn header_text(h: &HeaderMap, name: &HeaderName) -> Option<Value> {
     (!values.is_empty()).then(|| Value::String(values.join(", ")))
 }
 
+/// Per-thread copies of both bodies (simd-json parses in place) and the parser's buffers.
+#[derive(Default)]
+struct Scratch {
+    legacy: Vec<u8>,
+    new: Vec<u8>,
+    buffers: simd_json::Buffers,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
 /// Compare two answers. `noise` holds learned non-deterministic paths, ignored like `ignore`.
 pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer) -> Vec<Difference> {
     let mut out = Vec::new();
@@ -243,20 +255,38 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
     }
     if is_json(&legacy.headers) && is_json(&new.headers) {
         // simd-json parses in place into borrowed values: much cheaper than building
-        // serde_json::Value trees, and the diff runs for every shadowed request.
-        let (mut x, mut y) = (legacy.body.to_vec(), new.body.to_vec());
-        let (a, b) = (
-            simd_json::to_borrowed_value(&mut x),
-            simd_json::to_borrowed_value(&mut y),
-        );
-        if let (Ok(a), Ok(b)) = (&a, &b) {
+        // serde_json::Value trees, and the diff runs for every shadowed request. The input
+        // copies and the parser's buffers are kept per thread, so a compare allocates only
+        // the value trees.
+        let compared = SCRATCH.with(|scratch| {
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return false;
+            };
+            let Scratch {
+                legacy: x,
+                new: y,
+                buffers,
+            } = &mut *scratch;
+            x.clear();
+            x.extend_from_slice(&legacy.body);
+            y.clear();
+            y.extend_from_slice(&new.body);
+            let Ok(a) = simd_json::value::borrowed::to_value_with_buffers(x, buffers) else {
+                return false;
+            };
+            let Ok(b) = simd_json::value::borrowed::to_value_with_buffers(y, buffers) else {
+                return false;
+            };
             let mut walker = Walker {
                 cfg,
                 noise,
                 out: &mut out,
                 path: Vec::new(),
             };
-            walker.diff(a, b);
+            walker.diff(&a, &b);
+            true
+        });
+        if compared {
             return out;
         }
     }

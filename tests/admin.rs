@@ -220,3 +220,43 @@ async fn every_request_gets_an_access_log_line() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!quiet.log().contains("req-43"), "{}", quiet.log());
 }
+
+#[test]
+fn the_admin_port_is_loopback_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    // No `admin:` in the file and no --admin: the default applies.
+    std::fs::write(&path, "legacy: m\nupstreams:\n  m: { url: \"http://127.0.0.1:1\" }\n").unwrap();
+    let listen = format!("127.0.0.1:{}", common::proxy::free_port());
+    let mut child = strangler()
+        .args(["run", "--config", path.to_str().unwrap(), "--listen", &listen])
+        .env_remove("STRANGLER_ADMIN_TOKEN")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The listening sockets on port 9911 (0x26B7), from the kernel's table: local address, state 0A.
+    let listeners = || -> Vec<String> {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default()
+            + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+        table
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 3 && f[1].ends_with(":26B7") && f[3] == "0A").then(|| f[1].to_string())
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = listeners();
+    while seen.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        seen = listeners();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        seen,
+        vec!["0100007F:26B7".to_string()],
+        "admin must listen on 127.0.0.1:9911 only"
+    );
+}
