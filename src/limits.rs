@@ -142,7 +142,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A>
         tokio::select! {
             biased;
             done = &mut serve => done,
-            _ = tokio::time::sleep(limit) => {
+            // Pingora's shared, 10 ms-grained timers: no timer-wheel entry per request.
+            _ = pingora_timeout::fast_timeout::fast_sleep(limit) => {
                 if HEAD_READ.try_with(Cell::get).unwrap_or(true) {
                     serve.await
                 } else {
