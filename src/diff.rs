@@ -258,10 +258,9 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
         return out;
     }
     if is_json(&legacy.headers) && is_json(&new.headers) {
-        // simd-json parses in place into borrowed values: much cheaper than building
-        // serde_json::Value trees, and the diff runs for every shadowed request. The input
-        // copies and the parser's buffers are kept per thread, so a compare allocates only
-        // the value trees.
+        // simd-json parses in place onto a flat tape, which the walk reads directly: no value
+        // trees are built, and the diff runs for every shadowed request. The input copies and
+        // the parser's buffers are kept per thread, so a compare allocates only the two tapes.
         let compared = SCRATCH.with(|scratch| {
             let Ok(mut scratch) = scratch.try_borrow_mut() else {
                 return false;
@@ -275,10 +274,13 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
             x.extend_from_slice(&legacy.body);
             y.clear();
             y.extend_from_slice(&new.body);
-            let Ok(a) = simd_json::value::borrowed::to_value_with_buffers(x, buffers) else {
+            let Ok(a) = simd_json::to_tape_with_buffers(x, buffers) else {
                 return false;
             };
-            let Ok(b) = simd_json::value::borrowed::to_value_with_buffers(y, buffers) else {
+            let Ok(b) = simd_json::to_tape_with_buffers(y, buffers) else {
+                return false;
+            };
+            let (Some(_), Some(_)) = (a.0.first(), b.0.first()) else {
                 return false;
             };
             let mut walker = Walker {
@@ -287,7 +289,7 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
                 out: &mut out,
                 path: Vec::new(),
             };
-            walker.diff(&a, &b);
+            walker.diff(Json(&a.0), Json(&b.0));
             true
         });
         if compared {
@@ -320,42 +322,53 @@ impl<'v> Walker<'_, 'v> {
         self.cfg.ignore.iter().chain(self.noise).any(|p| covers(p, &self.path))
     }
 
-    fn push(&mut self, legacy: Option<&Json>, new: Option<&Json>) {
-        let plain = |v: &Json| serde_json::to_value(v).unwrap_or(Value::Null);
+    fn push(&mut self, legacy: Option<Json<'_, 'v>>, new: Option<Json<'_, 'v>>) {
         let path = owned(&self.path);
         self.out.push(Difference {
             path: render(&path),
             pattern: render(&generalize(&path)),
             pointer: Some(pointer(&path)),
-            legacy: legacy.map(plain),
-            new: new.map(plain),
+            legacy: legacy.map(Json::plain),
+            new: new.map(Json::plain),
             at: Some(path),
         });
     }
 
-    fn diff(&mut self, a: &'v Json<'v>, b: &'v Json<'v>) {
+    fn diff(&mut self, a: Json<'_, 'v>, b: Json<'_, 'v>) {
         if self.ignored() {
             return;
         }
-        match (a, b) {
-            (Json::Object(x), Json::Object(y)) => {
-                // Hash order; `compare` sorts the differences at the end.
-                for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
-                    let k: &'v str = k.as_ref();
+        match (a.node(), b.node()) {
+            (Node::Object { .. }, Node::Object { .. }) => {
+                // Document order: the legacy keys, then keys only the new answer has.
+                let lookup = Lookup::new(b);
+                for (k, va) in a.entries() {
                     self.path.push(Step::Key(k));
-                    match (x.get(k), y.get(k)) {
-                        (Some(va), Some(vb)) => self.diff(va, vb),
-                        (va, vb) if !self.ignored() => self.push(va, vb),
-                        _ => {}
+                    match lookup.get(b, k) {
+                        Some(vb) => self.diff(va, vb),
+                        None if !self.ignored() => self.push(Some(va), None),
+                        None => {}
+                    }
+                    self.path.pop();
+                }
+                let lookup = Lookup::new(a);
+                for (k, vb) in b.entries().filter(|(k, _)| lookup.get(a, k).is_none()) {
+                    self.path.push(Step::Key(k));
+                    if !self.ignored() {
+                        self.push(None, Some(vb));
                     }
                     self.path.pop();
                 }
             }
-            (Json::Array(x), Json::Array(y)) if self.cfg.array_order == ArrayOrder::Any => self.diff_multiset(x, y),
-            (Json::Array(x), Json::Array(y)) => {
-                for i in 0..x.len().max(y.len()) {
+            (Node::Array { .. }, Node::Array { .. }) if self.cfg.array_order == ArrayOrder::Any => {
+                let (x, y): (Vec<_>, Vec<_>) = (a.items().collect(), b.items().collect());
+                self.diff_multiset(&x, &y)
+            }
+            (Node::Array { len: n, .. }, Node::Array { len: m, .. }) => {
+                let (mut x, mut y) = (a.items(), b.items());
+                for i in 0..(*n).max(*m) {
                     self.path.push(Step::Index(i));
-                    match (x.get(i), y.get(i)) {
+                    match (x.next(), y.next()) {
                         (Some(va), Some(vb)) => self.diff(va, vb),
                         (va, vb) if !self.ignored() => self.push(va, vb),
                         _ => {}
@@ -363,7 +376,7 @@ impl<'v> Walker<'_, 'v> {
                     self.path.pop();
                 }
             }
-            (Json::Static(x), Json::Static(y)) => {
+            (Node::Static(x), Node::Static(y)) => {
                 let same = match (number(x), number(y)) {
                     (Some(Num::Int(i)), Some(Num::Int(j))) if self.cfg.numeric_tolerance == 0.0 => i == j,
                     (Some(i), Some(j)) => (i.as_f64() - j.as_f64()).abs() <= self.cfg.numeric_tolerance,
@@ -373,18 +386,18 @@ impl<'v> Walker<'_, 'v> {
                     self.push(Some(a), Some(b));
                 }
             }
-            _ if a == b => {}
+            (Node::String(x), Node::String(y)) if x == y => {}
             _ => self.push(Some(a), Some(b)),
         }
     }
 
     /// Arrays as multisets: each legacy element pairs with an equal, unused new element.
-    fn diff_multiset(&mut self, x: &'v [Json<'v>], y: &'v [Json<'v>]) {
+    fn diff_multiset(&mut self, x: &[Json<'_, 'v>], y: &[Json<'_, 'v>]) {
         let mut used = vec![false; y.len()];
         let mut unmatched = Vec::new();
-        for (i, va) in x.iter().enumerate() {
+        for (i, &va) in x.iter().enumerate() {
             self.path.push(Step::Index(i));
-            let found = (0..y.len()).find(|&j| !used[j] && self.equal_here(va, &y[j]));
+            let found = (0..y.len()).find(|&j| !used[j] && self.equal_here(va, y[j]));
             self.path.pop();
             match found {
                 Some(j) => used[j] = true,
@@ -393,10 +406,10 @@ impl<'v> Walker<'_, 'v> {
         }
         for i in unmatched {
             self.path.push(Step::Index(i));
-            self.push(Some(&x[i]), None);
+            self.push(Some(x[i]), None);
             self.path.pop();
         }
-        for (j, vb) in y.iter().enumerate().filter(|(j, _)| !used[*j]) {
+        for (j, &vb) in y.iter().enumerate().filter(|(j, _)| !used[*j]) {
             self.path.push(Step::Index(j));
             self.push(None, Some(vb));
             self.path.pop();
@@ -404,7 +417,7 @@ impl<'v> Walker<'_, 'v> {
     }
 
     /// Equal at the current path, under the same ignore rules.
-    fn equal_here(&mut self, a: &'v Json<'v>, b: &'v Json<'v>) -> bool {
+    fn equal_here(&mut self, a: Json<'_, 'v>, b: Json<'_, 'v>) -> bool {
         let mut scratch = Vec::new();
         let mut sub = Walker {
             cfg: self.cfg,
@@ -417,7 +430,103 @@ impl<'v> Walker<'_, 'v> {
     }
 }
 
-type Json<'v> = simd_json::BorrowedValue<'v>;
+use simd_json::Node;
+
+/// One JSON value on a simd-json tape: its first node and everything nested under it. Walking
+/// the tape directly builds no value tree (no map per object), which is most of a parse's cost.
+#[derive(Clone, Copy)]
+struct Json<'t, 'i>(&'t [Node<'i>]);
+
+/// Nodes a value takes on the tape, its own included.
+fn span(n: &Node) -> usize {
+    match n {
+        Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
+        _ => 1,
+    }
+}
+
+impl<'t, 'i> Json<'t, 'i> {
+    fn node(&self) -> &'t Node<'i> {
+        &self.0[0]
+    }
+
+    /// An object's keys and values, in document order.
+    fn entries(self) -> impl Iterator<Item = (&'i str, Json<'t, 'i>)> {
+        let len = match self.node() {
+            Node::Object { len, .. } => *len,
+            _ => 0,
+        };
+        let mut at = 1;
+        (0..len).filter_map(move |_| {
+            let key = match self.0.get(at)? {
+                Node::String(k) => *k,
+                _ => return None,
+            };
+            let n = span(self.0.get(at + 1)?);
+            let value = Json(&self.0[at + 1..at + 1 + n]);
+            at += 1 + n;
+            Some((key, value))
+        })
+    }
+
+    /// An array's elements, in order.
+    fn items(self) -> impl Iterator<Item = Json<'t, 'i>> {
+        let len = match self.node() {
+            Node::Array { len, .. } => *len,
+            _ => 0,
+        };
+        let mut at = 1;
+        (0..len).filter_map(move |_| {
+            let n = span(self.0.get(at)?);
+            let value = Json(&self.0[at..at + n]);
+            at += n;
+            Some(value)
+        })
+    }
+
+    /// The value as serde_json, for a stored difference.
+    fn plain(self) -> Value {
+        match self.node() {
+            Node::String(s) => Value::String((*s).to_string()),
+            Node::Static(st) => {
+                use simd_json::StaticNode::*;
+                match *st {
+                    I64(i) => i.into(),
+                    U64(u) => u.into(),
+                    F64(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+                    Bool(b) => b.into(),
+                    Null => Value::Null,
+                }
+            }
+            Node::Array { .. } => Value::Array(self.items().map(Json::plain).collect()),
+            Node::Object { .. } => Value::Object(self.entries().map(|(k, v)| (k.to_string(), v.plain())).collect()),
+        }
+    }
+}
+
+/// Key lookup in one object: a linear scan for small objects, a hash map past `WIDE` keys.
+enum Lookup<'t, 'i> {
+    Scan,
+    Map(std::collections::HashMap<&'i str, Json<'t, 'i>>),
+}
+
+const WIDE: usize = 16;
+
+impl<'t, 'i> Lookup<'t, 'i> {
+    fn new(obj: Json<'t, 'i>) -> Lookup<'t, 'i> {
+        match obj.node() {
+            Node::Object { len, .. } if *len > WIDE => Lookup::Map(obj.entries().collect()),
+            _ => Lookup::Scan,
+        }
+    }
+
+    fn get(&self, obj: Json<'t, 'i>, key: &str) -> Option<Json<'t, 'i>> {
+        match self {
+            Lookup::Scan => obj.entries().find(|(k, _)| *k == key).map(|(_, v)| v),
+            Lookup::Map(m) => m.get(key).copied(),
+        }
+    }
+}
 
 #[derive(Clone, Copy)]
 enum Num {

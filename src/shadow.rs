@@ -180,10 +180,14 @@ impl RouteShadow {
     }
 }
 
-/// The global side of shadowing: one connector (its own keep-alive pool) and the in-flight cap.
+/// The global side of shadowing: one connector (its own keep-alive pool), the in-flight cap, and
+/// the thread the copies run on.
 pub struct Shadower {
     connector: Connector,
     in_flight: AtomicUsize,
+    /// A one-thread runtime of its own: copies (connects, reads, comparisons) never queue in
+    /// front of requests on the proxy's worker threads, and together use at most one core.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Default for Shadower {
@@ -191,8 +195,26 @@ impl Default for Shadower {
         Shadower {
             connector: Connector::new(None),
             in_flight: AtomicUsize::new(0),
+            runtime: copy_runtime(),
         }
     }
+}
+
+/// Start the copies' thread and its runtime; the thread lives as long as the process.
+fn copy_runtime() -> tokio::runtime::Handle {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("strangler-shadow".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build the shadow runtime");
+            let _ = tx.send(rt.handle().clone());
+            rt.block_on(std::future::pending::<()>());
+        })
+        .expect("start the shadow thread");
+    rx.recv().expect("the shadow runtime's handle")
 }
 
 impl Shadower {
@@ -362,7 +384,7 @@ pub fn start(job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
         return None;
     };
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
+    job.shadower.clone().runtime.spawn(async move {
         let _slot = slot;
         run(job, rx).await;
     });
