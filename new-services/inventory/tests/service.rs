@@ -27,6 +27,9 @@ async fn start() -> Inventory {
     tokio::spawn(inventory_service::run(listener, config, async {
         let _ = stopped.await;
     }));
+    // Serving before a test flips a fault: `until_listening(false)` must not see the state from
+    // before the server started.
+    faults.until_listening(true).await;
     // A fresh connection per request, so "refuse" is seen by the very next call.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)

@@ -39,6 +39,10 @@ async fn start() -> Pair {
     tokio::spawn(orders_service::run(ord_listener, config, async {
         let _ = ord_stopped.await;
     }));
+    // Both serving before a test flips a fault: `until_listening(false)` must not see the state
+    // from before the server started.
+    inventory_faults.until_listening(true).await;
+    orders_faults.until_listening(true).await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
