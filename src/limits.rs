@@ -22,15 +22,60 @@ use crate::metrics::Metrics;
 use crate::proxy::Live;
 use crate::rules::Limits;
 
-/// Why a request is refused before it reaches any upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a request is refused before it reaches any upstream: the status, the JSON body's `error`
+/// and `reason` (also the `strangler_rejected_requests_total` label), and an optional `detail`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub status: u16,
+    pub error: &'static str,
     pub reason: &'static str,
+    pub detail: Option<String>,
 }
 
-const fn refuse(status: u16, reason: &'static str) -> Result<(), Refusal> {
-    Err(Refusal { status, reason })
+impl Refusal {
+    /// The JSON body sent with the status.
+    pub fn body(&self) -> String {
+        let mut body = serde_json::json!({ "error": self.error, "reason": self.reason });
+        if let Some(detail) = &self.detail {
+            body["detail"] = detail.as_str().into();
+        }
+        body.to_string() + "\n"
+    }
+}
+
+impl From<crate::path::PathError> for Refusal {
+    fn from(e: crate::path::PathError) -> Refusal {
+        Refusal {
+            status: 400,
+            error: "bad_path",
+            reason: e.code(),
+            detail: Some(e.to_string()),
+        }
+    }
+}
+
+fn refuse(status: u16, reason: &'static str) -> Result<(), Refusal> {
+    Err(refusal(status, reason))
+}
+
+/// A body past `max_body`: declared (refused before the upstream) or seen while streaming.
+pub fn body_too_large() -> Refusal {
+    refusal(413, "body_too_large")
+}
+
+fn refusal(status: u16, reason: &'static str) -> Refusal {
+    let error = match status {
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        431 => "headers_too_large",
+        _ => "bad_request",
+    };
+    Refusal {
+        status,
+        error,
+        reason,
+        detail: None,
+    }
 }
 
 /// Checks on the request head, run first in `request_filter`.
@@ -89,7 +134,7 @@ pub fn check_declared_body(session: &Session, max: u64) -> Result<(), Refusal> {
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     match declared {
-        Some(n) if n > max => refuse(413, "body_too_large"),
+        Some(n) if n > max => Err(body_too_large()),
         _ => Ok(()),
     }
 }

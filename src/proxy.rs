@@ -190,15 +190,7 @@ impl ProxyHttp for Strangler {
             }
         }) {
             Ok(p) => p,
-            Err(e) => {
-                self.metrics.rejected(e.code());
-                let body = format!(
-                    "{{\"error\":\"bad_path\",\"reason\":\"{}\",\"detail\":\"{e}\"}}\n",
-                    e.code()
-                );
-                respond(session, 400, body.into()).await?;
-                return Ok(true);
-            }
+            Err(e) => return self.refuse(session, e.into()).await,
         };
         let route = live.rules.lookup(&req.method, &path, &req.headers);
         let r = route.map(|id| &live.rules.routes[id]);
@@ -420,7 +412,7 @@ impl ProxyHttp for Strangler {
         ctx.body_seen += body.as_ref().map_or(0, |b| b.len() as u64);
         if ctx.body_seen > ctx.body_limit {
             // A chunked body past the limit: the upstream's request is cut off, the client gets 413.
-            self.metrics.rejected("body_too_large");
+            self.metrics.rejected(crate::limits::body_too_large().reason);
             ctx.shadow = None;
             return Error::e_explain(ErrorType::HTTPStatus(413), "request body past max_body");
         }
@@ -491,8 +483,7 @@ impl ProxyHttp for Strangler {
             },
         };
         if code == 413 && !ctx.responded {
-            let body = "{\"error\":\"payload_too_large\",\"reason\":\"body_too_large\"}\n";
-            let _ = respond(session, code, Bytes::from_static(body.as_bytes())).await;
+            let _ = respond(session, code, crate::limits::body_too_large().body().into()).await;
         } else if code > 0 && !ctx.responded {
             let upstream = ctx
                 .live
@@ -759,14 +750,7 @@ impl Strangler {
     /// Answer a request the limits refuse, before any upstream sees it.
     async fn refuse(&self, session: &mut Session, no: crate::limits::Refusal) -> Result<bool> {
         self.metrics.rejected(no.reason);
-        let error = match no.status {
-            413 => "payload_too_large",
-            414 => "uri_too_long",
-            431 => "headers_too_large",
-            _ => "bad_request",
-        };
-        let body = format!("{{\"error\":\"{error}\",\"reason\":\"{}\"}}\n", no.reason);
-        respond(session, no.status, body.into()).await?;
+        respond(session, no.status, no.body().into()).await?;
         Ok(true)
     }
 }

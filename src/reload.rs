@@ -170,6 +170,28 @@ impl Reloader {
         dirs
     }
 
+    /// Settings bound when the process started that this edit changes: (what, now, in force).
+    fn fixed_at_start(&self, rules: &RuleSet) -> Vec<(&'static str, String, String)> {
+        let mut changed = Vec::new();
+        for (what, now, bound) in [
+            ("listen", &rules.listen, &self.listen),
+            ("admin", &rules.admin, &self.admin),
+        ] {
+            if let Some(now) = now.as_ref().filter(|now| *now != bound) {
+                changed.push((what, now.clone(), format!("on {bound}")));
+            }
+        }
+        let max = (rules.limits.max_connections, self.max_connections);
+        if max.0 != max.1 {
+            changed.push(("limits.max_connections", max.0.to_string(), max.1.to_string()));
+        }
+        if rules.listen_tls != self.listen_tls {
+            let show = |t: &Option<ListenTls>| t.as_ref().map_or("off".to_string(), |t| format!("on {}", t.addr));
+            changed.push(("listen_tls", show(&rules.listen_tls), show(&self.listen_tls)));
+        }
+        changed
+    }
+
     /// A replaced certificate or key file takes effect; a broken one is refused and the one in
     /// force keeps serving.
     fn reload_certs(&self) {
@@ -218,30 +240,11 @@ impl Reloader {
             Ok(r) => r,
             Err(errors) => return self.refuse(&mut st, trigger, errors),
         };
-        for (what, now, bound) in [
-            ("listen", &rules.listen, &self.listen),
-            ("admin", &rules.admin, &self.admin),
-        ] {
-            if let Some(now) = now {
-                if now != bound {
-                    tracing::warn!(
-                        "{}: `{what}: {now}` takes effect only after a restart; still on {bound}. The rest of the edit is applied",
-                        self.path.display()
-                    );
-                }
-            }
-        }
-        let restart = |what: &str| {
+        for (what, now, bound) in self.fixed_at_start(&rules) {
             tracing::warn!(
-                "{}: `{what}` takes effect only after a restart. The rest of the edit is applied",
+                "{}: `{what}: {now}` takes effect only after a restart; still {bound}. The rest of the edit is applied",
                 self.path.display()
-            )
-        };
-        if rules.limits.max_connections != self.max_connections {
-            restart("limits.max_connections");
-        }
-        if rules.listen_tls != self.listen_tls {
-            restart("listen_tls");
+            );
         }
         let generation = st.generation + 1;
         let routes = rules.routes.len();

@@ -702,7 +702,12 @@ impl Compiler<'_> {
                 "limits.client_header_timeout",
                 d.client_header_timeout,
             ),
-            max_connections: self.count(&f.max_connections, "limits.max_connections", 1..=1_000_000, 10_000) as usize,
+            max_connections: self.count(
+                &f.max_connections,
+                "limits.max_connections",
+                1..=1_000_000,
+                d.max_connections as u64,
+            ) as usize,
         }
     }
 
@@ -1232,16 +1237,7 @@ impl Compiler<'_> {
                 }
             }
         }
-        if let Some(mb) = &f.max_body {
-            match mb.value.trim().parse::<bytesize::ByteSize>() {
-                Ok(b) if b.as_u64() > 0 => spec.max_body = b.as_u64() as usize,
-                _ => self.err(
-                    &mb.referenced,
-                    route,
-                    format!("shadow.max_body: bad size \"{}\" (use e.g. 64KiB, 1MiB)", mb.value),
-                ),
-            }
-        }
+        spec.max_body = self.size(&f.max_body, route, "shadow.max_body", spec.max_body as u64) as usize;
         for ig in f.ignore.iter().flatten() {
             match diff::parse_ignore(ig.value.trim()) {
                 Ok(diff::Ignore::Json(p)) => spec.compare.ignore.push(p),
