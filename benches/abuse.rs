@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::proxy::{rules, Proxy};
+use common::proxy::{metric, rules, Proxy};
 use common::shop::start_shop;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -61,15 +61,6 @@ fn fds(pid: u32) -> u64 {
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-/// The value of an unlabelled (or fully labelled) Prometheus series.
-fn metric(text: &str, key: &str) -> u64 {
-    text.lines()
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 /// The legitimate client's results; latencies (ms) of successful requests only.

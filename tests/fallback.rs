@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::proxy::Proxy;
+use common::proxy::{answer, metric, Proxy};
 use common::shop::{start_shop, Shop};
 use serde_json::{json, Value};
 use shop_kit::faults::FaultSettings;
@@ -25,39 +25,6 @@ const STOCK: &str =
     "  - { name: stock, match: { prefix: /api/inventory, methods: [GET, PUT] }, mode: migrated, service: inventory }\n";
 const NO_BREAKER: &str = "    circuit_breaker: { enabled: false }\n    timeouts: { connect: 300ms, response: 300ms }\n";
 
-struct Answer {
-    status: u16,
-    upstream: String,
-    fallback: Option<String>,
-    body: Value,
-}
-
-async fn send(client: &reqwest::Client, req: reqwest::RequestBuilder) -> Answer {
-    let _ = client;
-    let r = req.send().await.expect("request");
-    let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string());
-    let (status, upstream, fallback) = (
-        r.status().as_u16(),
-        h("x-strangler-upstream").unwrap_or_default(),
-        h("x-strangler-fallback"),
-    );
-    let body = r.json().await.unwrap_or(Value::Null);
-    Answer {
-        status,
-        upstream,
-        fallback,
-        body,
-    }
-}
-
-fn metric(m: &str, prefix: &str) -> u64 {
-    m.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn orders_in(db: &std::path::Path) -> i64 {
     let c = rusqlite::Connection::open(db).unwrap();
     c.query_row("SELECT COUNT(*) FROM orders", [], |r| r.get(0)).unwrap()
@@ -71,7 +38,7 @@ async fn each_fallback_reason_serves_the_monolith() {
     let get = || client.get(proxy.url("/api/inventory/SKU-0001"));
 
     // Healthy: the service answers.
-    let a = send(&client, get()).await;
+    let a = answer(get()).await;
     assert_eq!(
         (a.status, a.upstream.as_str(), a.fallback.as_deref()),
         (200, "inventory", None)
@@ -82,7 +49,7 @@ async fn each_fallback_reason_serves_the_monolith() {
         error_rate: 1.0,
         ..Default::default()
     });
-    let a = send(&client, get()).await;
+    let a = answer(get()).await;
     assert_eq!(
         (a.status, a.upstream.as_str(), a.fallback.as_deref()),
         (200, "monolith", Some("status_5xx"))
@@ -94,7 +61,7 @@ async fn each_fallback_reason_serves_the_monolith() {
         latency: Duration::from_millis(1500),
         ..Default::default()
     });
-    let a = send(&client, get()).await;
+    let a = answer(get()).await;
     assert_eq!(
         (a.status, a.upstream.as_str(), a.fallback.as_deref()),
         (200, "monolith", Some("timeout"))
@@ -107,7 +74,7 @@ async fn each_fallback_reason_serves_the_monolith() {
     });
     shop.inventory_faults.until_listening(false).await;
     let fresh = reqwest::Client::new();
-    let a = send(&fresh, fresh.get(proxy.url("/api/inventory/SKU-0001"))).await;
+    let a = answer(fresh.get(proxy.url("/api/inventory/SKU-0001"))).await;
     assert_eq!(
         (a.status, a.upstream.as_str(), a.fallback.as_deref()),
         (200, "monolith", Some("connect_error"))
@@ -155,7 +122,7 @@ async fn a_reset_mid_response_falls_back() {
     );
     let proxy = Proxy::start(&text).await;
     let client = reqwest::Client::new();
-    let a = send(&client, client.get(proxy.url("/api/inventory/SKU-0002"))).await;
+    let a = answer(client.get(proxy.url("/api/inventory/SKU-0002"))).await;
     assert_eq!(
         (a.status, a.upstream.as_str(), a.fallback.as_deref()),
         (200, "monolith", Some("reset"))
@@ -174,7 +141,7 @@ async fn retries_go_to_the_service_before_the_fallback() {
         ..Default::default()
     });
     let client = reqwest::Client::new();
-    let a = send(&client, client.get(proxy.url("/api/inventory/SKU-0001"))).await;
+    let a = answer(client.get(proxy.url("/api/inventory/SKU-0001"))).await;
     assert_eq!((a.status, a.fallback.as_deref()), (200, Some("status_5xx")));
     assert_eq!(
         shop.inventory_faults.requests(),
@@ -285,7 +252,7 @@ async fn a_post_is_never_sent_to_both() {
         error_rate: 1.0,
         ..Default::default()
     });
-    let a = send(&client, post()).await;
+    let a = answer(post()).await;
     assert_eq!(
         (a.status, a.upstream.as_str(), a.fallback.as_deref()),
         (503, "orders", None)
@@ -293,7 +260,7 @@ async fn a_post_is_never_sent_to_both() {
     assert_eq!(counts(), (mono0, svc0));
 
     // 5xx, with a key on a fallback_writes route: falls back, exactly one order.
-    let a = send(&client, post().header("idempotency-key", "k-1")).await;
+    let a = answer(post().header("idempotency-key", "k-1")).await;
     assert_eq!(
         (a.status, a.upstream.as_str(), a.fallback.as_deref()),
         (201, "monolith", Some("status_5xx"))
@@ -307,7 +274,7 @@ async fn a_post_is_never_sent_to_both() {
     });
     shop.orders_faults.until_listening(false).await;
     let fresh = reqwest::Client::new();
-    let a = send(&fresh, fresh.post(proxy.url("/api/orders")).json(&order)).await;
+    let a = answer(fresh.post(proxy.url("/api/orders")).json(&order)).await;
     assert_eq!(
         (a.status, a.upstream.as_str(), a.fallback.as_deref()),
         (201, "monolith", Some("connect_error"))
@@ -323,7 +290,7 @@ async fn a_post_is_never_sent_to_both() {
     });
     shop.orders_faults.until_listening(true).await;
     let fresh = reqwest::Client::new();
-    let a = send(&fresh, fresh.post(proxy.url("/api/orders")).json(&order)).await;
+    let a = answer(fresh.post(proxy.url("/api/orders")).json(&order)).await;
     assert_eq!((a.status, a.fallback.as_deref()), (504, None), "{}", a.body);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (mono, svc) = counts();
@@ -357,7 +324,7 @@ async fn a_body_over_64_kib_is_never_replayed() {
     });
     let client = reqwest::Client::new();
     let body = vec![b'x'; 100 * 1024];
-    let a = send(&client, client.put(proxy.url("/api/inventory/SKU-0001")).body(body)).await;
+    let a = answer(client.put(proxy.url("/api/inventory/SKU-0001")).body(body)).await;
     assert_eq!(a.fallback, None, "never replayed to the monolith");
     assert_ne!(a.upstream, "monolith");
     let m = proxy.metrics().await;
@@ -376,7 +343,7 @@ async fn a_body_over_64_kib_is_never_replayed() {
     );
 
     // A small PUT on the same route is replayed (the monolith answers it: 405, not a PUT endpoint).
-    let a = send(&client, client.put(proxy.url("/api/inventory/SKU-0001")).body("{}")).await;
+    let a = answer(client.put(proxy.url("/api/inventory/SKU-0001")).body("{}")).await;
     assert_eq!(
         (a.upstream.as_str(), a.fallback.as_deref()),
         ("monolith", Some("status_5xx"))
@@ -397,12 +364,12 @@ async fn the_circuit_opens_then_half_opens_then_closes() {
         ..Default::default()
     });
     for _ in 0..4 {
-        assert_eq!(send(&client, get()).await.fallback.as_deref(), Some("status_5xx"));
+        assert_eq!(answer(get()).await.fallback.as_deref(), Some("status_5xx"));
     }
     assert_eq!(state(&proxy.metrics().await), 2, "open after 4 of 4 failed");
     let reached = shop.inventory_faults.requests();
     for _ in 0..10 {
-        let a = send(&client, get()).await;
+        let a = answer(get()).await;
         assert_eq!((a.status, a.fallback.as_deref()), (200, Some("circuit_open")));
     }
     assert_eq!(
@@ -414,21 +381,21 @@ async fn the_circuit_opens_then_half_opens_then_closes() {
     // The service recovers; after open_for, probes go through and close the circuit.
     shop.inventory_faults.reset();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let a = send(&client, get()).await;
+    let a = answer(get()).await;
     assert_eq!(
         (a.upstream.as_str(), a.fallback.as_deref()),
         ("inventory", None),
         "first probe"
     );
     assert_eq!(state(&proxy.metrics().await), 1, "half-open while probing");
-    let a = send(&client, get()).await;
+    let a = answer(get()).await;
     assert_eq!(
         (a.upstream.as_str(), a.fallback.as_deref()),
         ("inventory", None),
         "second probe"
     );
     assert_eq!(state(&proxy.metrics().await), 0, "closed after the probes succeeded");
-    assert_eq!(send(&client, get()).await.upstream, "inventory");
+    assert_eq!(answer(get()).await.upstream, "inventory");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -507,7 +474,7 @@ async fn fallback_off_gives_the_client_the_services_answer() {
         ..Default::default()
     });
     let client = reqwest::Client::new();
-    let a = send(&client, client.get(proxy.url("/api/inventory/SKU-0001"))).await;
+    let a = answer(client.get(proxy.url("/api/inventory/SKU-0001"))).await;
     assert_eq!(
         (a.status, a.upstream.as_str(), a.fallback.as_deref()),
         (503, "inventory", None)
@@ -571,7 +538,7 @@ async fn health_checks_flip_up_and_readyz_both_ways() {
         assert!(Instant::now() < deadline, "inventory never marked down");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let a = send(&client, client.get(proxy.url("/api/inventory/SKU-0001"))).await;
+    let a = answer(client.get(proxy.url("/api/inventory/SKU-0001"))).await;
     assert_eq!((a.status, a.fallback.as_deref()), (200, Some("circuit_open")));
     shop.inventory_faults.reset();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -592,11 +559,11 @@ async fn when_the_monolith_fails_the_client_gets_a_short_502_and_the_proxy_stays
     );
     let proxy = Proxy::start(&text).await;
     let client = reqwest::Client::new();
-    let a = send(&client, client.get(proxy.url("/account/1"))).await;
+    let a = answer(client.get(proxy.url("/account/1"))).await;
     assert_eq!(a.status, 502);
     assert_eq!(a.body["error"], "upstream_failed");
     assert_eq!(a.body["upstream"], "monolith");
-    let a = send(&client, client.get(proxy.url("/api/inventory/SKU-0001"))).await;
+    let a = answer(client.get(proxy.url("/api/inventory/SKU-0001"))).await;
     assert_eq!(
         (a.status, a.upstream.as_str()),
         (200, "inventory"),

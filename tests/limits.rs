@@ -13,7 +13,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::Json;
 use common::echo;
-use common::proxy::{raw_get, rules, Proxy};
+use common::proxy::{metric, raw_get, rules, Proxy};
 use common::rawhttp::{exchange, parse_responses, Exchange, Response};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -82,15 +82,6 @@ async fn stays(counter: &AtomicU64, before: u64, what: &str) {
         assert_eq!(counter.load(SeqCst), before, "{what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The value of the series named exactly `key` (labels included), 0 if absent.
-fn metric(m: &str, key: &str) -> u64 {
-    m.lines()
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(name, _)| *name == key)
-        .and_then(|(_, v)| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 fn rejected(reason: &str) -> String {

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::proxy::Proxy;
+use common::proxy::{metric, Proxy};
 use common::shop::{start_shop, Shop};
 use serde_json::{json, Value};
 use shop_kit::faults::{Drift, FaultSettings};
@@ -24,14 +24,6 @@ fn shadow_routes(shadow: &str) -> String {
          \x20 - {{ name: user-orders, match: {{ path: \"/api/users/{{id}}/orders\", methods: [GET] }}, mode: shadow, service: orders, shadow: {shadow} }}\n\
          \x20 - {{ name: stock, match: {{ prefix: /api/inventory, methods: [GET] }}, mode: shadow, service: inventory, shadow: {shadow} }}\n"
     )
-}
-
-fn metric(m: &str, prefix: &str) -> u64 {
-    m.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn results(m: &str, route: &str) -> [u64; 4] {

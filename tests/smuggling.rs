@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use common::proxy::{raw_get, rules, Proxy};
+use common::proxy::{metric, raw_get, rules, Proxy};
 use common::rawhttp::{exchange, parse_responses};
 use serde_json::Value;
 
@@ -366,14 +366,6 @@ async fn settled(count: &AtomicU64, before: u64, at_most: u64, name: &str) -> u6
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn metric(m: &str, prefix: &str) -> u64 {
-    m.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::proxy::{free_port, strangler, Proxy};
+use common::proxy::{answer, free_port, strangler, Answer, Proxy};
 use common::shop::start_shop;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -306,28 +306,8 @@ fn replace(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path).expect("rename over");
 }
 
-struct Answer {
-    status: u16,
-    upstream: String,
-    fallback: Option<String>,
-    body: Value,
-}
-
 async fn get(url: &str) -> Answer {
-    let r = reqwest::get(url).await.expect("request");
-    let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string());
-    let (status, upstream, fallback) = (
-        r.status().as_u16(),
-        h("x-strangler-upstream").unwrap_or_default(),
-        h("x-strangler-fallback"),
-    );
-    let body = r.json().await.unwrap_or(Value::Null);
-    Answer {
-        status,
-        upstream,
-        fallback,
-        body,
-    }
+    answer(reqwest::Client::new().get(url)).await
 }
 
 const INV_ROUTE: &str = "  - { name: inv, match: { prefix: /api/inventory }, mode: migrated, service: inventory }\n";

@@ -209,3 +209,39 @@ pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
     )
     .await
 }
+
+/// The value of the series named exactly `key` (labels included, as the exposition writes them),
+/// 0 if absent.
+pub fn metric(text: &str, key: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| *name == key)
+        .and_then(|(_, v)| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// What the proxy answered, with the headers that say who answered.
+pub struct Answer {
+    pub status: u16,
+    pub upstream: String,
+    pub fallback: Option<String>,
+    pub body: serde_json::Value,
+}
+
+/// Send `req` and read the answer (the body as JSON, `Null` if it isn't).
+pub async fn answer(req: reqwest::RequestBuilder) -> Answer {
+    let r = req.send().await.expect("request");
+    let h = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string());
+    let (status, upstream, fallback) = (
+        r.status().as_u16(),
+        h("x-strangler-upstream").unwrap_or_default(),
+        h("x-strangler-fallback"),
+    );
+    let body = r.json().await.unwrap_or(serde_json::Value::Null);
+    Answer {
+        status,
+        upstream,
+        fallback,
+        body,
+    }
+}
