@@ -91,16 +91,23 @@ sleep 0.5
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# run NAME PORT CMD...: start the proxy on CPU 1, load it from CPU 0, print one result line.
-run() {
-  local name="$1" port="$2"; shift 2
-  taskset -c 1 "$@" >"$WORK/$name.log" 2>&1 &
-  local pid=$!
+# launch NAME PORT LOG CMD...: start the proxy on CPU 1, wait until it answers, warm it up from
+# CPU 0. Sets pid (to stop it) and measured (the process doing the work).
+launch() {
+  local name="$1" port="$2" log="$3"; shift 3
+  taskset -c 1 "$@" >"$log" 2>&1 &
+  pid=$!
   for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/api/orders/1" 2>/dev/null && break; sleep 0.1; done
-  local measured="$pid"
+  measured="$pid"
   # nginx: the worker does the work, not the master.
   if [ "$name" = nginx ]; then measured="$(pgrep -P "$pid" | head -1)"; fi
   taskset -c 0 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/api/orders/1" >/dev/null  # warm-up
+}
+
+# run NAME PORT CMD...: load the proxy from CPU 0 and print one result line.
+run() {
+  local name="$1" port="$2"; shift 2
+  launch "$name" "$port" "$WORK/$name.log" "$@"
   local before; before="$(cpu_ticks "$measured")"
   local out; out="$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/api/orders/1")"
   local after; after="$(cpu_ticks "$measured")"
@@ -155,12 +162,7 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 declare -A p99s rss_idle rss_base
 steady() {
   local name="$1" port="$2"; shift 2
-  taskset -c 1 "$@" >"$WORK/$name-steady.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/api/orders/1" 2>/dev/null && break; sleep 0.1; done
-  local measured="$pid"
-  if [ "$name" = nginx ]; then measured="$(pgrep -P "$pid" | head -1)"; fi
-  taskset -c 0 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/api/orders/1" >/dev/null  # warm-up
+  launch "$name" "$port" "$WORK/$name-steady.log" "$@"
   local line; line="$(taskset -c 0 "$LOADGEN" rate "127.0.0.1:$port" /api/orders/1 "$RATE" "$DURATION" "$CONNS")"
   local before; before="$(rss_kib "$measured")"
   taskset -c 0 "$LOADGEN" idle "127.0.0.1:$port" /api/orders/1 "$IDLE" 8 > "$WORK/$name-idle.out" &
