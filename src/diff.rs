@@ -179,6 +179,18 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// The headers of `from` that a comparison reads: `content-type` (JSON or bytes) and `compared`.
+pub fn read_headers(from: &HeaderMap, compared: &[HeaderName]) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    let content_type = (!compared.contains(&http::header::CONTENT_TYPE)).then_some(&http::header::CONTENT_TYPE);
+    for name in compared.iter().chain(content_type) {
+        for v in from.get_all(name) {
+            kept.append(name.clone(), v.clone());
+        }
+    }
+    kept
+}
+
 /// A difference: where, and both values (`None`: absent on that side).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Difference {

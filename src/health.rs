@@ -11,7 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::HeaderValue;
-use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::TransportConnector;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -32,7 +32,7 @@ pub struct HealthService {
 impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         // Pingora's connector, so an https:// upstream is probed over TLS with its own CA and SNI.
-        let connector = Arc::new(Connector::new(None));
+        let connector = Arc::new(TransportConnector::new(None));
         let mut next: HashMap<String, Instant> = HashMap::new();
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -66,7 +66,7 @@ impl BackgroundService for HealthService {
 }
 
 async fn probe(
-    connector: &Connector,
+    connector: &TransportConnector,
     addr: SocketAddr,
     peer: &HttpPeer,
     host: Option<HeaderValue>,
@@ -92,7 +92,7 @@ async fn probe(
     if req.insert_header(http::header::HOST, host).is_err() {
         return false;
     }
-    crate::shadow::send(connector, peer, &req, &[], 64 * 1024, cfg.timeout)
+    crate::client::send(connector, peer, &req, &[], 64 * 1024, &[], cfg.timeout)
         .await
         .is_ok_and(|(answer, _)| (200..300).contains(&answer.status))
 }

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod admin;
+pub mod client;
 pub mod config;
 pub mod diff;
 pub mod explain;

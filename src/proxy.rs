@@ -263,7 +263,7 @@ impl ProxyHttp for Strangler {
                 tokio::time::sleep(wait.min(ctx.deadline.saturating_duration_since(Instant::now()))).await;
             }
         }
-        let mut peer = up.peer.clone();
+        let mut peer = HttpPeer::clone(&up.peer);
         if ctx.route.is_some_and(|id| live.rules.routes[id].service.is_some()) {
             // Every try, and the fallback, must end by the route's deadline.
             let left = ctx.deadline.saturating_duration_since(Instant::now());
@@ -446,14 +446,7 @@ impl ProxyHttp for Strangler {
         if let Some(cap) = ctx.shadow.as_mut().filter(|c| c.to_task.is_some()) {
             cap.status = resp.status.as_u16();
             // Only the headers the comparison reads, not the whole map.
-            cap.headers.clear();
-            let compared = &cap.spec.compare.compare_headers;
-            let content_type = (!compared.contains(&http::header::CONTENT_TYPE)).then_some(&http::header::CONTENT_TYPE);
-            for name in compared.iter().chain(content_type) {
-                for v in resp.headers.get_all(name) {
-                    cap.headers.append(name.clone(), v.clone());
-                }
-            }
+            cap.headers = crate::diff::read_headers(&resp.headers, &cap.spec.compare.compare_headers);
         }
         let live = ctx.live.as_ref().expect("request_filter sets live");
         if live.rules.response_headers {

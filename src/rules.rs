@@ -59,8 +59,9 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
-    /// Built once; each request clones it.
-    pub peer: HttpPeer,
+    /// Built once; each proxied request clones it (Pingora takes it by value), copies and probes
+    /// share it.
+    pub peer: Arc<HttpPeer>,
     pub retry: RetryConfig,
     /// `None` when `circuit_breaker: { enabled: false }`.
     pub breaker: Option<BreakerConfig>,
@@ -831,7 +832,7 @@ impl Compiler<'_> {
                 connect_timeout,
                 response_timeout,
                 idle_timeout,
-                peer,
+                peer: Arc::new(peer),
                 retry,
                 breaker,
                 max_in_flight,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName};
-use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::TransportConnector;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use crate::client;
 use crate::diff::{self, Answer, Difference, Seg};
 use crate::resilience::{BreakerConfig, UpstreamState};
 use crate::rules::ShadowSpec;
@@ -180,20 +181,20 @@ impl RouteShadow {
     }
 }
 
-/// The global side of shadowing: one connector (its own keep-alive pool), the in-flight cap, and
-/// the thread the copies run on.
+/// The global side of shadowing: the connector for new connections (idle ones are kept per
+/// thread, see `client`), the in-flight cap, and the thread large comparisons run on.
 pub struct Shadower {
-    connector: Connector,
+    transport: TransportConnector,
     in_flight: AtomicUsize,
-    /// A one-thread runtime of its own: copies (connects, reads, comparisons) never queue in
-    /// front of requests on the proxy's worker threads, and together use at most one core.
+    /// A one-thread runtime of its own for comparisons past `INLINE_COMPARE`: a 1 MiB diff
+    /// never stalls the requests of a worker thread, and all of them together use one core at most.
     runtime: tokio::runtime::Handle,
 }
 
 impl Default for Shadower {
     fn default() -> Self {
         Shadower {
-            connector: Connector::new(None),
+            transport: TransportConnector::new(None),
             in_flight: AtomicUsize::new(0),
             runtime: copy_runtime(),
         }
@@ -301,7 +302,9 @@ pub struct Capture {
     /// Legacy answer so far.
     pub status: u16,
     pub headers: HeaderMap,
-    pub response: BytesMut,
+    /// Response body chunks (`Bytes` clones, no copy), `response_len` bytes in all.
+    pub response: Vec<Bytes>,
+    pub response_len: usize,
     pub response_truncated: bool,
     pub to_task: Option<oneshot::Sender<LegacyAnswer>>,
 }
@@ -317,7 +320,8 @@ impl Capture {
             started: false,
             status: 0,
             headers: HeaderMap::new(),
-            response: BytesMut::new(),
+            response: Vec::new(),
+            response_len: 0,
             response_truncated: false,
             to_task: None,
         }
@@ -328,11 +332,12 @@ impl Capture {
         if self.response_truncated {
             return;
         }
-        if self.response.len() + chunk.len() > self.spec.max_body {
+        if self.response_len + chunk.len() > self.spec.max_body {
             self.response_truncated = true;
-            self.response = BytesMut::new();
+            self.response = Vec::new();
         } else {
-            self.response.extend_from_slice(chunk);
+            self.response_len += chunk.len();
+            self.response.push(chunk.clone());
         }
     }
 
@@ -346,7 +351,7 @@ impl Capture {
         let answer = Answer {
             status: self.status,
             headers: std::mem::take(&mut self.headers),
-            body: std::mem::take(&mut self.response).freeze(),
+            body: concat(std::mem::take(&mut self.response), self.response_len),
         };
         let legacy = LegacyAnswer {
             answer,
@@ -359,6 +364,18 @@ impl Capture {
     }
 }
 
+/// One `Bytes` from body chunks: the chunk itself when there is one (the usual small answer).
+fn concat(chunks: Vec<Bytes>, len: usize) -> Bytes {
+    match <[Bytes; 1]>::try_from(chunks) {
+        Ok([one]) => one,
+        Err(chunks) => {
+            let mut all = BytesMut::with_capacity(len);
+            chunks.iter().for_each(|c| all.extend_from_slice(c));
+            all.freeze()
+        }
+    }
+}
+
 /// Everything the comparing task needs.
 pub struct Job {
     pub shadower: Arc<Shadower>,
@@ -366,57 +383,86 @@ pub struct Job {
     pub state: Arc<RouteShadow>,
     pub metrics: Arc<ShadowMetrics>,
     pub spec: Arc<ShadowSpec>,
-    pub service: HttpPeer,
+    pub service: Arc<HttpPeer>,
     pub service_timeout: Duration,
     /// The service's breaker: copies that fail count against it, like proxied requests do.
     pub breaker: Option<(Arc<UpstreamState>, BreakerConfig)>,
     /// The legacy upstream, when this request also asks it a second time to learn noise.
-    pub noise_copy: Option<HttpPeer>,
+    pub noise_copy: Option<Arc<HttpPeer>>,
     pub header: RequestHeader,
     pub body: Vec<Bytes>,
 }
 
+/// Answers larger than this together are compared on the comparison thread, not on the worker.
+/// Smaller ones (10 KiB takes about 33 µs, see BENCHMARKS.md) cost less there than the hand-over.
+pub const INLINE_COMPARE: usize = 32 * 1024;
+
 /// Start the copy now. Returns the sender for the legacy answer, or `None` if the cap is reached
 /// (counted as skipped `overloaded`).
+///
+/// The copy's exchange runs on the worker thread of the request that made it (no cross-thread
+/// wake per copy); a large comparison moves to the `Shadower`'s own thread.
 pub fn start(job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
     let Some(slot) = job.shadower.acquire(job.max_in_flight) else {
         job.metrics.skip(Skip::Overloaded);
         return None;
     };
     let (tx, rx) = oneshot::channel();
-    job.shadower.clone().runtime.spawn(async move {
-        let _slot = slot;
-        run(job, rx).await;
-    });
+    let own_thread = job.shadower.runtime.clone();
+    let copy = async move {
+        if let Some((job, legacy, new, again)) = exchange(job, rx).await {
+            if legacy.answer.body.len() + new.body.len() > INLINE_COMPARE {
+                let runtime = job.shadower.runtime.clone();
+                runtime.spawn(async move {
+                    let _slot = slot;
+                    judge(&job, legacy, new, again);
+                });
+            } else {
+                judge(&job, legacy, new, again);
+                drop(slot);
+            }
+        }
+    };
+    // Boxed, so the spawn moves a pointer and not the whole exchange's state machine.
+    let copy = Box::pin(copy);
+    // Outside a runtime (nothing in the proxy, but a caller could) the copy runs on our thread.
+    match tokio::runtime::Handle::try_current() {
+        Ok(worker) => worker.spawn(copy),
+        Err(_) => own_thread.spawn(copy),
+    };
     Some(tx)
 }
 
-async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
+/// Send the copy (and the noise copy), and wait for the legacy answer. `None` when the
+/// comparison is already settled (legacy failed, copy failed, a body too large).
+async fn exchange(
+    job: Job,
+    legacy_rx: oneshot::Receiver<LegacyAnswer>,
+) -> Option<(Job, LegacyAnswer, Answer, Option<Answer>)> {
     let started = Instant::now();
-    let new = send(
-        &job.shadower.connector,
+    let new = client::send(
+        &job.shadower.transport,
         &job.service,
         &job.header,
         &job.body,
         job.spec.max_body,
+        &job.spec.compare.compare_headers,
         job.service_timeout,
     );
     let again = async {
-        if let Some(legacy) = &job.noise_copy {
-            Some(
-                send(
-                    &job.shadower.connector,
-                    legacy,
-                    &job.header,
-                    &job.body,
-                    job.spec.max_body,
-                    job.service_timeout,
-                )
-                .await,
-            )
-        } else {
-            None
-        }
+        let legacy = job.noise_copy.as_ref()?;
+        let r = client::send(
+            &job.shadower.transport,
+            legacy,
+            &job.header,
+            &job.body,
+            job.spec.max_body,
+            &job.spec.compare.compare_headers,
+            job.service_timeout,
+        )
+        .await;
+        // Only a complete second answer can say which fields are non-deterministic.
+        r.ok().filter(|(_, cut)| !cut).map(|(a, _)| a)
     };
     let (new, again) = tokio::join!(async { (new.await, started.elapsed()) }, again);
     let (new, new_latency) = new;
@@ -427,7 +473,7 @@ async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
     let m = &job.metrics;
     let Ok(legacy) = legacy_rx.await else {
         m.skip(Skip::LegacyError);
-        return;
+        return None;
     };
     m.latency[0].observe(legacy.latency.as_secs_f64());
     let access = |result: &str| legacy.access.as_ref().inspect(|a| a.emit(result));
@@ -437,31 +483,32 @@ async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
             tracing::debug!(route = %job.state.route, "shadow copy failed: {e}");
             m.results[2].inc();
             access("error");
-            return;
+            return None;
         }
     };
     m.latency[1].observe(new_latency.as_secs_f64());
     if legacy.truncated || new.1 {
         m.skip(Skip::BodyTooLarge);
         access("skipped");
-        return;
+        return None;
     }
+    Some((job, legacy, new.0, again))
+}
+
+/// Compare the two answers (learning noise from a second legacy answer first), count the
+/// result, write the access line, and keep a mismatch.
+fn judge(job: &Job, legacy: LegacyAnswer, new: Answer, again: Option<Answer>) {
+    let m = &job.metrics;
+    let access = |result: &str| legacy.access.as_ref().inspect(|a| a.emit(result));
     // Two legacy answers to one request differ only where legacy is non-deterministic.
-    if let Some(Ok((second, false))) = again {
+    if let Some(second) = &again {
         job.state
-            .learn(&diff::compare(&job.spec.compare, &[], &legacy.answer, &second));
+            .learn(&diff::compare(&job.spec.compare, &[], &legacy.answer, second));
     }
     let diffs = match job.state.noise.read() {
-        Ok(noise) => diff::compare(&job.spec.compare, &noise, &legacy.answer, &new.0),
-        Err(_) => diff::compare(&job.spec.compare, &[], &legacy.answer, &new.0),
+        Ok(noise) => diff::compare(&job.spec.compare, &noise, &legacy.answer, &new),
+        Err(_) => diff::compare(&job.spec.compare, &[], &legacy.answer, &new),
     };
-    let request_id = job
-        .header
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
     if diffs.is_empty() {
         m.results[0].inc();
         access("match");
@@ -469,6 +516,12 @@ async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
     }
     m.results[1].inc();
     access("mismatch");
+    let request_id = job
+        .header
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
     tracing::info!(target: "shadow", route = %job.state.route, request_id, paths = ?paths, "mismatch");
     for d in &diffs {
@@ -476,7 +529,7 @@ async fn run(job: Job, legacy_rx: oneshot::Receiver<LegacyAnswer>) {
             .with_label_values(&[&job.state.route, &job.state.path_label(&d.pattern)])
             .inc();
     }
-    record(&job, &legacy.answer, &new.0, diffs);
+    record(job, &legacy.answer, &new, diffs);
 }
 
 fn record(job: &Job, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) {
@@ -586,57 +639,5 @@ fn scrub_value(v: &mut Value, secrets: &[String]) {
         Value::Array(a) => a.iter_mut().for_each(|v| scrub_value(v, secrets)),
         Value::Object(o) => o.values_mut().for_each(|v| scrub_value(v, secrets)),
         _ => {}
-    }
-}
-
-/// Send one request and read the whole answer (up to `max_body`), within `limit`.
-/// Returns the answer and whether its body was cut. Also the HTTP health probe.
-pub(crate) async fn send(
-    connector: &Connector,
-    peer: &HttpPeer,
-    header: &RequestHeader,
-    body: &[Bytes],
-    max_body: usize,
-    limit: Duration,
-) -> Result<(Answer, bool), String> {
-    let work = async {
-        let (mut s, _reused) = connector.get_http_session(peer).await.map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(limit));
-        s.set_write_timeout(Some(limit));
-        s.write_request_header(Box::new(header.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
-        for chunk in body {
-            s.write_request_body(chunk.clone(), false)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        s.finish_request_body().await.map_err(|e| e.to_string())?;
-        s.read_response_header().await.map_err(|e| e.to_string())?;
-        let resp = s.response_header().ok_or("no response header")?;
-        let (status, headers) = (resp.status.as_u16(), resp.headers.clone());
-        let mut buf = BytesMut::new();
-        let mut truncated = false;
-        while let Some(chunk) = s.read_response_body().await.map_err(|e| e.to_string())? {
-            if !truncated && buf.len() + chunk.len() <= max_body {
-                buf.extend_from_slice(&chunk);
-            } else {
-                truncated = true;
-                buf.clear();
-            }
-        }
-        connector.release_http_session(s, peer, peer.options.idle_timeout).await;
-        Ok((
-            Answer {
-                status,
-                headers,
-                body: buf.freeze(),
-            },
-            truncated,
-        ))
-    };
-    match tokio::time::timeout(limit, work).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {limit:?}")),
     }
 }

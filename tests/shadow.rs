@@ -464,3 +464,36 @@ async fn copies_carry_credentials_unless_the_route_says_not_to() {
         assert_eq!(seen["headers"]["x-strangler-shadow"], json!(["1"]), "{route}");
     }
 }
+
+/// The proxy's sockets whose remote end is `addr`, in any state (open, or closed and waiting),
+/// from the kernel's tables: each one is a connection the proxy opened to it.
+fn connections_to(addr: SocketAddr) -> usize {
+    let port = format!(":{:04X}", addr.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default()
+        + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+    table
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .is_some_and(|remote| remote.ends_with(&port))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_reuse_their_connections_to_the_service() {
+    let shop = start_shop().await;
+    let proxy = Proxy::start(&rules(&shop, "", &shadow_routes("{ ignore: [\"$.served_at\"] }"))).await;
+    let client = reqwest::Client::new();
+    let before = connections_to(shop.inventory);
+    for id in 1..=60 {
+        get(&client, proxy.url(&format!("/api/inventory/SKU-{:04}", id))).await;
+    }
+    assert_eq!(settled(&proxy, "stock", 60).await, [60, 0, 0, 0]);
+    // Kept alive and reused: a few per worker thread (a copy can still be reading when the next
+    // one starts), plus the health probes. Not one per copy.
+    let opened = connections_to(shop.inventory) - before;
+    eprintln!("60 copies opened {opened} connections to the service");
+    assert!(opened <= 20, "60 copies opened {opened} connections to the service");
+}
