@@ -35,9 +35,9 @@ mkdir -p "$WORK/nginx-backend" "$WORK/nginx-proxy"
 cat > "$WORK/nginx-backend/nginx.conf" <<EOF
 worker_processes 1; daemon off; pid $WORK/nginx-backend/pid; error_log stderr warn;
 events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen $B1; location / { return 200 "ok\n"; } }
-  server { listen $B2; location / { return 200 "ok\n"; } } }
+http { access_log off; keepalive_requests 1000000; default_type application/json;
+  server { listen $B1; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b1"}'; } }
+  server { listen $B2; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b2"}'; } } }
 EOF
 cat > "$WORK/nginx-proxy/nginx.conf" <<EOF
 worker_processes 1; daemon off; pid $WORK/nginx-proxy/pid; error_log stderr warn;
@@ -122,8 +122,19 @@ run() {
   echo "$name $rps $p50 $p99 $us"
 }
 
+# The shadow cost (issue 5): /api/orders answered by "other" and copied to "orders" for every
+# request (sample 1) or none (sample 0). The two backends differ only in served_at, which is
+# ignored, so every copy is parsed and compared as JSON and matches.
+shadow_rules() {
+  local f="$WORK/rules-shadow-$1.yaml"
+  { echo "legacy: other"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
+    echo "routes:"
+    echo "  - { name: orders, match: { prefix: /api/orders }, mode: shadow, service: orders, shadow: { sample: $1, ignore: [\"\$.served_at\"] } }"; } > "$f"
+  echo "$f"
+}
+
 results="$WORK/results"
-R20="$(rules 20)" R1K="$(rules 1000)" R10K="$(rules 10000)"
+R20="$(rules 20)" R1K="$(rules 1000)" R10K="$(rules 10000)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
 STRANGLER=(./target/release/strangler run --threads 1 --access-log false --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
@@ -133,6 +144,8 @@ for round in $(seq 1 "$ROUNDS"); do
   run strangler 8483 "${STRANGLER[@]}" --config "$R20" >> "$results"
   run strangler-1k-routes 8483 "${STRANGLER[@]}" --config "$R1K" >> "$results"
   run strangler-10k-routes 8483 "${STRANGLER[@]}" --config "$R10K" >> "$results"
+  run strangler-shadow-0 8483 "${STRANGLER[@]}" --config "$S0" >> "$results"
+  run strangler-shadow-1 8483 "${STRANGLER[@]}" --config "$S1" >> "$results"
 done
 
 echo
@@ -140,7 +153,7 @@ echo "medians of $ROUNDS rounds (p50 and p99: first round), ${DURATION}s each, $
 printf "%-22s %12s %10s %10s %14s\n" proxy "requests/s" p50 p99 "CPU µs/req"
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
 declare -A cpu
-for name in nginx haproxy bare-pingora strangler strangler-1k-routes strangler-10k-routes; do
+for name in nginx haproxy bare-pingora strangler strangler-1k-routes strangler-10k-routes strangler-shadow-0 strangler-shadow-1; do
   rps="$(awk -v n="$name" '$1 == n {print $2}' "$results" | median)"
   p50="$(awk -v n="$name" '$1 == n {print $3}' "$results" | head -1)"
   p99="$(awk -v n="$name" '$1 == n {print $4}' "$results" | head -1)"
@@ -152,6 +165,7 @@ for base in nginx haproxy bare-pingora; do
   awk -v s="${cpu[strangler]}" -v b="${cpu[$base]}" -v n="$base" 'BEGIN {printf "strangler / %-13s %.2fx CPU per request\n", n, s / b}'
 done
 awk -v a="${cpu[strangler-10k-routes]}" -v s="${cpu[strangler]}" 'BEGIN {printf "strangler 10k routes / 20 routes: %.2fx\n", a / s}'
+awk -v a="${cpu[strangler-shadow-1]}" -v s="${cpu[strangler-shadow-0]}" 'BEGIN {printf "strangler shadow, every request copied and compared / none: %.2fx CPU per request\n", a / s}'
 
 # p99 at a fixed, moderate rate (open loop, latency counted from when each request was due),
 # and memory with IDLE idle keep-alive client connections. One run each, proxies interleaved.
