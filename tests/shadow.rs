@@ -497,3 +497,31 @@ async fn copies_reuse_their_connections_to_the_service() {
     eprintln!("60 copies opened {opened} connections to the service");
     assert!(opened <= 20, "60 copies opened {opened} connections to the service");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_answers_are_compared_off_the_worker_and_still_match() {
+    let shop = start_shop().await;
+    // The monolith shadowed onto itself (a second upstream name, same address): answers that are
+    // equal apart from the volatile fields, and large enough together to leave the worker thread.
+    let extra = format!("  monolith-copy: {{ url: \"http://{}\" }}\n", shop.monolith);
+    let routes = "  - { name: catalog, match: { prefix: /api/catalog, methods: [GET] }, mode: shadow, service: monolith-copy, shadow: { ignore: [\"$.served_at\", \"$.request_id\"] } }\n";
+    let proxy = Proxy::start(&rules(&shop, &extra, routes)).await;
+    let client = reqwest::Client::new();
+    for page in 1..=3 {
+        let r = client
+            .get(proxy.url(&format!("/api/catalog/products?page={page}&per_page=100")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.unwrap();
+        if page == 1 {
+            assert!(
+                2 * body.len() > strangler::shadow::INLINE_COMPARE,
+                "the answers must be large enough to be compared on the shadow thread: {} bytes",
+                body.len()
+            );
+        }
+    }
+    assert_eq!(settled(&proxy, "catalog", 3).await, [3, 0, 0, 0]);
+}
