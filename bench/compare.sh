@@ -31,7 +31,7 @@ LOADGEN=./target/release/examples/loadgen
 RATE="${RATE:-5000}" IDLE="${IDLE:-10000}"
 
 B1=127.0.0.1:8401 B2=127.0.0.1:8402
-mkdir -p "$WORK/nginx-backend" "$WORK/nginx-proxy"
+mkdir -p "$WORK/nginx-backend" "$WORK/nginx-proxy" "$WORK/nginx-proxy-log" "$WORK/rules"
 cat > "$WORK/nginx-backend/nginx.conf" <<EOF
 worker_processes 1; daemon off; pid $WORK/nginx-backend/pid; error_log stderr warn;
 events { worker_connections 4096; }
@@ -50,6 +50,9 @@ http { access_log off; keepalive_requests 1000000; keepalive_timeout 60s;
     location /api/orders/ { proxy_pass http://orders; proxy_http_version 1.1; proxy_set_header Connection ""; }
     location / { proxy_pass http://other; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 EOF
+# The same nginx proxy with its access log on (the default combined format, to a file).
+sed -e "s|access_log off;|access_log $WORK/nginx-access.log;|" -e "s|$WORK/nginx-proxy/pid|$WORK/nginx-proxy-log/pid|" \
+  "$WORK/nginx-proxy/nginx.conf" > "$WORK/nginx-proxy-log/nginx.conf"
 cat > "$WORK/haproxy.cfg" <<EOF
 global
   nbthread 1
@@ -73,7 +76,9 @@ EOF
 # strangler's rules: /api/orders goes to the "orders" upstream, everything else to legacy, and
 # N-1 more routes that this request never takes, so matching has a real table to search.
 rules() {
-  local n="$1" f="$WORK/rules-$1.yaml"
+  # Rules in a directory of their own: the reload watcher wakes for every write in the rules
+  # file's directory, and the proxies' logs are written to $WORK.
+  local n="$1" f="$WORK/rules/rules-$1.yaml"
   { echo "legacy: other"; echo "limits: { max_connections: 16000 }"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
     echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders }"
     for i in $(seq 1 $((n - 1))); do
@@ -100,7 +105,7 @@ launch() {
   for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/api/orders/1" 2>/dev/null && break; sleep 0.1; done
   measured="$pid"
   # nginx: the worker does the work, not the master.
-  if [ "$name" = nginx ]; then measured="$(pgrep -P "$pid" | head -1)"; fi
+  case "$name" in nginx*) measured="$(pgrep -P "$pid" | head -1)";; esac
   taskset -c 0 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/api/orders/1" >/dev/null  # warm-up
 }
 
@@ -126,7 +131,7 @@ run() {
 # request (sample 1) or none (sample 0). The two backends differ only in served_at, which is
 # ignored, so every copy is parsed and compared as JSON and matches.
 shadow_rules() {
-  local f="$WORK/rules-shadow-$1.yaml"
+  local f="$WORK/rules/rules-shadow-$1.yaml"
   { echo "legacy: other"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
     echo "routes:"
     echo "  - { name: orders, match: { prefix: /api/orders }, mode: shadow, service: orders, shadow: { sample: $1, ignore: [\"\$.served_at\"] } }"; } > "$f"
@@ -135,7 +140,10 @@ shadow_rules() {
 
 results="$WORK/results"
 R20="$(rules 20)" R1K="$(rules 1000)" R10K="$(rules 10000)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
-STRANGLER=(./target/release/strangler run --threads 1 --access-log false --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
+STRANGLER_RUN=(./target/release/strangler run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
+STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
+# Access log on, as shipped (one line per request at info level, to stderr: a file here).
+STRANGLER_LOG=(env RUST_LOG=info "${STRANGLER_RUN[@]}")
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
   run nginx 8480 nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy" >> "$results"
@@ -144,6 +152,8 @@ for round in $(seq 1 "$ROUNDS"); do
   run strangler 8483 "${STRANGLER[@]}" --config "$R20" >> "$results"
   run strangler-1k-routes 8483 "${STRANGLER[@]}" --config "$R1K" >> "$results"
   run strangler-10k-routes 8483 "${STRANGLER[@]}" --config "$R10K" >> "$results"
+  run nginx-access-log 8480 nginx -c "$WORK/nginx-proxy-log/nginx.conf" -p "$WORK/nginx-proxy-log" >> "$results"
+  run strangler-access-log 8483 "${STRANGLER_LOG[@]}" --config "$R20" >> "$results"
   run strangler-shadow-0 8483 "${STRANGLER[@]}" --config "$S0" >> "$results"
   run strangler-shadow-1 8483 "${STRANGLER[@]}" --config "$S1" >> "$results"
 done
@@ -153,7 +163,7 @@ echo "medians of $ROUNDS rounds (p50 and p99: first round), ${DURATION}s each, $
 printf "%-22s %12s %10s %10s %14s\n" proxy "requests/s" p50 p99 "CPU µs/req"
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
 declare -A cpu
-for name in nginx haproxy bare-pingora strangler strangler-1k-routes strangler-10k-routes strangler-shadow-0 strangler-shadow-1; do
+for name in nginx haproxy bare-pingora strangler strangler-1k-routes strangler-10k-routes nginx-access-log strangler-access-log strangler-shadow-0 strangler-shadow-1; do
   rps="$(awk -v n="$name" '$1 == n {print $2}' "$results" | median)"
   p50="$(awk -v n="$name" '$1 == n {print $3}' "$results" | head -1)"
   p99="$(awk -v n="$name" '$1 == n {print $4}' "$results" | head -1)"
@@ -165,6 +175,8 @@ for base in nginx haproxy bare-pingora; do
   awk -v s="${cpu[strangler]}" -v b="${cpu[$base]}" -v n="$base" 'BEGIN {printf "strangler / %-13s %.2fx CPU per request\n", n, s / b}'
 done
 awk -v a="${cpu[strangler-10k-routes]}" -v s="${cpu[strangler]}" 'BEGIN {printf "strangler 10k routes / 20 routes: %.2fx\n", a / s}'
+awk -v a="${cpu[strangler-access-log]}" -v s="${cpu[strangler]}" -v n="${cpu[nginx-access-log]}" -v m="${cpu[nginx]}" \
+  'BEGIN {printf "access log on / off: strangler %.2fx, nginx %.2fx CPU per request\n", a / s, n / m}'
 awk -v a="${cpu[strangler-shadow-1]}" -v s="${cpu[strangler-shadow-0]}" 'BEGIN {printf "strangler shadow, every request copied and compared / none: %.2fx CPU per request\n", a / s}'
 
 # p99 at a fixed, moderate rate (open loop, latency counted from when each request was due),

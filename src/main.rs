@@ -108,7 +108,8 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    init_logging(cli.log_format, default_filter);
+    // Held to the end: dropping it writes out the last lines.
+    let _log = init_logging(cli.log_format, default_filter);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -192,14 +193,25 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn init_logging(format: LogFormat, default_filter: &str) {
+/// Log lines (the access log is one per request) are formatted on the thread that logs them and
+/// written to stderr by a thread of their own, in batches: one `write` per batch, not per line
+/// (see BENCHMARKS.md). Nothing is dropped: past 128,000 lines waiting, logging waits.
+fn init_logging(format: LogFormat, default_filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("strangler-log")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // Colours only for a terminal, never into a file or a log pipeline.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }

@@ -166,6 +166,11 @@ async fn a_broken_edit_changes_nothing_and_says_where() {
         "{}",
         proxy.log()
     );
+    assert!(
+        !proxy.log().contains('\u{1b}'),
+        "colour codes in a log file:\n{}",
+        proxy.log()
+    );
 
     // A good file then applies, and the API says so.
     std::fs::write(&proxy.rules, flip(mono, inv, false)).unwrap();
