@@ -27,23 +27,59 @@ use crate::diff::{read_headers, Answer};
 
 /// Idle connections kept per upstream on each thread; one more closes the oldest.
 const IDLE_PER_PEER: usize = 32;
+/// Every this many returns, the whole pool drops what has expired: upstreams that a reload removed
+/// (or that no copy goes to any more) don't keep their connections open.
+const SWEEP_EVERY: u32 = 256;
+
+/// One thread's idle keep-alive connections by `peer.reuse_hash()`, oldest first, each with the
+/// moment its idle timeout ends.
+#[derive(Default)]
+struct Idle {
+    by_peer: HashMap<u64, VecDeque<(Stream, Option<Instant>)>>,
+    returns: u32,
+}
 
 thread_local! {
-    /// Idle keep-alive connections by `peer.reuse_hash()`, oldest first, with when they went idle.
-    static IDLE: RefCell<HashMap<u64, VecDeque<(Stream, Instant)>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<Idle> = RefCell::new(Idle::default());
+}
+
+fn expired(until: Option<Instant>, now: Instant) -> bool {
+    until.is_some_and(|t| now >= t)
 }
 
 /// The newest idle connection to `key` that is still open, dropping (closing) stale ones.
-fn take_idle(key: u64, idle_timeout: Option<Duration>) -> Option<Stream> {
+fn take_idle(key: u64) -> Option<Stream> {
     loop {
-        let (mut stream, since) = IDLE.with(|p| p.borrow_mut().get_mut(&key)?.pop_back())?;
-        if idle_timeout.is_some_and(|t| since.elapsed() >= t) {
+        let (mut stream, until) = IDLE.with(|p| p.borrow_mut().by_peer.get_mut(&key)?.pop_back())?;
+        if expired(until, Instant::now()) {
             continue;
         }
         if still_open(&mut stream) {
             return Some(stream);
         }
     }
+}
+
+fn put_idle(key: u64, stream: Stream, idle_timeout: Option<Duration>) {
+    let now = Instant::now();
+    IDLE.with(|p| {
+        let mut p = p.borrow_mut();
+        p.returns = p.returns.wrapping_add(1);
+        if p.returns % SWEEP_EVERY == 0 {
+            p.by_peer.retain(|_, idle| {
+                idle.retain(|(_, until)| !expired(*until, now));
+                !idle.is_empty()
+            });
+        }
+        let idle = p.by_peer.entry(key).or_default();
+        while idle.front().is_some_and(|(_, until)| expired(*until, now)) {
+            idle.pop_front();
+        }
+        if idle.len() == IDLE_PER_PEER {
+            idle.pop_front();
+        }
+        idle.push_back((stream, idle_timeout.map(|t| now + t)));
+    });
 }
 
 /// An idle connection is reusable only if a read would block: a close, an error or unexpected
@@ -56,23 +92,6 @@ fn still_open(stream: &mut Stream) -> bool {
         Pin::new(&mut *stream).poll_read(cx, &mut buf)
     }));
     matches!(Pin::new(&mut read).poll(&mut cx), Poll::Pending)
-}
-
-fn put_idle(key: u64, stream: Stream, idle_timeout: Option<Duration>) {
-    IDLE.with(|p| {
-        let mut p = p.borrow_mut();
-        let idle = p.entry(key).or_default();
-        while idle
-            .front()
-            .is_some_and(|(_, since)| idle_timeout.is_some_and(|t| since.elapsed() >= t))
-        {
-            idle.pop_front();
-        }
-        if idle.len() == IDLE_PER_PEER {
-            idle.pop_front();
-        }
-        idle.push_back((stream, Instant::now()));
-    });
 }
 
 /// Send one request and read the whole answer (up to `max_body`), all within `limit`.
@@ -92,7 +111,7 @@ pub(crate) async fn send(
     // Boxed once here: the exchange's state (the session and its read and write futures) is a few
     // KiB, and an unboxed copy task would be moved, whole, on every spawn and poll hand-off.
     let work = Box::pin(async {
-        let stream = match take_idle(key, idle_timeout) {
+        let stream = match take_idle(key) {
             Some(stream) => stream,
             // Boxed: a connect's state machine (TLS included) is tens of KiB, and every reuse
             // would otherwise carry (and move) it.
@@ -175,5 +194,50 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server.await.unwrap();
+    }
+
+    /// A keep-alive server that counts its connections: one reused connection while it is fresh,
+    /// a new one once it has been idle past the peer's idle timeout.
+    #[tokio::test]
+    async fn a_connection_idle_past_its_timeout_is_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if conn.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let transport = TransportConnector::new(None);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.idle_timeout = Some(Duration::from_secs(2));
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("host", "test").unwrap();
+        let ask = || send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5));
+        ask().await.unwrap();
+        ask().await.unwrap();
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a fresh connection is reused"
+        );
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        ask().await.unwrap();
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "a stale one is not"
+        );
     }
 }
