@@ -97,6 +97,10 @@ fn still_open(stream: &mut Stream) -> bool {
 /// Send one request and read the whole answer (up to `max_body`), all within `limit`.
 /// The answer keeps `content-type` and the `compared` headers. Returns it and whether its body
 /// was cut.
+///
+/// A pooled connection that the server closed just as it was taken fails before any answer. Then
+/// the request goes once more on a new connection, as Pingora does for proxied requests: when
+/// the request never left (the write failed), or when it is idempotent.
 pub(crate) async fn send(
     transport: &TransportConnector,
     peer: &HttpPeer,
@@ -106,56 +110,94 @@ pub(crate) async fn send(
     compared: &[HeaderName],
     limit: Duration,
 ) -> Result<(Answer, bool), String> {
-    let key = peer.reuse_hash();
-    let idle_timeout = peer.idle_timeout();
     // Boxed once here: the exchange's state (the session and its read and write futures) is a few
     // KiB, and an unboxed copy task would be moved, whole, on every spawn and poll hand-off.
     let work = Box::pin(async {
-        let stream = match take_idle(key) {
-            Some(stream) => stream,
-            // Boxed: a connect's state machine (TLS included) is tens of KiB, and every reuse
-            // would otherwise carry (and move) it.
-            None => Box::pin(transport.new_stream(peer)).await.map_err(|e| e.to_string())?,
-        };
-        let mut s = HttpSession::new_with_options(stream, peer);
-        s.write_request_header(Box::new(header.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
-        for chunk in body {
-            s.write_body(chunk).await.map_err(|e| e.to_string())?;
-        }
-        s.finish_body().await.map_err(|e| e.to_string())?;
-        s.read_response().await.map_err(|e| e.to_string())?;
-        let resp = s.resp_header().ok_or("no response header")?;
-        let (status, headers) = (resp.status.as_u16(), read_headers(&resp.headers, compared));
-        let mut buf = BytesMut::new();
-        let mut truncated = false;
-        while let Some(chunk) = s.read_body_ref().await.map_err(|e| e.to_string())? {
-            if !truncated && buf.len() + chunk.len() <= max_body {
-                buf.extend_from_slice(chunk);
-            } else {
-                truncated = true;
-                buf.clear();
+        let reused = take_idle(peer.reuse_hash());
+        let was_reused = reused.is_some();
+        match exchange(transport, peer, reused, header, body, max_body, compared).await {
+            Err(Failed { sent, error })
+                if was_reused && (!sent || crate::fallback::idempotent_method(&header.method)) =>
+            {
+                tracing::debug!(%error, "a pooled connection failed before any answer; trying a new one");
+                exchange(transport, peer, None, header, body, max_body, compared)
+                    .await
+                    .map_err(|f| f.error)
             }
+            r => r.map_err(|f| f.error),
         }
-        s.respect_keepalive();
-        if let Some(stream) = s.reuse().await {
-            put_idle(key, stream, idle_timeout);
-        }
-        Ok((
-            Answer {
-                status,
-                headers,
-                body: buf.freeze(),
-            },
-            truncated,
-        ))
     });
     // One deadline for the whole exchange, on Pingora's shared timers.
     match pingora_timeout::fast_timeout::fast_timeout(limit, work).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {limit:?}")),
     }
+}
+
+/// Why an exchange failed, and whether the request had been written by then.
+struct Failed {
+    sent: bool,
+    error: String,
+}
+
+/// One try on `stream` (a pooled connection) or on a new one.
+async fn exchange(
+    transport: &TransportConnector,
+    peer: &HttpPeer,
+    stream: Option<Stream>,
+    header: &RequestHeader,
+    body: &[Bytes],
+    max_body: usize,
+    compared: &[HeaderName],
+) -> Result<(Answer, bool), Failed> {
+    let failed = |sent: bool| {
+        move |e: pingora_error::BError| Failed {
+            sent,
+            error: e.to_string(),
+        }
+    };
+    let stream = match stream {
+        Some(stream) => stream,
+        // Boxed: a connect's state machine (TLS included) is tens of KiB, and every reuse
+        // would otherwise carry (and move) it.
+        None => Box::pin(transport.new_stream(peer)).await.map_err(failed(false))?,
+    };
+    let mut s = HttpSession::new_with_options(stream, peer);
+    s.write_request_header(Box::new(header.clone()))
+        .await
+        .map_err(failed(false))?;
+    for chunk in body {
+        s.write_body(chunk).await.map_err(failed(true))?;
+    }
+    s.finish_body().await.map_err(failed(true))?;
+    s.read_response().await.map_err(failed(true))?;
+    let resp = s.resp_header().ok_or_else(|| Failed {
+        sent: true,
+        error: "no response header".into(),
+    })?;
+    let (status, headers) = (resp.status.as_u16(), read_headers(&resp.headers, compared));
+    let mut buf = BytesMut::new();
+    let mut truncated = false;
+    while let Some(chunk) = s.read_body_ref().await.map_err(failed(true))? {
+        if !truncated && buf.len() + chunk.len() <= max_body {
+            buf.extend_from_slice(chunk);
+        } else {
+            truncated = true;
+            buf.clear();
+        }
+    }
+    s.respect_keepalive();
+    if let Some(stream) = s.reuse().await {
+        put_idle(peer.reuse_hash(), stream, peer.idle_timeout());
+    }
+    Ok((
+        Answer {
+            status,
+            headers,
+            body: buf.freeze(),
+        },
+        truncated,
+    ))
 }
 
 #[cfg(test)]
@@ -194,6 +236,52 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server.await.unwrap();
+    }
+
+    /// A server that answers the first request on each connection and closes the connection
+    /// without a word at the second, as a server does whose keep-alive timeout just ran out:
+    /// the request is sent again on a new connection, once, and gets its answer.
+    #[tokio::test]
+    async fn a_pooled_connection_closed_at_the_second_request_is_retried_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    if conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        let _ = conn.write_all(ok).await;
+                    }
+                    // The second request: read it, then close without an answer.
+                    let _ = conn.read(&mut buf).await;
+                });
+            }
+        });
+        let transport = TransportConnector::new(None);
+        let peer = HttpPeer::new(addr, false, String::new());
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("host", "test").unwrap();
+        for i in 1..=3 {
+            let (answer, _) = send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert_eq!(answer.status, 200);
+        }
+        // 1: new; 2: pooled, closed, again on a new one; 3: pooled, closed, again on a new one.
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        // A POST that reached the server is not sent twice: its copy fails instead.
+        let mut post = RequestHeader::build("POST", b"/", None).unwrap();
+        post.insert_header("host", "test").unwrap();
+        post.insert_header("content-length", "0").unwrap();
+        let r = send(&transport, &peer, &post, &[], 1024, &[], Duration::from_secs(5)).await;
+        assert!(r.is_err(), "a POST was sent again: {r:?}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     /// A keep-alive server that counts its connections: one reused connection while it is fresh,
