@@ -271,9 +271,7 @@ async fn monitor(pid: u32, metrics_url: String, deadline: Instant) -> (u64, u64,
 
 #[tokio::main]
 async fn main() {
-    // `cargo test --all-targets` runs bench binaries too; measure only under `cargo bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benchmark skipped: run it with `cargo bench --bench abuse`");
+    if !common::bench::measuring("abuse") {
         return;
     }
     // 2,000 idle + 200 slowloris sockets and the rest: past the usual soft limit of 1,024.

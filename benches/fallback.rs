@@ -8,21 +8,16 @@ mod common;
 
 use std::time::Instant;
 
+use common::bench::percentile;
 use common::proxy::{free_port, Proxy};
 use common::shop::start_shop;
 use shop_kit::faults::FaultSettings;
 
 const ROUNDS: usize = 2_000;
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() {
-    // `cargo test --all-targets` runs bench binaries too; measure only under `cargo bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+    if !common::bench::measuring("fallback") {
         return;
     }
     let shop = start_shop().await;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use common::bench::percentile;
 use common::proxy::{rules, Proxy};
 use common::shop::start_shop;
 use http::{HeaderMap, Method};
@@ -38,10 +39,6 @@ fn many_routes(n: usize) -> String {
         s.push_str(&format!("  - {{ name: r{i}, match: {{ {m} }}, {mode} }}\n"));
     }
     s
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn median_of(mut xs: Vec<f64>) -> f64 {
@@ -232,9 +229,7 @@ async fn latency_during_reloads() {
 }
 
 fn main() {
-    // `cargo test --all-targets` runs bench binaries too; measure only under `cargo bench`.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benchmark skipped: run it with `cargo bench --bench NAME`");
+    if !common::bench::measuring("reload") {
         return;
     }
     compile_and_swap();

@@ -102,8 +102,7 @@ async fn cpu_phase(client: &reqwest::Client, off: &Proxy, on: &Proxy, clients: u
 
 #[tokio::main]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benchmark skipped: run it with `cargo bench --bench shadow`");
+    if !common::bench::measuring("shadow") {
         return;
     }
     let shop = start_shop().await;
@@ -146,7 +145,7 @@ async fn main() {
     }
     let p99 = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[(v.len() as f64 * 0.99) as usize - 1]
+        common::bench::percentile(v, 0.99)
     };
     let (off_p99, on_p99) = (p99(&mut lat[0]), p99(&mut lat[1]));
     println!(

@@ -112,15 +112,16 @@ pub(crate) async fn send(
 ) -> Result<(Answer, bool), String> {
     // Boxed once here: the exchange's state (the session and its read and write futures) is a few
     // KiB, and an unboxed copy task would be moved, whole, on every spawn and poll hand-off.
+    let key = peer.reuse_hash();
     let work = Box::pin(async {
-        let reused = take_idle(peer.reuse_hash());
+        let reused = take_idle(key);
         let was_reused = reused.is_some();
-        match exchange(transport, peer, reused, header, body, max_body, compared).await {
+        match exchange(transport, (peer, key), reused, header, body, max_body, compared).await {
             Err(Failed { sent, error })
                 if was_reused && (!sent || crate::fallback::idempotent_method(&header.method)) =>
             {
                 tracing::debug!(%error, "a pooled connection failed before any answer; trying a new one");
-                exchange(transport, peer, None, header, body, max_body, compared)
+                exchange(transport, (peer, key), None, header, body, max_body, compared)
                     .await
                     .map_err(|f| f.error)
             }
@@ -140,10 +141,10 @@ struct Failed {
     error: String,
 }
 
-/// One try on `stream` (a pooled connection) or on a new one.
+/// One try on `stream` (a pooled connection) or on a new one. `key` is the peer's pool key.
 async fn exchange(
     transport: &TransportConnector,
-    peer: &HttpPeer,
+    (peer, key): (&HttpPeer, u64),
     stream: Option<Stream>,
     header: &RequestHeader,
     body: &[Bytes],
@@ -188,7 +189,7 @@ async fn exchange(
     }
     s.respect_keepalive();
     if let Some(stream) = s.reuse().await {
-        put_idle(peer.reuse_hash(), stream, peer.idle_timeout());
+        put_idle(key, stream, peer.idle_timeout());
     }
     Ok((
         Answer {
@@ -203,8 +204,46 @@ async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// A server on loopback that counts the connections it accepts and answers the requests on
+    /// each one with `200 ok`: all of them, or only the first, after which it reads the next
+    /// request and closes without an answer (a keep-alive timeout that just ran out).
+    async fn counting_server(answers_per_connection: Option<usize>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let mut answered = 0;
+                    while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        if answers_per_connection.is_some_and(|n| answered == n) || conn.write_all(OK).await.is_err() {
+                            return;
+                        }
+                        answered += 1;
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn request(method: &str) -> RequestHeader {
+        let mut req = RequestHeader::build(method, b"/", None).unwrap();
+        req.insert_header("host", "test").unwrap();
+        req.insert_header("content-length", "0").unwrap();
+        req
+    }
 
     /// A server that answers one request per connection, says keep-alive, then closes: the
     /// pooled connection is dead by the next request, which must notice and connect again.
@@ -217,16 +256,13 @@ mod tests {
                 let (mut conn, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 1024];
                 let _ = conn.read(&mut buf).await.unwrap();
-                conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await
-                    .unwrap();
+                conn.write_all(OK).await.unwrap();
                 conn.shutdown().await.unwrap();
             }
         });
         let transport = TransportConnector::new(None);
         let peer = HttpPeer::new(addr, false, String::new());
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("host", "test").unwrap();
+        let req = request("GET");
         for _ in 0..2 {
             let (answer, cut) = send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5))
                 .await
@@ -243,29 +279,10 @@ mod tests {
     /// the request is sent again on a new connection, once, and gets its answer.
     #[tokio::test]
     async fn a_pooled_connection_closed_at_the_second_request_is_retried_once() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut conn, _) = listener.accept().await.unwrap();
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    if conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        let _ = conn.write_all(ok).await;
-                    }
-                    // The second request: read it, then close without an answer.
-                    let _ = conn.read(&mut buf).await;
-                });
-            }
-        });
+        let (addr, accepted) = counting_server(Some(1)).await;
         let transport = TransportConnector::new(None);
         let peer = HttpPeer::new(addr, false, String::new());
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("host", "test").unwrap();
+        let req = request("GET");
         for i in 1..=3 {
             let (answer, _) = send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5))
                 .await
@@ -273,59 +290,38 @@ mod tests {
             assert_eq!(answer.status, 200);
         }
         // 1: new; 2: pooled, closed, again on a new one; 3: pooled, closed, again on a new one.
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(accepted.load(SeqCst), 3);
 
         // A POST that reached the server is not sent twice: its copy fails instead.
-        let mut post = RequestHeader::build("POST", b"/", None).unwrap();
-        post.insert_header("host", "test").unwrap();
-        post.insert_header("content-length", "0").unwrap();
-        let r = send(&transport, &peer, &post, &[], 1024, &[], Duration::from_secs(5)).await;
+        let r = send(
+            &transport,
+            &peer,
+            &request("POST"),
+            &[],
+            1024,
+            &[],
+            Duration::from_secs(5),
+        )
+        .await;
         assert!(r.is_err(), "a POST was sent again: {r:?}");
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(accepted.load(SeqCst), 3);
     }
 
     /// A keep-alive server that counts its connections: one reused connection while it is fresh,
     /// a new one once it has been idle past the peer's idle timeout.
     #[tokio::test]
     async fn a_connection_idle_past_its_timeout_is_not_reused() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut conn, _) = listener.accept().await.unwrap();
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if conn.write_all(ok).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
+        let (addr, accepted) = counting_server(None).await;
         let transport = TransportConnector::new(None);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.idle_timeout = Some(Duration::from_secs(2));
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("host", "test").unwrap();
+        let req = request("GET");
         let ask = || send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5));
         ask().await.unwrap();
         ask().await.unwrap();
-        assert_eq!(
-            accepted.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "a fresh connection is reused"
-        );
+        assert_eq!(accepted.load(SeqCst), 1, "a fresh connection is reused");
         tokio::time::sleep(Duration::from_millis(2200)).await;
         ask().await.unwrap();
-        assert_eq!(
-            accepted.load(std::sync::atomic::Ordering::SeqCst),
-            2,
-            "a stale one is not"
-        );
+        assert_eq!(accepted.load(SeqCst), 2, "a stale one is not");
     }
 }

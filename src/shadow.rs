@@ -196,13 +196,13 @@ impl Default for Shadower {
         Shadower {
             transport: TransportConnector::new(None),
             in_flight: AtomicUsize::new(0),
-            runtime: copy_runtime(),
+            runtime: compare_runtime(),
         }
     }
 }
 
-/// Start the copies' thread and its runtime; the thread lives as long as the process.
-fn copy_runtime() -> tokio::runtime::Handle {
+/// Start the thread large comparisons run on, and its runtime; it lives as long as the process.
+fn compare_runtime() -> tokio::runtime::Handle {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("strangler-shadow".into())
@@ -408,8 +408,8 @@ pub fn start(job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
         return None;
     };
     let (tx, rx) = oneshot::channel();
-    let own_thread = job.shadower.runtime.clone();
-    let copy = async move {
+    // Boxed, so the spawn moves a pointer and not the whole exchange's state machine.
+    tokio::spawn(Box::pin(async move {
         if let Some((job, legacy, new, again)) = exchange(job, rx).await {
             if legacy.answer.body.len() + new.body.len() > INLINE_COMPARE {
                 let runtime = job.shadower.runtime.clone();
@@ -422,14 +422,7 @@ pub fn start(job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
                 drop(slot);
             }
         }
-    };
-    // Boxed, so the spawn moves a pointer and not the whole exchange's state machine.
-    let copy = Box::pin(copy);
-    // Outside a runtime (nothing in the proxy, but a caller could) the copy runs on our thread.
-    match tokio::runtime::Handle::try_current() {
-        Ok(worker) => worker.spawn(copy),
-        Err(_) => own_thread.spawn(copy),
-    };
+    }));
     Some(tx)
 }
 

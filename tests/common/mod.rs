@@ -1,6 +1,7 @@
 //! Shared test helpers: the shop (monolith + services), echo servers and the proxy process.
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod echo;
 pub mod proxy;
 pub mod rawhttp;
