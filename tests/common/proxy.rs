@@ -138,6 +138,19 @@ impl Proxy {
         std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
     }
 
+    /// The log once every string in `want` is in it, or after 5 s whatever it is: lines are
+    /// written by the proxy's log thread, a moment after the event.
+    pub async fn log_with(&self, want: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if want.iter().all(|w| log.contains(w)) || Instant::now() >= deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(self.admin_url("/metrics"))
             .await
