@@ -1,11 +1,17 @@
 //! One HTTP/1.1 exchange with an upstream outside the proxied path (shadow copies, HTTP health
-//! probes), over a keep-alive pool that belongs to the calling thread.
+//! probes): a request head serialized once, a response read with `httparse`, over a keep-alive
+//! pool that belongs to the calling thread.
 //!
 //! Pingora's pool hands each idle connection to a watcher task on a random worker thread, so
 //! taking it back costs two task wakes (often across threads), a `getpeername` and two probing
 //! reads, and now and then a lost race that opens a new connection (BENCHMARKS.md, issue 5).
 //! A copy starts and finishes on one thread, so its idle connections can stay there: taking one
 //! is a pop and one non-blocking read that proves the server has not closed it.
+//!
+//! Pingora's `HttpSession` is not used for the exchange: a copy needs its status, two or three
+//! headers and its body, and building a full request and response header (maps, case maps,
+//! digests) cost more than the copy's own parsing (BENCHMARKS.md, issue 5). New connections still
+//! come from Pingora's `TransportConnector`, so TLS to a service works as for proxied requests.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -14,16 +20,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use http::HeaderName;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use pingora_core::connectors::TransportConnector;
-use pingora_core::protocols::http::v1::client::HttpSession;
 use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
-use pingora_http::RequestHeader;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-use crate::diff::{read_headers, Answer};
+use crate::diff::Answer;
 
 /// Idle connections kept per upstream on each thread; one more closes the oldest.
 const IDLE_PER_PEER: usize = 32;
@@ -94,9 +98,103 @@ fn still_open(stream: &mut Stream) -> bool {
     matches!(Pin::new(&mut read).poll(&mut cx), Poll::Pending)
 }
 
+/// An answer's head larger than this is refused.
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers an answer may have.
+const MAX_FIELDS: usize = 128;
+
+/// A request head being built: the request line, then fields. `finish` adds the framing.
+pub struct HeadBuilder {
+    buf: BytesMut,
+    method: Method,
+}
+
+impl HeadBuilder {
+    /// `target` is the origin-form request target (path and query), as sent upstream.
+    pub fn new(method: &Method, target: &[u8]) -> HeadBuilder {
+        let mut buf = BytesMut::with_capacity(512);
+        buf.extend_from_slice(method.as_str().as_bytes());
+        buf.extend_from_slice(b" ");
+        buf.extend_from_slice(target);
+        buf.extend_from_slice(b" HTTP/1.1\r\n");
+        HeadBuilder {
+            buf,
+            method: method.clone(),
+        }
+    }
+
+    pub fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.buf.extend_from_slice(name.as_str().as_bytes());
+        self.buf.extend_from_slice(b": ");
+        self.buf.extend_from_slice(value.as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// The finished request for a body of `body_len` bytes (sent with `content-length`).
+    pub fn finish(mut self, body_len: usize) -> Request {
+        if body_len > 0 || matches!(self.method, Method::POST | Method::PUT | Method::PATCH) {
+            self.buf.extend_from_slice(b"content-length: ");
+            self.buf.extend_from_slice(body_len.to_string().as_bytes());
+            self.buf.extend_from_slice(b"\r\n");
+        }
+        self.buf.extend_from_slice(b"\r\n");
+        Request {
+            head: self.buf.freeze(),
+            idempotent: crate::fallback::idempotent_method(&self.method),
+            no_body_answer: self.method == Method::HEAD,
+        }
+    }
+}
+
+/// A request ready to send: its head as it goes on the wire.
+#[derive(Clone, Debug)]
+pub struct Request {
+    head: Bytes,
+    idempotent: bool,
+    /// A `HEAD` request: its answer has no body, whatever its `content-length` says.
+    no_body_answer: bool,
+}
+
+/// What a mismatch record shows of a request.
+pub struct RequestParts {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Request {
+    pub fn idempotent(&self) -> bool {
+        self.idempotent
+    }
+
+    /// The method, target and fields, read back from the head (only a mismatch needs them).
+    pub fn parts(&self) -> RequestParts {
+        let lines = memchr::memchr_iter(b'\n', &self.head).count();
+        let mut fields = vec![httparse::EMPTY_HEADER; lines];
+        let mut req = httparse::Request::new(&mut fields);
+        // The head was written by `HeadBuilder` from a parsed request: it parses.
+        let _ = req.parse(&self.head);
+        RequestParts {
+            method: req.method.unwrap_or_default().to_string(),
+            target: req.path.unwrap_or_default().to_string(),
+            headers: req
+                .headers
+                .iter()
+                .filter(|h| !h.name.is_empty())
+                .filter_map(|h| {
+                    Some((
+                        HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                        HeaderValue::from_bytes(h.value).ok()?,
+                    ))
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Send one request and read the whole answer (up to `max_body`), all within `limit`.
 /// The answer keeps `content-type` and the `compared` headers. Returns it and whether its body
-/// was cut.
+/// was cut (then the body is empty).
 ///
 /// A pooled connection that the server closed just as it was taken fails before any answer. Then
 /// the request goes once more on a new connection, as Pingora does for proxied requests: when
@@ -104,24 +202,22 @@ fn still_open(stream: &mut Stream) -> bool {
 pub(crate) async fn send(
     transport: &TransportConnector,
     peer: &HttpPeer,
-    header: &RequestHeader,
+    req: &Request,
     body: &[Bytes],
     max_body: usize,
     compared: &[HeaderName],
     limit: Duration,
 ) -> Result<(Answer, bool), String> {
-    // Boxed once here: the exchange's state (the session and its read and write futures) is a few
-    // KiB, and an unboxed copy task would be moved, whole, on every spawn and poll hand-off.
+    // Boxed once here: the exchange's state is a few hundred bytes, and an unboxed copy task
+    // would be moved, whole, on every spawn.
     let key = peer.reuse_hash();
     let work = Box::pin(async {
         let reused = take_idle(key);
         let was_reused = reused.is_some();
-        match exchange(transport, (peer, key), reused, header, body, max_body, compared).await {
-            Err(Failed { sent, error })
-                if was_reused && (!sent || crate::fallback::idempotent_method(&header.method)) =>
-            {
+        match exchange(transport, (peer, key), reused, req, body, max_body, compared).await {
+            Err(Failed { sent, error }) if was_reused && (!sent || req.idempotent) => {
                 tracing::debug!(%error, "a pooled connection failed before any answer; trying a new one");
-                exchange(transport, (peer, key), None, header, body, max_body, compared)
+                exchange(transport, (peer, key), None, req, body, max_body, compared)
                     .await
                     .map_err(|f| f.error)
             }
@@ -141,63 +237,242 @@ struct Failed {
     error: String,
 }
 
+impl Failed {
+    fn after_send(error: impl Into<String>) -> Failed {
+        Failed {
+            sent: true,
+            error: error.into(),
+        }
+    }
+}
+
+/// How an answer's body ends (RFC 9112, section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    Empty,
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// An answer's head, read out of the buffer.
+struct Head {
+    len: usize,
+    status: u16,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// The answer's head at the start of `buf`, if it is all there. Keeps `content-type` and the
+/// `compared` headers.
+fn parse_head(buf: &[u8], compared: &[HeaderName], no_body_answer: bool) -> Result<Option<Head>, Failed> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
+        Ok(httparse::Status::Partial) => return Err(Failed::after_send("answer head over 64 KiB")),
+        Err(e) => return Err(Failed::after_send(format!("bad answer: {e}"))),
+    };
+    let status = resp.code.unwrap_or_default();
+    let mut headers = HeaderMap::new();
+    let (mut length, mut chunked, mut coded, mut close) = (None, false, false, resp.version != Some(1));
+    for f in resp.headers.iter() {
+        let name = f.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(f.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| Failed::after_send("bad content-length in the answer"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Failed::after_send("two content-lengths in the answer"));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            coded = true;
+            chunked = f
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            close |= f
+                .value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
+        let kept = compared
+            .iter()
+            .chain([&http::header::CONTENT_TYPE])
+            .find(|n| n.as_str().eq_ignore_ascii_case(name));
+        if let (Some(n), Ok(v)) = (kept, HeaderValue::from_bytes(f.value)) {
+            headers.append(n.clone(), v);
+        }
+    }
+    let framing = if no_body_answer || status < 200 || status == 204 || status == 304 {
+        Framing::Empty
+    } else if coded {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        length.map_or(Framing::UntilClose, Framing::Length)
+    };
+    Ok(Some(Head {
+        len,
+        status,
+        headers,
+        framing,
+        keep_alive: !close && framing != Framing::UntilClose,
+    }))
+}
+
+/// Read more of the answer into `buf`; an error if the connection ends first.
+async fn fill(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Failed> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    match stream.read_buf(buf).await {
+        Ok(0) => Err(Failed::after_send("connection closed before the answer ended")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failed::after_send(e.to_string())),
+    }
+}
+
 /// One try on `stream` (a pooled connection) or on a new one. `key` is the peer's pool key.
 async fn exchange(
     transport: &TransportConnector,
     (peer, key): (&HttpPeer, u64),
     stream: Option<Stream>,
-    header: &RequestHeader,
+    req: &Request,
     body: &[Bytes],
     max_body: usize,
     compared: &[HeaderName],
 ) -> Result<(Answer, bool), Failed> {
-    let failed = |sent: bool| {
-        move |e: pingora_error::BError| Failed {
-            sent,
-            error: e.to_string(),
-        }
+    let unsent = |e: std::io::Error| Failed {
+        sent: false,
+        error: e.to_string(),
     };
-    let stream = match stream {
+    let mut stream = match stream {
         Some(stream) => stream,
         // Boxed: a connect's state machine (TLS included) is tens of KiB, and every reuse
         // would otherwise carry (and move) it.
-        None => Box::pin(transport.new_stream(peer)).await.map_err(failed(false))?,
+        None => Box::pin(transport.new_stream(peer)).await.map_err(|e| Failed {
+            sent: false,
+            error: e.to_string(),
+        })?,
     };
-    let mut s = HttpSession::new_with_options(stream, peer);
-    s.write_request_header(Box::new(header.clone()))
-        .await
-        .map_err(failed(false))?;
-    for chunk in body {
-        s.write_body(chunk).await.map_err(failed(true))?;
-    }
-    s.finish_body().await.map_err(failed(true))?;
-    s.read_response().await.map_err(failed(true))?;
-    let resp = s.resp_header().ok_or_else(|| Failed {
-        sent: true,
-        error: "no response header".into(),
-    })?;
-    let (status, headers) = (resp.status.as_u16(), read_headers(&resp.headers, compared));
-    let mut buf = BytesMut::new();
-    let mut truncated = false;
-    while let Some(chunk) = s.read_body_ref().await.map_err(failed(true))? {
-        if !truncated && buf.len() + chunk.len() <= max_body {
-            buf.extend_from_slice(chunk);
-        } else {
-            truncated = true;
-            buf.clear();
+    // Pingora's stream buffers writes: the head and body leave in one flush.
+    stream.write_all(&req.head).await.map_err(unsent)?;
+    if body.is_empty() {
+        stream.flush().await.map_err(unsent)?;
+    } else {
+        for chunk in body {
+            stream
+                .write_all(chunk)
+                .await
+                .map_err(|e| Failed::after_send(e.to_string()))?;
         }
+        stream.flush().await.map_err(|e| Failed::after_send(e.to_string()))?;
     }
-    s.respect_keepalive();
-    if let Some(stream) = s.reuse().await {
+
+    let mut buf = BytesMut::with_capacity(4096);
+    let head = loop {
+        match parse_head(&buf, compared, req.no_body_answer)? {
+            // 1xx answers (100 Continue, 103 Early Hints) come before the real one.
+            Some(head) if (100..200).contains(&head.status) && head.status != 101 => buf.advance(head.len),
+            Some(head) => {
+                buf.advance(head.len);
+                break head;
+            }
+            None => fill(&mut stream, &mut buf).await?,
+        }
+    };
+
+    let mut body = BytesMut::new();
+    let mut whole = true;
+    match head.framing {
+        Framing::Empty => {}
+        Framing::Length(n) if n > max_body => whole = false,
+        Framing::Length(n) => {
+            if buf.len() < n {
+                buf.reserve(n - buf.len());
+            }
+            while buf.len() < n {
+                fill(&mut stream, &mut buf).await?;
+            }
+            body = buf.split_to(n);
+        }
+        Framing::Chunked => loop {
+            let (used, size) = match httparse::parse_chunk_size(&buf) {
+                Ok(httparse::Status::Complete((used, size))) => (used, size as usize),
+                Ok(httparse::Status::Partial) if buf.len() < 4096 => {
+                    fill(&mut stream, &mut buf).await?;
+                    continue;
+                }
+                _ => return Err(Failed::after_send("bad chunk in the answer")),
+            };
+            if size == 0 {
+                buf.advance(used);
+                // Trailer fields, if any, then the blank line.
+                loop {
+                    match memchr::memmem::find(&buf, b"\r\n") {
+                        Some(0) => {
+                            buf.advance(2);
+                            break;
+                        }
+                        Some(i) => buf.advance(i + 2),
+                        None if buf.len() < MAX_HEAD => fill(&mut stream, &mut buf).await?,
+                        None => return Err(Failed::after_send("answer trailers over 64 KiB")),
+                    }
+                }
+                break;
+            }
+            if body.len() + size > max_body {
+                whole = false;
+                break;
+            }
+            while buf.len() < used + size + 2 {
+                fill(&mut stream, &mut buf).await?;
+            }
+            if &buf[used + size..used + size + 2] != b"\r\n" {
+                return Err(Failed::after_send("bad chunk in the answer"));
+            }
+            body.extend_from_slice(&buf[used..used + size]);
+            buf.advance(used + size + 2);
+        },
+        Framing::UntilClose => loop {
+            if buf.len() > max_body {
+                whole = false;
+                break;
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) => {
+                    body = buf.split();
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Failed::after_send(e.to_string())),
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+        },
+    }
+    // A connection is kept only at a clean end: the whole answer read, nothing after it.
+    if whole && head.keep_alive && buf.is_empty() {
         put_idle(key, stream, peer.idle_timeout());
     }
     Ok((
         Answer {
-            status,
-            headers,
-            body: buf.freeze(),
+            status: head.status,
+            headers: head.headers,
+            body: if whole { body.freeze() } else { Bytes::new() },
         },
-        truncated,
+        !whole,
     ))
 }
 
@@ -238,11 +513,10 @@ mod tests {
         (addr, accepted)
     }
 
-    fn request(method: &str) -> RequestHeader {
-        let mut req = RequestHeader::build(method, b"/", None).unwrap();
-        req.insert_header("host", "test").unwrap();
-        req.insert_header("content-length", "0").unwrap();
-        req
+    fn request(method: &str) -> Request {
+        let mut head = HeadBuilder::new(&Method::from_bytes(method.as_bytes()).unwrap(), b"/");
+        head.field(&http::header::HOST, &HeaderValue::from_static("test"));
+        head.finish(0)
     }
 
     /// A server that answers one request per connection, says keep-alive, then closes: the
@@ -323,5 +597,222 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2200)).await;
         ask().await.unwrap();
         assert_eq!(accepted.load(SeqCst), 2, "a stale one is not");
+    }
+
+    /// A server that answers every request on a connection with `answer`, written in pieces of
+    /// `piece` bytes (each its own write), and counts its connections. It reads a request up to
+    /// its blank line, then its `content-length` body, and keeps the request for the test. An
+    /// answer without framing is followed by a close, which is what ends its body.
+    async fn scripted_server(
+        answer: &'static [u8],
+        piece: usize,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<u8>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (counter, log) = (accepted.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, SeqCst);
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let Some(end) = memchr::memmem::find(&got, b"\r\n\r\n") else {
+                            match conn.read(&mut buf).await {
+                                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                                _ => return,
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while got.len() < end + 4 + len {
+                            match conn.read(&mut buf).await {
+                                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                                _ => return,
+                            }
+                        }
+                        log.lock().unwrap().extend(got.drain(..end + 4 + len));
+                        for part in answer.chunks(piece) {
+                            if conn.write_all(part).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        let framed = [&b"content-length"[..], b"transfer-encoding", b" 204 "]
+                            .iter()
+                            .any(|f| memchr::memmem::find(answer, f).is_some());
+                        if !framed {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted, seen)
+    }
+
+    async fn ask(addr: std::net::SocketAddr, req: &Request, body: &[Bytes], max_body: usize) -> (Answer, bool) {
+        let transport = TransportConnector::new(None);
+        let peer = HttpPeer::new(addr, false, String::new());
+        let compared = [HeaderName::from_static("x-kept")];
+        send(
+            &transport,
+            &peer,
+            req,
+            body,
+            max_body,
+            &compared,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("an answer")
+    }
+
+    /// Each way an answer can be framed is read whole, in pieces as small as one byte; the
+    /// connection is reused after a framed answer and not after one that ends at the close.
+    #[tokio::test]
+    async fn every_framing_is_read_whole_and_reused_only_when_it_can_be() {
+        // (answer, its body, its content-type, connections for three requests)
+        type Case = (&'static [u8], &'static [u8], Option<&'static str>, usize);
+        let cases: [Case; 5] = [
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"a\": true}",
+                b"{\"a\": true}",
+                Some("application/json"),
+                1,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-kept: yes\r\n\r\n5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nx-trailer: t\r\n\r\n",
+                b"hello world",
+                None,
+                1,
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+                b"ok",
+                None,
+                1,
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", b"", None, 1),
+            // No framing: the body ends when the server closes, so the connection can't be kept.
+            (b"HTTP/1.1 200 OK\r\n\r\nto the end", b"to the end", None, 3),
+        ];
+        for (answer, body, content_type, connections) in cases {
+            for piece in [1, 7, 4096] {
+                let (addr, accepted, _) = scripted_server(answer, piece).await;
+                let req = request("GET");
+                for _ in 0..3 {
+                    let (got, cut) = ask(addr, &req, &[], 1024).await;
+                    assert!(!cut);
+                    assert_eq!(&got.body[..], body, "{}", String::from_utf8_lossy(answer));
+                    assert_eq!(
+                        got.headers.get("content-type").map(|v| v.to_str().unwrap()),
+                        content_type
+                    );
+                    if answer.windows(6).any(|w| w == b"x-kept") {
+                        assert_eq!(got.headers.get("x-kept").unwrap(), "yes");
+                    }
+                }
+                assert_eq!(
+                    accepted.load(SeqCst),
+                    connections,
+                    "connections for {}",
+                    String::from_utf8_lossy(answer)
+                );
+            }
+        }
+    }
+
+    /// An answer over `max_body` comes back cut and empty, and its connection is not reused
+    /// (the rest of the body was never read).
+    #[tokio::test]
+    async fn an_answer_over_max_body_is_cut_and_its_connection_dropped() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789"[..],
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\n012345\r\n4\r\n6789\r\n0\r\n\r\n"[..],
+        ] {
+            let (addr, accepted, _) = scripted_server(answer, 4096).await;
+            let req = request("GET");
+            let (got, cut) = ask(addr, &req, &[], 8).await;
+            assert!(cut && got.body.is_empty());
+            let (got, cut) = ask(addr, &req, &[], 10).await;
+            assert_eq!((&got.body[..], cut), (&b"0123456789"[..], false));
+            assert_eq!(accepted.load(SeqCst), 2);
+        }
+    }
+
+    /// A HEAD answer has no body even with a `content-length`; the connection stays usable.
+    #[tokio::test]
+    async fn a_head_answer_has_no_body() {
+        let (addr, accepted, _) = scripted_server(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", 4096).await;
+        let req = request("HEAD");
+        for _ in 0..2 {
+            let (got, cut) = ask(addr, &req, &[], 1024).await;
+            assert_eq!((got.status, got.body.len(), cut), (200, 0, false));
+        }
+        assert_eq!(accepted.load(SeqCst), 1);
+    }
+
+    /// What goes on the wire: the head as built, a `content-length` for the body, then the body.
+    #[tokio::test]
+    async fn the_request_is_sent_as_built_with_its_body() {
+        let (addr, _, seen) = scripted_server(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", 4096).await;
+        let mut head = HeadBuilder::new(&Method::POST, b"/orders?x=1");
+        head.field(&http::header::HOST, &HeaderValue::from_static("shop"));
+        head.field(
+            &HeaderName::from_static("x-request-id"),
+            &HeaderValue::from_static("r-1"),
+        );
+        let req = head.finish(7);
+        ask(
+            addr,
+            &req,
+            &[Bytes::from_static(b"{\"a\""), Bytes::from_static(b":1}")],
+            1024,
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8(seen.lock().unwrap().clone()).unwrap(),
+            "POST /orders?x=1 HTTP/1.1\r\nhost: shop\r\nx-request-id: r-1\r\ncontent-length: 7\r\n\r\n{\"a\":1}"
+        );
+        let parts = req.parts();
+        assert_eq!((parts.method.as_str(), parts.target.as_str()), ("POST", "/orders?x=1"));
+        assert_eq!(parts.headers.len(), 3);
+        assert!(!req.idempotent());
+    }
+
+    /// Broken answers are errors, not answers.
+    #[tokio::test]
+    async fn a_broken_answer_is_an_error() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello"[..],
+            &b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n"[..],
+            &b"NOT HTTP\r\n\r\n"[..],
+        ] {
+            let (addr, _, _) = scripted_server(answer, 4096).await;
+            let transport = TransportConnector::new(None);
+            let peer = HttpPeer::new(addr, false, String::new());
+            let r = send(
+                &transport,
+                &peer,
+                &request("GET"),
+                &[],
+                1024,
+                &[],
+                Duration::from_secs(2),
+            )
+            .await;
+            assert!(r.is_err(), "{}: {r:?}", String::from_utf8_lossy(answer));
+        }
     }
 }

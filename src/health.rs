@@ -15,7 +15,6 @@ use pingora_core::connectors::TransportConnector;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_http::RequestHeader;
 use tokio::time::Instant;
 
 use crate::proxy::Live;
@@ -78,9 +77,6 @@ async fn probe(
             Ok(Ok(_))
         );
     };
-    let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), Some(2)) else {
-        return false;
-    };
     let host = host.unwrap_or_else(|| {
         let name = if peer.sni.is_empty() {
             addr.to_string()
@@ -89,9 +85,9 @@ async fn probe(
         };
         HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("localhost"))
     });
-    if req.insert_header(http::header::HOST, host).is_err() {
-        return false;
-    }
+    let mut head = crate::client::HeadBuilder::new(&http::Method::GET, path.as_bytes());
+    head.field(&http::header::HOST, &host);
+    let req = head.finish(0);
     crate::client::send(connector, peer, &req, &[], 64 * 1024, &[], cfg.timeout)
         .await
         .is_ok_and(|(answer, _)| (200..300).contains(&answer.status))

@@ -21,6 +21,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::client;
 use crate::fallback::{self, Decision, Reason};
 use crate::metrics::{Metrics, RouteHandles};
 use crate::resilience::{InFlight, UpstreamState};
@@ -565,20 +566,26 @@ impl Strangler {
             ctx.shadow = None;
             return Ok(());
         };
-        let mut copy = up.clone();
-        copy.insert_header(X_STRANGLER_SHADOW, "1")?;
-        if ctx.shadow.as_ref().is_some_and(|c| !c.spec.forward_credentials) {
-            copy.remove_header(&http::header::AUTHORIZATION);
-            copy.remove_header(&http::header::COOKIE);
+        // Serialized once, here: the copy task writes these bytes as they are. Framing and
+        // hop-by-hop fields are the copy's own; credentials go only if the route says so.
+        let forward_credentials = ctx.shadow.as_ref().is_some_and(|c| c.spec.forward_credentials);
+        let mut copy = client::HeadBuilder::new(&up.method, up.raw_path());
+        for (name, value) in up.headers.iter() {
+            let own = shadow::COPY_OWN_FIELDS.contains(name)
+                || (!forward_credentials && (name == http::header::AUTHORIZATION || name == http::header::COOKIE));
+            if !own {
+                copy.field(name, value);
+            }
         }
         match (
             &live.rules.upstreams[service].host,
             session.req_header().headers.get(HOST),
         ) {
-            (Some(host), _) => copy.insert_header(HOST, host.clone())?,
-            (None, Some(client_host)) => copy.insert_header(HOST, client_host.clone())?,
+            (Some(host), _) => copy.field(&HOST, host),
+            (None, Some(client_host)) => copy.field(&HOST, client_host),
             (None, None) => {}
         }
+        copy.field(&X_STRANGLER_SHADOW, &http::HeaderValue::from_static("1"));
         let req = session.req_header();
         let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
             || req
@@ -609,7 +616,8 @@ impl Strangler {
         ) else {
             return;
         };
-        let Some(header) = cap.header.take() else { return };
+        let Some(head) = cap.header.take() else { return };
+        let request = head.finish(cap.body_len);
         cap.started = true;
         let up = &live.rules.upstreams[service];
         // A service that keeps failing its copies opens its circuit; copies then wait it out
@@ -634,10 +642,9 @@ impl Strangler {
             spec: cap.spec.clone(),
             service: up.peer.clone(),
             service_timeout: up.connect_timeout + up.response_timeout,
-            noise_copy: (cap.spec.noise_sample.is_some_and(|p| rand::random::<f64>() < p)
-                && fallback::idempotent_method(&header.method))
-            .then(|| live.rules.upstreams[live.rules.legacy].peer.clone()),
-            header,
+            noise_copy: (cap.spec.noise_sample.is_some_and(|p| rand::random::<f64>() < p) && request.idempotent())
+                .then(|| live.rules.upstreams[live.rules.legacy].peer.clone()),
+            request,
             body: std::mem::take(&mut cap.body),
         });
     }

@@ -921,8 +921,12 @@ impl Compiler<'_> {
         let Some(f) = f else { return d };
         let h = &f.value;
         let path = match &h.path {
-            Some(p) if !p.value.starts_with('/') => {
-                self.err(&p.referenced, None, format!("{what}: health.path must start with '/'"));
+            Some(p) if !p.value.starts_with('/') || p.value.parse::<http::uri::PathAndQuery>().is_err() => {
+                self.err(
+                    &p.referenced,
+                    None,
+                    format!("{what}: health.path must be a path that starts with '/', like /healthz"),
+                );
                 None
             }
             Some(p) => Some(p.value.clone()),

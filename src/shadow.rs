@@ -13,7 +13,6 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName};
 use pingora_core::connectors::TransportConnector;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_http::RequestHeader;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -42,6 +41,22 @@ const ALWAYS_REDACTED: [HeaderName; 4] = [
 ];
 
 pub const X_STRANGLER_SHADOW: HeaderName = HeaderName::from_static("x-strangler-shadow");
+
+/// Fields of the proxied request that a copy does not take over: it sets its own `host` and
+/// `x-strangler-shadow`, frames its (whole, held) body with `content-length`, and keeps its
+/// connection alive. Hop-by-hop fields (RFC 9110, section 7.6.1) belong to one connection.
+pub const COPY_OWN_FIELDS: [HeaderName; 10] = [
+    http::header::HOST,
+    X_STRANGLER_SHADOW,
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
@@ -291,8 +306,8 @@ impl AccessLine {
 /// Per-request capture, kept in the CTX while the request runs.
 pub struct Capture {
     pub spec: Arc<ShadowSpec>,
-    /// The copy's request header, once built; taken when the copy starts.
-    pub header: Option<RequestHeader>,
+    /// The copy's request head, once built; finished and taken when the copy starts.
+    pub header: Option<client::HeadBuilder>,
     /// The copy waits for the request body before it starts.
     pub wants_body: bool,
     /// Request body chunks (cheap `Bytes` clones), `body_len` bytes in all.
@@ -389,7 +404,7 @@ pub struct Job {
     pub breaker: Option<(Arc<UpstreamState>, BreakerConfig)>,
     /// The legacy upstream, when this request also asks it a second time to learn noise.
     pub noise_copy: Option<Arc<HttpPeer>>,
-    pub header: RequestHeader,
+    pub request: client::Request,
     pub body: Vec<Bytes>,
 }
 
@@ -436,7 +451,7 @@ async fn exchange(
     let new = client::send(
         &job.shadower.transport,
         &job.service,
-        &job.header,
+        &job.request,
         &job.body,
         job.spec.max_body,
         &job.spec.compare.compare_headers,
@@ -447,7 +462,7 @@ async fn exchange(
         let r = client::send(
             &job.shadower.transport,
             legacy,
-            &job.header,
+            &job.request,
             &job.body,
             job.spec.max_body,
             &job.spec.compare.compare_headers,
@@ -509,12 +524,13 @@ fn judge(job: &Job, legacy: LegacyAnswer, new: Answer, again: Option<Answer>) {
     }
     m.results[1].inc();
     access("mismatch");
-    let request_id = job
-        .header
+    let request = job.request.parts();
+    let request_id = request
         .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .iter()
+        .find(|(n, _)| n == "x-request-id")
+        .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
     let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
     tracing::info!(target: "shadow", route = %job.state.route, request_id, paths = ?paths, "mismatch");
     for d in &diffs {
@@ -522,10 +538,16 @@ fn judge(job: &Job, legacy: LegacyAnswer, new: Answer, again: Option<Answer>) {
             .with_label_values(&[&job.state.route, &job.state.path_label(&d.pattern)])
             .inc();
     }
-    record(job, &legacy.answer, &new, diffs);
+    record(job, (request, request_id), &legacy.answer, &new, diffs);
 }
 
-fn record(job: &Job, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) {
+fn record(
+    job: &Job,
+    (request, request_id): (client::RequestParts, String),
+    legacy: &Answer,
+    new: &Answer,
+    mut diffs: Vec<Difference>,
+) {
     let redacted = |name: &HeaderName| ALWAYS_REDACTED.contains(name) || job.spec.redact.contains(name);
     for d in &mut diffs {
         if let Some(h) = d.path.strip_prefix("header:") {
@@ -536,7 +558,7 @@ fn record(job: &Job, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) 
         }
     }
     let mut request_headers = serde_json::Map::new();
-    for (name, value) in job.header.headers.iter().filter(|(n, _)| !redacted(n)) {
+    for (name, value) in request.headers.iter().filter(|(n, _)| !redacted(n)) {
         request_headers.insert(
             name.as_str().to_string(),
             Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
@@ -555,7 +577,7 @@ fn record(job: &Job, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) 
         .collect();
     // A service that echoes a credential must not get it stored either: scrub the values of the
     // redacted request headers (and their parts: a cookie's value, a bearer token) everywhere.
-    let secrets = secret_values(job.header.headers.iter().filter(|(n, _)| redacted(n)).map(|(_, v)| v));
+    let secrets = secret_values(request.headers.iter().filter(|(n, _)| redacted(n)).map(|(_, v)| v));
     let mut patch = patch;
     if !secrets.is_empty() {
         for d in &mut diffs {
@@ -572,14 +594,9 @@ fn record(job: &Job, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) 
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
         route: job.state.route.clone(),
-        method: job.header.method.to_string(),
-        path: job.header.uri.to_string(),
-        request_id: job
-            .header
-            .headers
-            .get("x-request-id")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default(),
+        method: request.method,
+        path: request.target,
+        request_id,
         request_headers,
         status: json!({"legacy": legacy.status, "new": new.status}),
         differences: diffs,
