@@ -326,7 +326,8 @@ fn parse_head(buf: &[u8], compared: &[HeaderName], no_body_answer: bool) -> Resu
         status,
         headers,
         framing,
-        keep_alive: !close && framing != Framing::UntilClose,
+        // A 101 hands the connection to another protocol: never back to the pool.
+        keep_alive: !close && framing != Framing::UntilClose && status != 101,
     }))
 }
 
