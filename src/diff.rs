@@ -252,6 +252,10 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
         });
     }
     for name in cfg.compare_headers.iter().filter(|n| !cfg.ignore_headers.contains(n)) {
+        // Raw values first: the text (allocated) is only needed where they differ.
+        if legacy.headers.get_all(name).iter().eq(new.headers.get_all(name).iter()) {
+            continue;
+        }
         let (a, b) = (header_text(&legacy.headers, name), header_text(&new.headers, name));
         if a != b {
             let path = format!("header:{name}");
