@@ -198,7 +198,8 @@ impl Request {
 ///
 /// A pooled connection that the server closed just as it was taken fails before any answer. Then
 /// the request goes once more on a new connection, as Pingora does for proxied requests: when
-/// the request never left (the write failed), or when it is idempotent.
+/// the request never left (the write failed), or when it is idempotent. Once an answer has begun,
+/// a failure is final.
 pub(crate) async fn send(
     transport: &TransportConnector,
     peer: &HttpPeer,
@@ -215,7 +216,7 @@ pub(crate) async fn send(
         let reused = take_idle(key);
         let was_reused = reused.is_some();
         match exchange(transport, (peer, key), reused, req, body, max_body, compared).await {
-            Err(Failed { sent, error }) if was_reused && (!sent || req.idempotent) => {
+            Err(Failed { sent, answered, error }) if was_reused && !answered && (!sent || req.idempotent) => {
                 tracing::debug!(%error, "a pooled connection failed before any answer; trying a new one");
                 exchange(transport, (peer, key), None, req, body, max_body, compared)
                     .await
@@ -231,16 +232,27 @@ pub(crate) async fn send(
     }
 }
 
-/// Why an exchange failed, and whether the request had been written by then.
+/// Why an exchange failed, whether the request had been written by then, and whether an answer
+/// had begun.
 struct Failed {
     sent: bool,
+    answered: bool,
     error: String,
 }
 
 impl Failed {
+    fn unsent(error: impl ToString) -> Failed {
+        Failed {
+            sent: false,
+            answered: false,
+            error: error.to_string(),
+        }
+    }
+
     fn after_send(error: impl Into<String>) -> Failed {
         Failed {
             sent: true,
+            answered: false,
             error: error.into(),
         }
     }
@@ -276,14 +288,19 @@ fn parse_head(buf: &[u8], compared: &[HeaderName], no_body_answer: bool) -> Resu
         Err(e) => return Err(Failed::after_send(format!("bad answer: {e}"))),
     };
     let status = resp.code.unwrap_or_default();
+    if status < 100 {
+        return Err(Failed::after_send(format!("bad status {status} in the answer")));
+    }
     let mut headers = HeaderMap::new();
     let (mut length, mut chunked, mut coded, mut close) = (None, false, false, resp.version != Some(1));
     for f in resp.headers.iter() {
         let name = f.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(f.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
+            // Digits only (RFC 9112, section 6.3): no sign, no spaces inside, no list.
+            let digits = f.value.trim_ascii();
+            let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<usize>().ok())
+                .flatten()
                 .ok_or_else(|| Failed::after_send("bad content-length in the answer"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Failed::after_send("two content-lengths in the answer"));
@@ -326,8 +343,10 @@ fn parse_head(buf: &[u8], compared: &[HeaderName], no_body_answer: bool) -> Resu
         status,
         headers,
         framing,
-        // A 101 hands the connection to another protocol: never back to the pool.
-        keep_alive: !close && framing != Framing::UntilClose && status != 101,
+        // A 101 hands the connection to another protocol, and an answer with both a
+        // transfer-encoding and a content-length is suspect (RFC 9112, section 6.1): neither
+        // connection goes back to the pool.
+        keep_alive: !close && framing != Framing::UntilClose && status != 101 && !(coded && length.is_some()),
     }))
 }
 
@@ -353,23 +372,16 @@ async fn exchange(
     max_body: usize,
     compared: &[HeaderName],
 ) -> Result<(Answer, bool), Failed> {
-    let unsent = |e: std::io::Error| Failed {
-        sent: false,
-        error: e.to_string(),
-    };
     let mut stream = match stream {
         Some(stream) => stream,
         // Boxed: a connect's state machine (TLS included) is tens of KiB, and every reuse
         // would otherwise carry (and move) it.
-        None => Box::pin(transport.new_stream(peer)).await.map_err(|e| Failed {
-            sent: false,
-            error: e.to_string(),
-        })?,
+        None => Box::pin(transport.new_stream(peer)).await.map_err(Failed::unsent)?,
     };
-    // Pingora's stream buffers writes: the head and body leave in one flush.
-    stream.write_all(&req.head).await.map_err(unsent)?;
+    // Until the head is written, nothing the server could act on has left.
+    stream.write_all(&req.head).await.map_err(Failed::unsent)?;
     if body.is_empty() {
-        stream.flush().await.map_err(unsent)?;
+        stream.flush().await.map_err(Failed::unsent)?;
     } else {
         for chunk in body {
             stream
@@ -393,76 +405,9 @@ async fn exchange(
         }
     };
 
-    let mut body = BytesMut::new();
-    let mut whole = true;
-    match head.framing {
-        Framing::Empty => {}
-        Framing::Length(n) if n > max_body => whole = false,
-        Framing::Length(n) => {
-            if buf.len() < n {
-                buf.reserve(n - buf.len());
-            }
-            while buf.len() < n {
-                fill(&mut stream, &mut buf).await?;
-            }
-            body = buf.split_to(n);
-        }
-        Framing::Chunked => loop {
-            let (used, size) = match httparse::parse_chunk_size(&buf) {
-                Ok(httparse::Status::Complete((used, size))) => (used, size as usize),
-                Ok(httparse::Status::Partial) if buf.len() < 4096 => {
-                    fill(&mut stream, &mut buf).await?;
-                    continue;
-                }
-                _ => return Err(Failed::after_send("bad chunk in the answer")),
-            };
-            if size == 0 {
-                buf.advance(used);
-                // Trailer fields, if any, then the blank line.
-                loop {
-                    match memchr::memmem::find(&buf, b"\r\n") {
-                        Some(0) => {
-                            buf.advance(2);
-                            break;
-                        }
-                        Some(i) => buf.advance(i + 2),
-                        None if buf.len() < MAX_HEAD => fill(&mut stream, &mut buf).await?,
-                        None => return Err(Failed::after_send("answer trailers over 64 KiB")),
-                    }
-                }
-                break;
-            }
-            if body.len() + size > max_body {
-                whole = false;
-                break;
-            }
-            while buf.len() < used + size + 2 {
-                fill(&mut stream, &mut buf).await?;
-            }
-            if &buf[used + size..used + size + 2] != b"\r\n" {
-                return Err(Failed::after_send("bad chunk in the answer"));
-            }
-            body.extend_from_slice(&buf[used..used + size]);
-            buf.advance(used + size + 2);
-        },
-        Framing::UntilClose => loop {
-            if buf.len() > max_body {
-                whole = false;
-                break;
-            }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) => {
-                    body = buf.split();
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => return Err(Failed::after_send(e.to_string())),
-            }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(4096);
-            }
-        },
-    }
+    let (body, whole) = read_body(&mut stream, &mut buf, head.framing, max_body)
+        .await
+        .map_err(|f| Failed { answered: true, ..f })?;
     // A connection is kept only at a clean end: the whole answer read, nothing after it.
     if whole && head.keep_alive && buf.is_empty() {
         put_idle(key, stream, peer.idle_timeout());
@@ -475,6 +420,100 @@ async fn exchange(
         },
         !whole,
     ))
+}
+
+/// The answer's body after its head (`buf` holds what was read past the head), up to
+/// `max_body`. Returns it and whether it is whole; a body that was cut is left unread.
+async fn read_body(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    framing: Framing,
+    max_body: usize,
+) -> Result<(BytesMut, bool), Failed> {
+    let mut body = BytesMut::new();
+    let mut whole = true;
+    match framing {
+        Framing::Empty => {}
+        Framing::Length(n) if n > max_body => whole = false,
+        Framing::Length(n) => {
+            if buf.len() < n {
+                buf.reserve(n - buf.len());
+            }
+            while buf.len() < n {
+                fill(stream, buf).await?;
+            }
+            body = buf.split_to(n);
+        }
+        Framing::Chunked => loop {
+            if buf.is_empty() {
+                fill(stream, buf).await?;
+                continue;
+            }
+            // httparse reads a line without digits as size 0: a chunk size must start with one.
+            if !buf[0].is_ascii_hexdigit() {
+                return Err(Failed::after_send("bad chunk in the answer"));
+            }
+            let (used, size) = match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, size))) => (used, size),
+                Ok(httparse::Status::Partial) if buf.len() < 4096 => {
+                    fill(stream, buf).await?;
+                    continue;
+                }
+                _ => return Err(Failed::after_send("bad chunk in the answer")),
+            };
+            if size == 0 {
+                buf.advance(used);
+                // Trailer fields, if any, then the blank line.
+                loop {
+                    let mut fields = [httparse::EMPTY_HEADER; 32];
+                    match httparse::parse_headers(buf, &mut fields) {
+                        Ok(httparse::Status::Complete((n, _))) => {
+                            buf.advance(n);
+                            break;
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => fill(stream, buf).await?,
+                        _ => return Err(Failed::after_send("bad trailers in the answer")),
+                    }
+                }
+                break;
+            }
+            // Checked before any sum: a hostile size is up to 2^64 - 1.
+            let size = match usize::try_from(size) {
+                Ok(size) if size <= max_body.saturating_sub(body.len()) => size,
+                _ => {
+                    whole = false;
+                    break;
+                }
+            };
+            let end = used + size;
+            while buf.len() < end + 2 {
+                fill(stream, buf).await?;
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(Failed::after_send("bad chunk in the answer"));
+            }
+            body.extend_from_slice(&buf[used..end]);
+            buf.advance(end + 2);
+        },
+        Framing::UntilClose => loop {
+            if buf.len() > max_body {
+                whole = false;
+                break;
+            }
+            match stream.read_buf(buf).await {
+                Ok(0) => {
+                    body = buf.split();
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Failed::after_send(e.to_string())),
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+        },
+    }
+    Ok((body, whole))
 }
 
 #[cfg(test)]
@@ -815,5 +854,90 @@ mod tests {
             .await;
             assert!(r.is_err(), "{}: {r:?}", String::from_utf8_lossy(answer));
         }
+    }
+
+    /// Hostile framing from a service: a chunk size near 2^64 is a cut body, not a panic; the
+    /// rest are errors.
+    #[tokio::test]
+    async fn hostile_framing_is_cut_or_refused_never_a_panic() {
+        let (addr, _, _) = scripted_server(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\nfffffffffffffffe\r\nab\r\n",
+            4096,
+        )
+        .await;
+        let (got, cut) = ask(addr, &request("GET"), &[], 1024).await;
+        assert!(cut && got.body.is_empty());
+        for answer in [
+            // A chunk-size line without digits (httparse alone reads it as the last chunk).
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nnot a trailer\r\n\r\n"[..],
+            &b"HTTP/1.1 099 Odd\r\ncontent-length: 0\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok"[..],
+        ] {
+            let (addr, _, _) = scripted_server(answer, 4096).await;
+            let transport = TransportConnector::new(None);
+            let peer = HttpPeer::new(addr, false, String::new());
+            let r = send(
+                &transport,
+                &peer,
+                &request("GET"),
+                &[],
+                1024,
+                &[],
+                Duration::from_secs(2),
+            )
+            .await;
+            assert!(r.is_err(), "{}: {r:?}", String::from_utf8_lossy(answer));
+        }
+    }
+
+    /// An answer with both a transfer-encoding and a content-length is read by its chunks, and
+    /// its connection is not kept.
+    #[tokio::test]
+    async fn an_answer_with_two_framings_is_read_by_chunks_and_not_kept() {
+        let (addr, accepted, _) = scripted_server(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            4096,
+        )
+        .await;
+        for _ in 0..2 {
+            let (got, cut) = ask(addr, &request("GET"), &[], 1024).await;
+            assert_eq!((&got.body[..], cut), (&b"ok"[..], false));
+        }
+        assert_eq!(accepted.load(SeqCst), 2);
+    }
+
+    /// Once an answer has begun, a failure is final: a GET whose answer is cut off on a pooled
+    /// connection is not sent again.
+    #[tokio::test]
+    async fn an_answer_cut_off_midway_is_not_retried() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = conn.read(&mut buf).await;
+                    conn.write_all(OK).await.unwrap();
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n012")
+                        .await;
+                });
+            }
+        });
+        let transport = TransportConnector::new(None);
+        let peer = HttpPeer::new(addr, false, String::new());
+        let req = request("GET");
+        send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5))
+            .await
+            .expect("the first answer");
+        let r = send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5)).await;
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(accepted.load(SeqCst), 1, "not sent again on a new connection");
     }
 }

@@ -560,7 +560,7 @@ impl ProxyHttp for Strangler {
 impl Strangler {
     /// Build the copy's request header from what the legacy upstream is sent; start the copy now
     /// unless it has to wait for a request body.
-    fn prepare_copy(&self, session: &Session, up: &RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    fn prepare_copy(&self, session: &mut Session, up: &RequestHeader, ctx: &mut Ctx) -> Result<()> {
         let live = ctx.live.clone().expect("request_filter sets live");
         let Some(service) = ctx.route.and_then(|id| live.rules.routes[id].service) else {
             ctx.shadow = None;
@@ -577,23 +577,19 @@ impl Strangler {
                 copy.field(name, value);
             }
         }
-        match (
-            &live.rules.upstreams[service].host,
-            session.req_header().headers.get(HOST),
-        ) {
-            (Some(host), _) => copy.field(&HOST, host),
-            (None, Some(client_host)) => copy.field(&HOST, client_host),
-            (None, None) => {}
+        // The service's own host, else the client's (an HTTP/2 client's `:authority` is in the
+        // `host` Pingora gave the upstream request).
+        let host = live.rules.upstreams[service]
+            .host
+            .as_ref()
+            .or_else(|| session.req_header().headers.get(HOST))
+            .or_else(|| up.headers.get(HOST));
+        if let Some(host) = host {
+            copy.field(&HOST, host);
         }
         copy.field(&X_STRANGLER_SHADOW, &http::HeaderValue::from_static("1"));
-        let req = session.req_header();
-        let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
-            || req
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .is_some_and(|n| n > 0);
+        // Pingora knows for HTTP/1 (content-length, chunked) and HTTP/2 (end of stream) alike.
+        let has_body = !session.is_body_empty();
         let Some(cap) = ctx.shadow.as_mut() else { return Ok(()) };
         cap.header = Some(copy);
         cap.wants_body = has_body;

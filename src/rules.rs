@@ -921,11 +921,15 @@ impl Compiler<'_> {
         let Some(f) = f else { return d };
         let h = &f.value;
         let path = match &h.path {
-            Some(p) if !p.value.starts_with('/') || p.value.parse::<http::uri::PathAndQuery>().is_err() => {
+            Some(p)
+                if !p.value.starts_with('/')
+                    || p.value.contains('#')
+                    || p.value.parse::<http::uri::PathAndQuery>().is_err() =>
+            {
                 self.err(
                     &p.referenced,
                     None,
-                    format!("{what}: health.path must be a path that starts with '/', like /healthz"),
+                    format!("{what}: health.path must be a path that starts with '/' (a query is fine, a fragment is not), like /healthz"),
                 );
                 None
             }

@@ -465,6 +465,48 @@ async fn copies_carry_credentials_unless_the_route_says_not_to() {
     }
 }
 
+/// An HTTP/2 client sends `:authority`, not `host`: its copy still carries the host, and a POST's
+/// copy carries its body.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_clients_copy_carries_its_host_and_body() {
+    let shop = start_shop().await;
+    let echo: SocketAddr = common::echo::start("echo").await;
+    let routes = "  - { name: h2, match: { prefix: /api/orders }, mode: shadow, service: echo, shadow: { methods: [GET, POST] } }\n";
+    let extra = format!("  echo: {{ url: \"http://{echo}\" }}\n");
+    let proxy = Proxy::start(&rules(&shop, &extra, routes)).await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let r = client.get(proxy.url("/api/orders/3")).send().await.unwrap();
+    assert_eq!((r.version(), r.status().as_u16()), (reqwest::Version::HTTP_2, 200));
+    let body = r#"{"user_id":1,"items":[{"sku":"SKU-0001","qty":1}]}"#;
+    let r = client.post(proxy.url("/api/orders")).body(body).send().await.unwrap();
+    assert!(r.status().as_u16() < 500, "{}", r.status());
+    // The echo answers differently from the monolith: each copy is a stored mismatch whose new
+    // body is what the echo received.
+    assert_eq!(settled(&proxy, "h2", 2).await[1], 2);
+    let v: Value = reqwest::get(proxy.admin_url("/api/mismatches?route=h2"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let host = proxy
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    for m in v["mismatches"].as_array().unwrap() {
+        let seen: Value = serde_json::from_str(m["new_body"].as_str().unwrap()).unwrap();
+        assert_eq!(seen["headers"]["host"], json!([host]), "{seen}");
+        if seen["method"] == "POST" {
+            assert_eq!(
+                seen["headers"]["content-length"],
+                json!([body.len().to_string()]),
+                "{seen}"
+            );
+        }
+    }
+}
+
 /// The proxy's sockets whose remote end is `addr`, in any state (open, or closed and waiting),
 /// from the kernel's tables: each one is a connection the proxy opened to it.
 fn connections_to(addr: SocketAddr) -> usize {
