@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # strangler next to nginx, HAProxy and a bare Pingora proxy, on this machine, in one run.
 #
-#   bench/compare.sh            # DURATION=10 ROUNDS=2 by default
+#   bench/compare.sh            # DURATION=10 ROUNDS=2 RATE_ROUNDS=3 by default
 #
 # Setup (the one described in issue 8): the backend is nginx answering a fixed 200 on two ports,
 # pinned with wrk to CPU 0. Each proxy runs one worker pinned to CPU 1 and routes /api/orders/ to
@@ -28,7 +28,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release --bin strangler --example bare_pingora --example loadgen 2>&1 | tail -1
 LOADGEN=./target/release/examples/loadgen
-RATE="${RATE:-5000}" IDLE="${IDLE:-10000}"
+RATE="${RATE:-5000}" IDLE="${IDLE:-10000}" RATE_ROUNDS="${RATE_ROUNDS:-3}"
 
 B1=127.0.0.1:8401 B2=127.0.0.1:8402
 mkdir -p "$WORK/nginx-backend" "$WORK/nginx-proxy" "$WORK/nginx-proxy-log" "$WORK/rules"
@@ -179,35 +179,56 @@ awk -v a="${cpu[strangler-access-log]}" -v s="${cpu[strangler]}" -v n="${cpu[ngi
   'BEGIN {printf "access log on / off: strangler %.2fx, nginx %.2fx CPU per request\n", a / s, n / m}'
 awk -v a="${cpu[strangler-shadow-1]}" -v s="${cpu[strangler-shadow-0]}" 'BEGIN {printf "strangler shadow, every request copied and compared / none: %.2fx CPU per request\n", a / s}'
 
-# p99 at a fixed, moderate rate (open loop, latency counted from when each request was due),
-# and memory with IDLE idle keep-alive client connections. One run each, proxies interleaved.
+# p99 at a fixed, moderate rate (open loop, latency counted from when each request was due):
+# RATE_ROUNDS runs each (default 3), proxies interleaved, medians reported (one run's p99 moves a
+# lot). Then memory
+# with IDLE idle keep-alive client connections, once each.
 echo
-echo "fixed rate: $RATE requests/s for ${DURATION}s over $CONNS connections; then $IDLE idle keep-alive connections:"
-printf "%-14s %10s %10s %10s %8s %14s %14s\n" proxy p50 p99 max errors "RSS before" "RSS with idle"
-rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-declare -A p99s rss_idle rss_base
+echo "fixed rate: $RATE requests/s for ${DURATION}s over $CONNS connections, medians of $RATE_ROUNDS rounds; then $IDLE idle keep-alive connections:"
+steady_results="$WORK/steady"
 steady() {
   local name="$1" port="$2"; shift 2
   launch "$name" "$port" "$WORK/$name-steady.log" "$@"
   local line; line="$(taskset -c 0 "$LOADGEN" rate "127.0.0.1:$port" /api/orders/1 "$RATE" "$DURATION" "$CONNS")"
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  read -r _sent _ok errors p50 p99 max <<< "$line"
+  echo "$name $p50 $p99 $max $errors" >> "$steady_results"
+}
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+declare -A p99s rss_idle rss_base held_by
+idle_memory() {
+  local name="$1" port="$2"; shift 2
+  launch "$name" "$port" "$WORK/$name-idle.log" "$@"
   local before; before="$(rss_kib "$measured")"
   taskset -c 0 "$LOADGEN" idle "127.0.0.1:$port" /api/orders/1 "$IDLE" 8 > "$WORK/$name-idle.out" &
   local idle=$!
   for _ in $(seq 1 600); do grep -q ready "$WORK/$name-idle.out" 2>/dev/null && break; sleep 0.1; done
   sleep 1
-  local with; with="$(rss_kib "$measured")"
-  local held; held="$(awk '{print $2}' "$WORK/$name-idle.out")"
+  rss_idle[$name]="$(rss_kib "$measured")"; rss_base[$name]="$before"
+  held_by[$name]="$(awk '{print $2}' "$WORK/$name-idle.out")"
   kill "$idle" 2>/dev/null; wait "$idle" 2>/dev/null || true
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
-  read -r _sent _ok errors p50 p99 max <<< "$line"
-  p99s[$name]="$p99"; rss_base[$name]="$before"; rss_idle[$name]="$with"
-  printf "%-14s %8sµs %8sµs %8sµs %8s %11s KiB %11s KiB (%s held)\n" "$name" "$p50" "$p99" "$max" "$errors" "$before" "$with" "$held"
 }
-steady nginx 8480 nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy"
-steady haproxy 8481 haproxy -f "$WORK/haproxy.cfg"
-steady bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2"
-steady strangler 8483 "${STRANGLER[@]}" --config "$R20"
+for round in $(seq 1 "$RATE_ROUNDS"); do
+  echo "fixed rate, round $round of $RATE_ROUNDS" >&2
+  steady nginx 8480 nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy"
+  steady haproxy 8481 haproxy -f "$WORK/haproxy.cfg"
+  steady bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2"
+  steady strangler 8483 "${STRANGLER[@]}" --config "$R20"
+done
+idle_memory nginx 8480 nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy"
+idle_memory haproxy 8481 haproxy -f "$WORK/haproxy.cfg"
+idle_memory bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2"
+idle_memory strangler 8483 "${STRANGLER[@]}" --config "$R20"
+printf "%-14s %10s %10s %10s %8s %14s %14s %s\n" proxy p50 p99 max errors "RSS before" "RSS with idle" "p99 of each round"
+for name in nginx haproxy bare-pingora strangler; do
+  col() { awk -v n="$name" -v c="$1" '$1 == n {print $c}' "$steady_results"; }
+  p99s[$name]="$(col 3 | median)"
+  printf "%-14s %8sµs %8sµs %8sµs %8s %11s KiB %11s KiB (%s held)  %s\n" "$name" "$(col 2 | median)" "${p99s[$name]}" \
+    "$(col 4 | median)" "$(col 5 | awk '{s += $1} END {print s + 0}')" "${rss_base[$name]}" "${rss_idle[$name]}" "${held_by[$name]}" "$(col 3 | tr '\n' ' ')"
+done
 echo
-awk -v s="${p99s[strangler]}" -v b="${p99s[nginx]}" 'BEGIN {printf "strangler / nginx: %.2fx p99 at a fixed rate\n", s / b}'
+awk -v s="${p99s[strangler]}" -v b="${p99s[nginx]}" -v p="${p99s[bare-pingora]}" \
+  'BEGIN {printf "strangler / nginx: %.2fx p99 at a fixed rate (bare Pingora / nginx: %.2fx)\n", s / b, p / b}'
 awk -v s="${rss_idle[strangler]}" -v sb="${rss_base[strangler]}" -v n="${rss_idle[nginx]}" -v nb="${rss_base[nginx]}" -v c="$IDLE" \
   'BEGIN {printf "memory per idle connection: strangler %.1f KiB, nginx %.1f KiB (%.2fx)\n", (s - sb) / c, (n - nb) / c, (s - sb) / (n - nb)}'
