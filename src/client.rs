@@ -526,31 +526,41 @@ mod tests {
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
-    /// A server on loopback that counts the connections it accepts and answers the requests on
-    /// each one with `200 ok`: all of them, or only the first, after which it reads the next
-    /// request and closes without an answer (a keep-alive timeout that just ran out).
-    async fn counting_server(answers_per_connection: Option<usize>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    /// A server on loopback that counts the connections it accepts and runs `handle` on each.
+    async fn serve<F, Fut>(handle: F) -> (std::net::SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
         tokio::spawn(async move {
             loop {
-                let (mut conn, _) = listener.accept().await.unwrap();
+                let (conn, _) = listener.accept().await.unwrap();
                 counter.fetch_add(1, SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let mut answered = 0;
-                    while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
-                        if answers_per_connection.is_some_and(|n| answered == n) || conn.write_all(OK).await.is_err() {
-                            return;
-                        }
-                        answered += 1;
-                    }
-                });
+                tokio::spawn(handle(conn));
             }
         });
         (addr, accepted)
+    }
+
+    /// A server on loopback that counts the connections it accepts and answers the requests on
+    /// each one with `200 ok`: all of them, or only the first, after which it reads the next
+    /// request and closes without an answer (a keep-alive timeout that just ran out).
+    async fn counting_server(answers_per_connection: Option<usize>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        serve(move |mut conn| async move {
+            let mut buf = [0u8; 1024];
+            let mut answered = 0;
+            while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                if answers_per_connection.is_some_and(|n| answered == n) || conn.write_all(OK).await.is_err() {
+                    return;
+                }
+                answered += 1;
+            }
+        })
+        .await
     }
 
     fn request(method: &str) -> Request {
@@ -647,55 +657,49 @@ mod tests {
         answer: &'static [u8],
         piece: usize,
     ) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<u8>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (counter, log) = (accepted.clone(), seen.clone());
-        tokio::spawn(async move {
-            loop {
-                let (mut conn, _) = listener.accept().await.unwrap();
-                counter.fetch_add(1, SeqCst);
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        let Some(end) = memchr::memmem::find(&got, b"\r\n\r\n") else {
-                            match conn.read(&mut buf).await {
-                                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-                                _ => return,
-                            }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length: "))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        while got.len() < end + 4 + len {
-                            match conn.read(&mut buf).await {
-                                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-                                _ => return,
-                            }
+        let log = seen.clone();
+        let (addr, accepted) = serve(move |mut conn| {
+            let log = log.clone();
+            async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = memchr::memmem::find(&got, b"\r\n\r\n") else {
+                        match conn.read(&mut buf).await {
+                            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                            _ => return,
                         }
-                        log.lock().unwrap().extend(got.drain(..end + 4 + len));
-                        for part in answer.chunks(piece) {
-                            if conn.write_all(part).await.is_err() {
-                                return;
-                            }
-                            tokio::time::sleep(Duration::from_millis(2)).await;
-                        }
-                        let framed = [&b"content-length"[..], b"transfer-encoding", b" 204 "]
-                            .iter()
-                            .any(|f| memchr::memmem::find(answer, f).is_some());
-                        if !framed {
-                            return;
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while got.len() < end + 4 + len {
+                        match conn.read(&mut buf).await {
+                            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                            _ => return,
                         }
                     }
-                });
+                    log.lock().unwrap().extend(got.drain(..end + 4 + len));
+                    for part in answer.chunks(piece) {
+                        if conn.write_all(part).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    let framed = [&b"content-length"[..], b"transfer-encoding", b" 204 "]
+                        .iter()
+                        .any(|f| memchr::memmem::find(answer, f).is_some());
+                    if !framed {
+                        return;
+                    }
+                }
             }
-        });
+        })
+        .await;
         (addr, accepted, seen)
     }
 
@@ -829,14 +833,19 @@ mod tests {
         assert!(!req.idempotent());
     }
 
-    /// Broken answers are errors, not answers.
+    /// Broken or hostile answers are errors, not answers.
     #[tokio::test]
     async fn a_broken_answer_is_an_error() {
         for answer in [
             &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello"[..],
             &b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok"[..],
             &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"[..],
             &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n"[..],
+            // A chunk-size line without digits (httparse alone reads it as the last chunk).
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nnot a trailer\r\n\r\n"[..],
+            &b"HTTP/1.1 099 Odd\r\ncontent-length: 0\r\n\r\n"[..],
             &b"NOT HTTP\r\n\r\n"[..],
         ] {
             let (addr, _, _) = scripted_server(answer, 4096).await;
@@ -856,10 +865,9 @@ mod tests {
         }
     }
 
-    /// Hostile framing from a service: a chunk size near 2^64 is a cut body, not a panic; the
-    /// rest are errors.
+    /// A chunk size near 2^64 from a hostile service is a cut body, not an overflow and a panic.
     #[tokio::test]
-    async fn hostile_framing_is_cut_or_refused_never_a_panic() {
+    async fn a_huge_chunk_size_is_a_cut_body() {
         let (addr, _, _) = scripted_server(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\nfffffffffffffffe\r\nab\r\n",
             4096,
@@ -867,28 +875,6 @@ mod tests {
         .await;
         let (got, cut) = ask(addr, &request("GET"), &[], 1024).await;
         assert!(cut && got.body.is_empty());
-        for answer in [
-            // A chunk-size line without digits (httparse alone reads it as the last chunk).
-            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n\r\n\r\n"[..],
-            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nnot a trailer\r\n\r\n"[..],
-            &b"HTTP/1.1 099 Odd\r\ncontent-length: 0\r\n\r\n"[..],
-            &b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok"[..],
-        ] {
-            let (addr, _, _) = scripted_server(answer, 4096).await;
-            let transport = TransportConnector::new(None);
-            let peer = HttpPeer::new(addr, false, String::new());
-            let r = send(
-                &transport,
-                &peer,
-                &request("GET"),
-                &[],
-                1024,
-                &[],
-                Duration::from_secs(2),
-            )
-            .await;
-            assert!(r.is_err(), "{}: {r:?}", String::from_utf8_lossy(answer));
-        }
     }
 
     /// An answer with both a transfer-encoding and a content-length is read by its chunks, and
@@ -911,25 +897,16 @@ mod tests {
     /// connection is not sent again.
     #[tokio::test]
     async fn an_answer_cut_off_midway_is_not_retried() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut conn, _) = listener.accept().await.unwrap();
-                counter.fetch_add(1, SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let _ = conn.read(&mut buf).await;
-                    conn.write_all(OK).await.unwrap();
-                    let _ = conn.read(&mut buf).await;
-                    let _ = conn
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n012")
-                        .await;
-                });
-            }
-        });
+        let (addr, accepted) = serve(|mut conn| async move {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            conn.write_all(OK).await.unwrap();
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n012")
+                .await;
+        })
+        .await;
         let transport = TransportConnector::new(None);
         let peer = HttpPeer::new(addr, false, String::new());
         let req = request("GET");
