@@ -270,6 +270,8 @@ enum Framing {
 /// An answer's head, read out of the buffer.
 struct Head {
     len: usize,
+    /// Nothing came after the answer (set once its body is read): the connection is clean.
+    rest_empty: bool,
     status: u16,
     headers: HeaderMap,
     framing: Framing,
@@ -340,6 +342,7 @@ fn parse_head(buf: &[u8], compared: &[HeaderName], no_body_answer: bool) -> Resu
     };
     Ok(Some(Head {
         len,
+        rest_empty: false,
         status,
         headers,
         framing,
@@ -378,20 +381,72 @@ async fn exchange(
         // would otherwise carry (and move) it.
         None => Box::pin(transport.new_stream(peer)).await.map_err(Failed::unsent)?,
     };
-    // Until the head is written, nothing the server could act on has left.
-    stream.write_all(&req.head).await.map_err(Failed::unsent)?;
-    if body.is_empty() {
-        stream.flush().await.map_err(Failed::unsent)?;
+    // Head and body in one write: a server may answer as soon as it has the head and close
+    // without reading on, and a body written after that meets a reset instead of the answer.
+    let out = if body.is_empty() {
+        req.head.clone()
     } else {
-        for chunk in body {
-            stream
-                .write_all(chunk)
-                .await
-                .map_err(|e| Failed::after_send(e.to_string()))?;
+        let mut all = BytesMut::with_capacity(req.head.len() + body.iter().map(Bytes::len).sum::<usize>());
+        all.extend_from_slice(&req.head);
+        body.iter().for_each(|chunk| all.extend_from_slice(chunk));
+        all.freeze()
+    };
+    let mut written = 0;
+    let mut write_failed = None;
+    while written < out.len() {
+        match stream.write(&out[written..]).await {
+            Ok(0) => {
+                write_failed = Some("connection closed while the request was sent".to_string());
+                break;
+            }
+            Ok(n) => written += n,
+            Err(e) => {
+                write_failed = Some(e.to_string());
+                break;
+            }
         }
-        stream.flush().await.map_err(|e| Failed::after_send(e.to_string()))?;
     }
+    if write_failed.is_none() {
+        write_failed = stream.flush().await.err().map(|e| e.to_string());
+    }
+    match write_failed {
+        // Nothing left: the server saw nothing it could act on.
+        Some(error) if written == 0 => return Err(Failed::unsent(error)),
+        // Part of the request left: an answer may still have come (a server that refused early).
+        Some(error) => {
+            return match read_answer(&mut stream, req, max_body, compared).await {
+                Ok((head, body, whole)) => Ok(answer(head, body, whole)),
+                Err(_) => Err(Failed::after_send(error)),
+            };
+        }
+        None => {}
+    }
+    let (head, body, whole) = read_answer(&mut stream, req, max_body, compared).await?;
+    // A connection is kept only at a clean end: the whole answer read, nothing after it.
+    if whole && head.keep_alive && head.rest_empty {
+        put_idle(key, stream, peer.idle_timeout());
+    }
+    Ok(answer(head, body, whole))
+}
 
+fn answer(head: Head, body: BytesMut, whole: bool) -> (Answer, bool) {
+    (
+        Answer {
+            status: head.status,
+            headers: head.headers,
+            body: if whole { body.freeze() } else { Bytes::new() },
+        },
+        !whole,
+    )
+}
+
+/// The answer's head and body (up to `max_body`), and whether the body is whole.
+async fn read_answer(
+    stream: &mut Stream,
+    req: &Request,
+    max_body: usize,
+    compared: &[HeaderName],
+) -> Result<(Head, BytesMut, bool), Failed> {
     let mut buf = BytesMut::with_capacity(4096);
     let head = loop {
         match parse_head(&buf, compared, req.no_body_answer)? {
@@ -401,25 +456,18 @@ async fn exchange(
                 buf.advance(head.len);
                 break head;
             }
-            None => fill(&mut stream, &mut buf).await?,
+            None => fill(stream, &mut buf).await?,
         }
     };
 
-    let (body, whole) = read_body(&mut stream, &mut buf, head.framing, max_body)
+    let (body, whole) = read_body(stream, &mut buf, head.framing, max_body)
         .await
         .map_err(|f| Failed { answered: true, ..f })?;
-    // A connection is kept only at a clean end: the whole answer read, nothing after it.
-    if whole && head.keep_alive && buf.is_empty() {
-        put_idle(key, stream, peer.idle_timeout());
-    }
-    Ok((
-        Answer {
-            status: head.status,
-            headers: head.headers,
-            body: if whole { body.freeze() } else { Bytes::new() },
-        },
-        !whole,
-    ))
+    let head = Head {
+        rest_empty: buf.is_empty(),
+        ..head
+    };
+    Ok((head, body, whole))
 }
 
 /// The answer's body after its head (`buf` holds what was read past the head), up to

@@ -489,7 +489,8 @@ async fn an_http2_clients_copy_carries_its_host_and_body() {
     assert!(r.status().as_u16() < 500, "{}", r.status());
     // The echo answers differently from the monolith: each copy is a stored mismatch whose new
     // body is what the echo received.
-    assert_eq!(settled(&proxy, "h2", 2).await[1], 2);
+    let r = settled(&proxy, "h2", 2).await;
+    assert_eq!(r[1], 2, "{r:?}\n{}\n{}", proxy.metrics().await, proxy.log());
     let v: Value = reqwest::get(proxy.admin_url("/api/mismatches?route=h2"))
         .await
         .unwrap()
