@@ -290,9 +290,33 @@ impl Reloader {
     }
 }
 
+/// Catches SIGHUP from the moment it is made until the reload service listens for it. A SIGHUP's
+/// default action ends the process, and the listeners are bound (and answer) before Pingora starts
+/// the background services: a reload asked for just after start-up must not kill the proxy.
+pub struct EarlyHangup {
+    id: signal_hook::SigId,
+    caught: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EarlyHangup {
+    pub fn catch() -> std::io::Result<EarlyHangup> {
+        let caught = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let id = signal_hook::flag::register(signal_hook::consts::SIGHUP, caught.clone())?;
+        Ok(EarlyHangup { id, caught })
+    }
+
+    /// Stops catching; whether a SIGHUP came meanwhile.
+    fn release(self) -> bool {
+        signal_hook::low_level::unregister(self.id);
+        self.caught.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Watches the rules file's directory and SIGHUP, and reloads on either.
 pub struct ReloadService {
     pub reloader: Arc<Reloader>,
+    /// Taken when the service starts listening for SIGHUP itself.
+    pub early_hangup: std::sync::Mutex<Option<EarlyHangup>>,
 }
 
 #[async_trait]
@@ -324,6 +348,12 @@ impl BackgroundService for ReloadService {
             }
         };
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        // Listening now: a SIGHUP that came during start-up is served here, once.
+        let early = self.early_hangup.lock().ok().and_then(|mut e| e.take());
+        if early.is_some_and(EarlyHangup::release) {
+            let reloader = self.reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
+        }
         loop {
             let trigger = tokio::select! {
                 _ = shutdown.changed() => return,

@@ -135,6 +135,14 @@ pub struct Prepared {
 
 /// Load the rules and bind both listeners, so every start-up mistake surfaces here.
 pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
+    // First: from here on a SIGHUP is a reload, never the end of the process.
+    let early_hangup = match crate::reload::EarlyHangup::catch() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!("can't catch SIGHUP during start-up ({e}); a SIGHUP before the proxy serves ends it");
+            None
+        }
+    };
     let (rules, text) = RuleSet::load_with_text(&opts.config)?;
     let listen = opts
         .listen
@@ -271,7 +279,13 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         },
     ));
     server.add_service(background_service("strangler admin", admin_service));
-    server.add_service(background_service("strangler reload", ReloadService { reloader }));
+    server.add_service(background_service(
+        "strangler reload",
+        ReloadService {
+            reloader,
+            early_hangup: Mutex::new(early_hangup),
+        },
+    ));
     server.add_service(background_service(
         "strangler health",
         HealthService { live: live_for_health },

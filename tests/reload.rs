@@ -250,6 +250,59 @@ async fn a_kept_upstream_keeps_its_keep_alive_connections() {
     );
 }
 
+/// The listeners are bound before the reload service starts listening for SIGHUP: a SIGHUP in
+/// that window reloads (once the service is up) instead of ending the process, SIGHUP's default.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sighup_during_start_up_reloads_and_does_not_kill() {
+    let shop = start_shop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("rules.yaml");
+    std::fs::write(&rules_path, flip(shop.monolith, shop.inventory, false)).unwrap();
+    let admin: SocketAddr = ([127, 0, 0, 1], common::proxy::free_port()).into();
+    let listen: SocketAddr = ([127, 0, 0, 1], common::proxy::free_port()).into();
+    let mut child = common::proxy::strangler()
+        .args(["run", "--config"])
+        .arg(&rules_path)
+        .args(["--listen", &listen.to_string(), "--admin", &admin.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default();
+    // The admin port accepts as soon as start-up binds it, before any service runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(admin).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "exited:\n{}", log());
+        assert!(Instant::now() < deadline, "the admin port was never bound:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let hup = std::process::Command::new("kill")
+        .args(["-s", "HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let config = loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "SIGHUP ended the process:\n{}",
+            log()
+        );
+        assert!(Instant::now() < deadline, "no reload:\n{}", log());
+        let got = reqwest::get(format!("http://{admin}/api/config")).await;
+        if let Ok(v) = got {
+            let c: serde_json::Value = v.json().await.unwrap();
+            if c["generation"] == 1 {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(config["last_reload"]["trigger"], "signal", "{config}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads() {
     let shop = start_shop().await;
