@@ -16,7 +16,9 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -29,13 +31,38 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::diff::Answer;
 
+/// An upstream as this client sends to it: the peer, shared, and its pool key, both made once when
+/// the rules are compiled (not per copy).
+#[derive(Clone, Debug)]
+pub struct UpstreamPeer {
+    peer: Arc<HttpPeer>,
+    key: u64,
+}
+
+impl UpstreamPeer {
+    pub fn new(peer: HttpPeer) -> UpstreamPeer {
+        let key = peer.reuse_hash();
+        UpstreamPeer {
+            peer: Arc::new(peer),
+            key,
+        }
+    }
+}
+
+impl Deref for UpstreamPeer {
+    type Target = HttpPeer;
+    fn deref(&self) -> &HttpPeer {
+        &self.peer
+    }
+}
+
 /// Idle connections kept per upstream on each thread; one more closes the oldest.
 const IDLE_PER_PEER: usize = 32;
 /// Every this many returns, the whole pool drops what has expired: upstreams that a reload removed
 /// (or that no copy goes to any more) don't keep their connections open.
 const SWEEP_EVERY: u32 = 256;
 
-/// One thread's idle keep-alive connections by `peer.reuse_hash()`, oldest first, each with the
+/// One thread's idle keep-alive connections by pool key (`peer.reuse_hash()`), oldest first, each with the
 /// moment its idle timeout ends.
 #[derive(Default)]
 struct Idle {
@@ -202,7 +229,7 @@ impl Request {
 /// a failure is final.
 pub(crate) async fn send(
     transport: &TransportConnector,
-    peer: &HttpPeer,
+    peer: &UpstreamPeer,
     req: &Request,
     body: &[Bytes],
     max_body: usize,
@@ -211,14 +238,13 @@ pub(crate) async fn send(
 ) -> Result<(Answer, bool), String> {
     // Boxed once here: the exchange's state is a few hundred bytes, and an unboxed copy task
     // would be moved, whole, on every spawn.
-    let key = peer.reuse_hash();
     let work = Box::pin(async {
-        let reused = take_idle(key);
+        let reused = take_idle(peer.key);
         let was_reused = reused.is_some();
-        match exchange(transport, (peer, key), reused, req, body, max_body, compared).await {
+        match exchange(transport, peer, reused, req, body, max_body, compared).await {
             Err(Failed { sent, answered, error }) if was_reused && !answered && (!sent || req.idempotent) => {
                 tracing::debug!(%error, "a pooled connection failed before any answer; trying a new one");
-                exchange(transport, (peer, key), None, req, body, max_body, compared)
+                exchange(transport, peer, None, req, body, max_body, compared)
                     .await
                     .map_err(|f| f.error)
             }
@@ -270,8 +296,6 @@ enum Framing {
 /// An answer's head, read out of the buffer.
 struct Head {
     len: usize,
-    /// Nothing came after the answer (set once its body is read): the connection is clean.
-    rest_empty: bool,
     status: u16,
     headers: HeaderMap,
     framing: Framing,
@@ -342,7 +366,6 @@ fn parse_head(buf: &[u8], compared: &[HeaderName], no_body_answer: bool) -> Resu
     };
     Ok(Some(Head {
         len,
-        rest_empty: false,
         status,
         headers,
         framing,
@@ -365,10 +388,10 @@ async fn fill(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Failed> {
     }
 }
 
-/// One try on `stream` (a pooled connection) or on a new one. `key` is the peer's pool key.
+/// One try on `stream` (a pooled connection) or on a new one.
 async fn exchange(
     transport: &TransportConnector,
-    (peer, key): (&HttpPeer, u64),
+    peer: &UpstreamPeer,
     stream: Option<Stream>,
     req: &Request,
     body: &[Bytes],
@@ -379,7 +402,9 @@ async fn exchange(
         Some(stream) => stream,
         // Boxed: a connect's state machine (TLS included) is tens of KiB, and every reuse
         // would otherwise carry (and move) it.
-        None => Box::pin(transport.new_stream(peer)).await.map_err(Failed::unsent)?,
+        None => Box::pin(transport.new_stream(&*peer.peer))
+            .await
+            .map_err(Failed::unsent)?,
     };
     // Head and body in one write: a server may answer as soon as it has the head and close
     // without reading on, and a body written after that meets a reset instead of the answer.
@@ -415,38 +440,27 @@ async fn exchange(
         // Part of the request left: an answer may still have come (a server that refused early).
         Some(error) => {
             return match read_answer(&mut stream, req, max_body, compared).await {
-                Ok((head, body, whole)) => Ok(answer(head, body, whole)),
+                Ok((answer, _)) => Ok(answer),
                 Err(_) => Err(Failed::after_send(error)),
             };
         }
         None => {}
     }
-    let (head, body, whole) = read_answer(&mut stream, req, max_body, compared).await?;
-    // A connection is kept only at a clean end: the whole answer read, nothing after it.
-    if whole && head.keep_alive && head.rest_empty {
-        put_idle(key, stream, peer.idle_timeout());
+    let (answer, reusable) = read_answer(&mut stream, req, max_body, compared).await?;
+    if reusable {
+        put_idle(peer.key, stream, peer.idle_timeout());
     }
-    Ok(answer(head, body, whole))
+    Ok(answer)
 }
 
-fn answer(head: Head, body: BytesMut, whole: bool) -> (Answer, bool) {
-    (
-        Answer {
-            status: head.status,
-            headers: head.headers,
-            body: if whole { body.freeze() } else { Bytes::new() },
-        },
-        !whole,
-    )
-}
-
-/// The answer's head and body (up to `max_body`), and whether the body is whole.
+/// The answer (its body up to `max_body`) and whether its body was cut; then whether the
+/// connection can be reused: only at a clean end, the whole answer read and nothing after it.
 async fn read_answer(
     stream: &mut Stream,
     req: &Request,
     max_body: usize,
     compared: &[HeaderName],
-) -> Result<(Head, BytesMut, bool), Failed> {
+) -> Result<((Answer, bool), bool), Failed> {
     let mut buf = BytesMut::with_capacity(4096);
     let head = loop {
         match parse_head(&buf, compared, req.no_body_answer)? {
@@ -463,11 +477,12 @@ async fn read_answer(
     let (body, whole) = read_body(stream, &mut buf, head.framing, max_body)
         .await
         .map_err(|f| Failed { answered: true, ..f })?;
-    let head = Head {
-        rest_empty: buf.is_empty(),
-        ..head
+    let answer = Answer {
+        status: head.status,
+        headers: head.headers,
+        body: if whole { body.freeze() } else { Bytes::new() },
     };
-    Ok((head, body, whole))
+    Ok(((answer, !whole), whole && head.keep_alive && buf.is_empty()))
 }
 
 /// The answer's body after its head (`buf` holds what was read past the head), up to
@@ -632,11 +647,9 @@ mod tests {
                 conn.shutdown().await.unwrap();
             }
         });
-        let transport = TransportConnector::new(None);
-        let peer = HttpPeer::new(addr, false, String::new());
         let req = request("GET");
         for _ in 0..2 {
-            let (answer, cut) = send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5))
+            let (answer, cut) = try_ask(addr, &req, &[], 1024)
                 .await
                 .expect("each request gets its answer");
             assert_eq!((answer.status, &answer.body[..], cut), (200, &b"ok"[..], false));
@@ -652,11 +665,9 @@ mod tests {
     #[tokio::test]
     async fn a_pooled_connection_closed_at_the_second_request_is_retried_once() {
         let (addr, accepted) = counting_server(Some(1)).await;
-        let transport = TransportConnector::new(None);
-        let peer = HttpPeer::new(addr, false, String::new());
         let req = request("GET");
         for i in 1..=3 {
-            let (answer, _) = send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5))
+            let (answer, _) = try_ask(addr, &req, &[], 1024)
                 .await
                 .unwrap_or_else(|e| panic!("request {i}: {e}"));
             assert_eq!(answer.status, 200);
@@ -665,16 +676,7 @@ mod tests {
         assert_eq!(accepted.load(SeqCst), 3);
 
         // A POST that reached the server is not sent twice: its copy fails instead.
-        let r = send(
-            &transport,
-            &peer,
-            &request("POST"),
-            &[],
-            1024,
-            &[],
-            Duration::from_secs(5),
-        )
-        .await;
+        let r = try_ask(addr, &request("POST"), &[], 1024).await;
         assert!(r.is_err(), "a POST was sent again: {r:?}");
         assert_eq!(accepted.load(SeqCst), 3);
     }
@@ -687,6 +689,7 @@ mod tests {
         let transport = TransportConnector::new(None);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.idle_timeout = Some(Duration::from_secs(2));
+        let peer = UpstreamPeer::new(peer);
         let req = request("GET");
         let ask = || send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5));
         ask().await.unwrap();
@@ -751,9 +754,15 @@ mod tests {
         (addr, accepted, seen)
     }
 
-    async fn ask(addr: std::net::SocketAddr, req: &Request, body: &[Bytes], max_body: usize) -> (Answer, bool) {
+    /// One exchange with a plain-HTTP server at `addr`, keeping the `x-kept` header.
+    async fn try_ask(
+        addr: std::net::SocketAddr,
+        req: &Request,
+        body: &[Bytes],
+        max_body: usize,
+    ) -> Result<(Answer, bool), String> {
         let transport = TransportConnector::new(None);
-        let peer = HttpPeer::new(addr, false, String::new());
+        let peer = UpstreamPeer::new(HttpPeer::new(addr, false, String::new()));
         let compared = [HeaderName::from_static("x-kept")];
         send(
             &transport,
@@ -765,7 +774,10 @@ mod tests {
             Duration::from_secs(5),
         )
         .await
-        .expect("an answer")
+    }
+
+    async fn ask(addr: std::net::SocketAddr, req: &Request, body: &[Bytes], max_body: usize) -> (Answer, bool) {
+        try_ask(addr, req, body, max_body).await.expect("an answer")
     }
 
     /// Each way an answer can be framed is read whole, in pieces as small as one byte; the
@@ -897,18 +909,7 @@ mod tests {
             &b"NOT HTTP\r\n\r\n"[..],
         ] {
             let (addr, _, _) = scripted_server(answer, 4096).await;
-            let transport = TransportConnector::new(None);
-            let peer = HttpPeer::new(addr, false, String::new());
-            let r = send(
-                &transport,
-                &peer,
-                &request("GET"),
-                &[],
-                1024,
-                &[],
-                Duration::from_secs(2),
-            )
-            .await;
+            let r = try_ask(addr, &request("GET"), &[], 1024).await;
             assert!(r.is_err(), "{}: {r:?}", String::from_utf8_lossy(answer));
         }
     }
@@ -955,13 +956,9 @@ mod tests {
                 .await;
         })
         .await;
-        let transport = TransportConnector::new(None);
-        let peer = HttpPeer::new(addr, false, String::new());
         let req = request("GET");
-        send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5))
-            .await
-            .expect("the first answer");
-        let r = send(&transport, &peer, &req, &[], 1024, &[], Duration::from_secs(5)).await;
+        try_ask(addr, &req, &[], 1024).await.expect("the first answer");
+        let r = try_ask(addr, &req, &[], 1024).await;
         assert!(r.is_err(), "{r:?}");
         assert_eq!(accepted.load(SeqCst), 1, "not sent again on a new connection");
     }

@@ -14,7 +14,6 @@ use http::HeaderValue;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use pingora_core::upstreams::peer::HttpPeer;
 use tokio::time::Instant;
 
 use crate::proxy::Live;
@@ -67,7 +66,7 @@ impl BackgroundService for HealthService {
 async fn probe(
     connector: &TransportConnector,
     addr: SocketAddr,
-    peer: &HttpPeer,
+    peer: &crate::client::UpstreamPeer,
     host: Option<HeaderValue>,
     cfg: &HealthConfig,
 ) -> bool {

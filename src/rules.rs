@@ -61,7 +61,7 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Built once; each proxied request clones it (Pingora takes it by value), copies and probes
     /// share it.
-    pub peer: Arc<HttpPeer>,
+    pub peer: crate::client::UpstreamPeer,
     pub retry: RetryConfig,
     /// `None` when `circuit_breaker: { enabled: false }`.
     pub breaker: Option<BreakerConfig>,
@@ -832,7 +832,7 @@ impl Compiler<'_> {
                 connect_timeout,
                 response_timeout,
                 idle_timeout,
-                peer: Arc::new(peer),
+                peer: crate::client::UpstreamPeer::new(peer),
                 retry,
                 breaker,
                 max_in_flight,

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName};
 use pingora_core::connectors::TransportConnector;
-use pingora_core::upstreams::peer::HttpPeer;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -398,12 +397,12 @@ pub struct Job {
     pub state: Arc<RouteShadow>,
     pub metrics: Arc<ShadowMetrics>,
     pub spec: Arc<ShadowSpec>,
-    pub service: Arc<HttpPeer>,
+    pub service: client::UpstreamPeer,
     pub service_timeout: Duration,
     /// The service's breaker: copies that fail count against it, like proxied requests do.
     pub breaker: Option<(Arc<UpstreamState>, BreakerConfig)>,
     /// The legacy upstream, when this request also asks it a second time to learn noise.
-    pub noise_copy: Option<Arc<HttpPeer>>,
+    pub noise_copy: Option<client::UpstreamPeer>,
     pub request: client::Request,
     pub body: Vec<Bytes>,
 }
