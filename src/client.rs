@@ -62,8 +62,8 @@ const IDLE_PER_PEER: usize = 32;
 /// (or that no copy goes to any more) don't keep their connections open.
 const SWEEP_EVERY: u32 = 256;
 
-/// One thread's idle keep-alive connections by pool key (`peer.reuse_hash()`), oldest first, each with the
-/// moment its idle timeout ends.
+/// One thread's idle keep-alive connections by pool key (`peer.reuse_hash()`), oldest first, each
+/// with the moment its idle timeout ends.
 #[derive(Default)]
 struct Idle {
     by_peer: HashMap<u64, VecDeque<(Stream, Option<Instant>)>>,
