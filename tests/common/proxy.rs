@@ -16,13 +16,41 @@ pub struct Proxy {
     dir: TempDir,
 }
 
-/// A port that was free a moment ago. Pingora binds from an address string, so the test
-/// can't hand it a bound socket; `Proxy::start` retries if another process took it.
+/// A port no other test in this process has been given, and free a moment ago.
+///
+/// Pingora binds from an address string, so a test can't hand it a bound socket. Ports
+/// come from a counter below the kernel's ephemeral range: the kernel's own `bind(:0)` picks
+/// (echo servers, outgoing connections) never land there, and two tests running side by
+/// side never get the same port, which once let one proxy's listener be another's admin.
+/// `Proxy::start` still retries if an outside process took the port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = port_range();
+    let span = high - low;
+    // Each test binary starts at its own place, so back-to-back binaries don't reuse ports
+    // a killed proxy may still hold in TIME_WAIT.
+    let start = std::process::id() * 211 % span;
+    for _ in 0..span {
+        let port = (low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}")
+}
+
+/// The ports below the kernel's ephemeral range (`ip_local_port_range`), up to 12,000 of them.
+fn port_range() -> (u32, u32) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 11_024 {
+        (ephemeral_low.saturating_sub(12_000).max(10_024), ephemeral_low)
+    } else {
+        (61_000, 65_535)
+    }
 }
 
 pub fn strangler() -> Command {
@@ -187,7 +215,10 @@ async fn wait_ready(child: &mut Child, addr: SocketAddr, admin: SocketAddr) -> b
             .await
             .is_ok_and(|r| r.status().is_success());
         if admin_ok && tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return true;
+            // Both ports answer; make sure it is this child answering, not one that lost
+            // a bind and is on its way out while something else holds the port.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return matches!(child.try_wait(), Ok(None));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
