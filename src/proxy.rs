@@ -28,13 +28,19 @@ use crate::resilience::{InFlight, UpstreamState};
 use crate::rules::{RouteId, RuleSet, Side, UpstreamId, DEFAULT_ROUTE_TIMEOUT};
 use crate::shadow::{self, AccessLine, Capture, Job, RouteShadow, Shadower, X_STRANGLER_SHADOW};
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub const X_STRANGLER_ROUTE: HeaderName = HeaderName::from_static("x-strangler-route");
-pub const X_STRANGLER_UPSTREAM: HeaderName = HeaderName::from_static("x-strangler-upstream");
-pub const X_STRANGLER_FALLBACK: HeaderName = HeaderName::from_static("x-strangler-fallback");
+// Headers this proxy adds are inserted by their `&'static str` names: Pingora keeps a second,
+// case-preserving map of names, and a `HeaderName` would be copied into it on every insert.
+const REQUEST_ID: &str = "x-request-id";
+const FORWARDED_FOR: &str = "x-forwarded-for";
+const FORWARDED_PROTO: &str = "x-forwarded-proto";
+const FORWARDED_HOST: &str = "x-forwarded-host";
+const STRANGLER_ROUTE: &str = "x-strangler-route";
+const STRANGLER_UPSTREAM: &str = "x-strangler-upstream";
+const STRANGLER_FALLBACK: &str = "x-strangler-fallback";
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static(FORWARDED_FOR);
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(FORWARDED_PROTO);
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static(FORWARDED_HOST);
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The rules in force and the metric handles compiled with them. Swapped whole on reload.
@@ -136,6 +142,8 @@ pub struct Ctx {
     responded: bool,
     /// `upstream_response_filter` already decided what a 5xx leads to.
     decided: bool,
+    /// The request's id (the client's or a new one), echoed on the response.
+    request_id: Option<HeaderValue>,
     /// The shadow copy's capture, when this request is copied.
     shadow: Option<Capture>,
     /// Request body bytes allowed (the route's `max_body` or `limits.max_body`), and seen so far.
@@ -148,20 +156,22 @@ impl ProxyHttp for Strangler {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
+        let now = Instant::now();
         Ctx {
             live: None,
             route: None,
             side: Side::Legacy,
             target: 0,
             rewritten: None,
-            started: Instant::now(),
-            deadline: Instant::now() + DEFAULT_ROUTE_TIMEOUT,
+            started: now,
+            deadline: now + DEFAULT_ROUTE_TIMEOUT,
             attempt: 0,
             replayable: false,
             fallback: None,
             slot: None,
             responded: false,
             decided: false,
+            request_id: None,
             shadow: None,
             body_limit: u64::MAX,
             body_seen: 0,
@@ -248,9 +258,14 @@ impl ProxyHttp for Strangler {
         ctx.live = Some(live);
         // Every request carries an id: the client's, or a new one. The upstream and the
         // client's response both see it.
-        if !session.req_header().headers.contains_key(&X_REQUEST_ID) {
-            session.req_header_mut().insert_header(X_REQUEST_ID, new_request_id())?;
-        }
+        ctx.request_id = match session.req_header().headers.get(&X_REQUEST_ID) {
+            Some(id) => Some(id.clone()),
+            None => {
+                let id = new_request_id();
+                session.req_header_mut().insert_header(REQUEST_ID, id.clone())?;
+                Some(id)
+            }
+        };
         Ok(false)
     }
 
@@ -371,24 +386,24 @@ impl ProxyHttp for Strangler {
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let trusted = peer.is_some_and(|ip| live.rules.trusted(ip));
         if let Some(ip) = peer {
-            let xff = match up
-                .headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-                .filter(|_| trusted)
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
+            let prev = if trusted {
+                up.headers.get(&X_FORWARDED_FOR)
+            } else {
+                None
             };
-            up.insert_header(X_FORWARDED_FOR, xff)?;
+            let xff = match prev.and_then(|v| v.to_str().ok()) {
+                Some(prev) => HeaderValue::try_from(format!("{prev}, {ip}")).expect("a header value and an address"),
+                None => ip_header(ip),
+            };
+            up.insert_header(FORWARDED_FOR, xff)?;
         }
         if !trusted || !up.headers.contains_key(&X_FORWARDED_PROTO) {
             let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-            up.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
+            up.insert_header(FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         }
         if !trusted || !up.headers.contains_key(&X_FORWARDED_HOST) {
             match session.req_header().headers.get(HOST).cloned() {
-                Some(host) => up.insert_header(X_FORWARDED_HOST, host)?,
+                Some(host) => up.insert_header(FORWARDED_HOST, host)?,
                 None => {
                     up.remove_header(&X_FORWARDED_HOST);
                 }
@@ -442,7 +457,7 @@ impl ProxyHttp for Strangler {
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         ctx.responded = true;
         if let Some(cap) = ctx.shadow.as_mut().filter(|c| c.to_task.is_some()) {
             cap.status = resp.status.as_u16();
@@ -452,15 +467,15 @@ impl ProxyHttp for Strangler {
         let live = ctx.live.as_ref().expect("request_filter sets live");
         if live.rules.response_headers {
             let route = ctx.route.unwrap_or(live.route_headers.len() - 1);
-            resp.insert_header(X_STRANGLER_ROUTE, live.route_headers[route].clone())?;
-            resp.insert_header(X_STRANGLER_UPSTREAM, live.upstream_headers[ctx.target].clone())?;
+            resp.insert_header(STRANGLER_ROUTE, live.route_headers[route].clone())?;
+            resp.insert_header(STRANGLER_UPSTREAM, live.upstream_headers[ctx.target].clone())?;
             if let Some(reason) = ctx.fallback {
-                resp.insert_header(X_STRANGLER_FALLBACK, reason.as_str())?;
+                resp.insert_header(STRANGLER_FALLBACK, reason.as_str())?;
             }
         }
-        if let Some(id) = session.req_header().headers.get(&X_REQUEST_ID) {
+        if let Some(id) = &ctx.request_id {
             if !resp.headers.contains_key(&X_REQUEST_ID) {
-                resp.insert_header(X_REQUEST_ID, id.clone())?;
+                resp.insert_header(REQUEST_ID, id.clone())?;
             }
         }
         Ok(())
@@ -767,7 +782,74 @@ async fn respond_with(session: &mut Session, status: u16, body: Bytes, extra: &[
     session.write_response_body(Some(body), true).await
 }
 
-/// A fresh request id: 128 random bits as 32 hex digits.
-fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// A client address as a header value. IPv4 by hand: `Ipv4Addr`'s `Display` cost 2,600
+/// instructions per request under callgrind, a fortieth of the whole request.
+fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return HeaderValue::try_from(ip.to_string()).expect("an address is a valid header value");
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        for (place, show) in [(100, octet >= 100), (10, octet >= 10), (1, true)] {
+            if show {
+                text[len] = b'0' + octet / place % 10;
+                len += 1;
+            }
+        }
+    }
+    HeaderValue::from_bytes(&text[..len]).expect("digits and dots are a valid header value")
+}
+
+/// A fresh request id: 128 random bits as 32 hex digits (by hand: `format!` cost 1,700
+/// instructions of the request's 107,000 under callgrind).
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[(bits >> (124 - 4 * i)) as usize & 0xf];
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_header_reads_as_the_address() {
+        for ip in [
+            "0.0.0.0",
+            "1.20.3.40",
+            "10.0.0.1",
+            "127.0.0.1",
+            "192.168.100.9",
+            "99.100.101.255",
+            "255.255.255.255",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let addr: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header(addr).to_str().unwrap(), addr.to_string(), "{ip}");
+        }
+    }
+
+    #[test]
+    fn a_request_id_is_32_lowercase_hex_digits_and_new_each_time() {
+        let (a, b) = (new_request_id(), new_request_id());
+        for id in [&a, &b] {
+            let text = id.to_str().unwrap();
+            assert_eq!(text.len(), 32, "{text}");
+            assert!(
+                text.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+                "{text}"
+            );
+        }
+        assert_ne!(a, b);
+    }
 }
