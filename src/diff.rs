@@ -209,12 +209,16 @@ pub struct Difference {
 }
 
 fn is_json(h: &HeaderMap) -> bool {
-    h.get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            ct == "application/json" || ct.ends_with("+json")
-        })
+    h.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let ct = v
+            .as_bytes()
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        ct.eq_ignore_ascii_case(b"application/json")
+            || ct.len() >= 5 && ct[ct.len() - 5..].eq_ignore_ascii_case(b"+json")
+    })
 }
 
 fn header_text(h: &HeaderMap, name: &HeaderName) -> Option<Value> {
@@ -355,17 +359,32 @@ impl<'v> Walker<'_, 'v> {
             return;
         }
         match (a.node(), b.node()) {
-            (Node::Object { .. }, Node::Object { .. }) => {
-                // Document order: the legacy keys, then keys only the new answer has.
-                let lookup = Lookup::new(b);
+            (Node::Object { len: n, .. }, Node::Object { len: m, .. }) => {
+                // Document order: the legacy keys, then keys only the new answer has. Answers
+                // usually list their keys in the same order, so each key is looked for at its
+                // own place first, and the lookups are built only when one is not there.
+                let mut in_step = n == m;
+                let mut lookup = None;
+                let mut at_place = b.entries();
                 for (k, va) in a.entries() {
                     self.path.push(Step::Key(k));
-                    match lookup.get(b, k) {
+                    let vb = match at_place.next().filter(|(kb, _)| *kb == k) {
+                        Some((_, vb)) => Some(vb),
+                        None => {
+                            in_step = false;
+                            lookup.get_or_insert_with(|| Lookup::new(b)).get(b, k)
+                        }
+                    };
+                    match vb {
                         Some(vb) => self.diff(va, vb),
                         None if !self.ignored() => self.push(Some(va), None),
                         None => {}
                     }
                     self.path.pop();
+                }
+                if in_step {
+                    // Every key matched in place and the counts agree: no key is new-only.
+                    return;
                 }
                 let lookup = Lookup::new(a);
                 for (k, vb) in b.entries().filter(|(k, _)| lookup.get(a, k).is_none()) {
@@ -621,6 +640,58 @@ mod tests {
             assert!(parse_path(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_ignore("header:Date").unwrap(), Ignore::Header(http::header::DATE));
+    }
+
+    /// An answer with the JSON text exactly as given (`json!` sorts object keys).
+    fn raw(text: &str, content_type: &str) -> Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+        Answer {
+            status: 200,
+            headers,
+            body: Bytes::from(text.to_string()),
+        }
+    }
+
+    #[test]
+    fn keys_in_another_order_missing_or_added() {
+        let cases: [(&str, &str, Vec<&str>); 6] = [
+            (r#"{"a":1,"b":2,"c":3}"#, r#"{"c":3,"a":1,"b":2}"#, vec![]),
+            (r#"{"a":1,"b":2}"#, r#"{"b":2,"a":5}"#, vec!["$.a"]),
+            (r#"{"a":1,"b":2}"#, r#"{"a":1,"c":2}"#, vec!["$.b", "$.c"]),
+            (r#"{"a":1,"b":2}"#, r#"{"b":2,"c":3,"a":1}"#, vec!["$.c"]),
+            (
+                r#"{"a":1,"x":{"p":1,"q":2}}"#,
+                r#"{"x":{"q":2,"p":9},"a":1}"#,
+                vec!["$.x.p"],
+            ),
+            (r#"{"a":1,"b":2,"c":3}"#, r#"{"a":1,"b":2}"#, vec!["$.c"]),
+        ];
+        for (a, b, want) in cases {
+            let d = compare(&cfg(&[]), &[], &raw(a, "application/json"), &raw(b, "application/json"));
+            assert_eq!(paths(&d), want, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn json_is_told_by_the_content_type() {
+        for (ct, json) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/problem+json", true),
+            (" application/json ;q=1", true),
+            ("text/plain", false),
+            ("application/jsonx", false),
+            ("json", false),
+        ] {
+            let d = compare(
+                &cfg(&[]),
+                &[],
+                &raw(r#"{"a":1, "b":2}"#, ct),
+                &raw(r#"{"b":2,"a":1}"#, ct),
+            );
+            assert_eq!(d.is_empty(), json, "{ct}: {:?}", paths(&d));
+        }
     }
 
     #[test]

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# User-space instructions per request, under valgrind's callgrind: strangler against bare Pingora,
+# and shadow on against off. A count of instructions does not move with the neighbours on a shared
+# machine the way CPU time does, so it shows what a change to the request path did; it leaves out
+# the kernel's share (about half of the CPU time in bench/compare.sh) and cache misses.
+#
+#   bench/instructions.sh            # DURATION=8 (seconds of load per proxy, under valgrind)
+#   PROFILE=1 bench/instructions.sh  # also keep the callgrind files, for callgrind_annotate
+#
+# Setup: the backend of bench/compare.sh (nginx, a fixed 150-byte JSON answer on two ports); the
+# proxy runs one worker under callgrind; wrk warms it up for 3 s, the counters are zeroed, wrk
+# loads it for DURATION seconds over 8 connections, and the counters are dumped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-8}"
+WORK="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true; [ -n "${PROFILE:-}" ] || rm -rf "$WORK"' EXIT
+
+need=()
+for tool in nginx wrk curl valgrind cmake; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "instructions: installing ${need[*]}" >&2
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --bin strangler --example bare_pingora 2>&1 | tail -1
+
+B1=127.0.0.1:8401 B2=127.0.0.1:8402
+cat > "$WORK/nginx.conf" <<EOF
+worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log stderr warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; default_type application/json;
+  server { listen $B1; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b1"}'; } }
+  server { listen $B2; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b2"}'; } } }
+EOF
+nginx -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/backend.log" &
+sleep 0.5
+
+# The rules of bench/compare.sh: a migrated /api/orders route among 20, and the shadow pair.
+mkdir -p "$WORK/rules"
+{ echo "legacy: other"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
+  echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders }"
+  for i in $(seq 1 19); do
+    case $((i % 3)) in
+      0) echo "  - { name: r$i, match: { prefix: /svc$i }, mode: legacy }";;
+      1) echo "  - { name: r$i, match: { path: \"/svc$i/items/{id}\" }, mode: migrated, service: orders }";;
+      2) echo "  - { name: r$i, match: { path: /svc$i/list, methods: [GET] }, mode: legacy }";;
+    esac
+  done; } > "$WORK/rules/routes.yaml"
+for sample in 0 1; do
+  { echo "legacy: other"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
+    echo "routes:"
+    echo "  - { name: orders, match: { prefix: /api/orders }, mode: shadow, service: orders, shadow: { sample: $sample, ignore: [\"\$.served_at\"] } }"; } > "$WORK/rules/shadow-$sample.yaml"
+done
+
+# measure NAME PORT CMD...: prints "NAME instructions-per-request".
+measure() {
+  local name="$1" port="$2"; shift 2
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.%p.out" "$@" >"$WORK/$name.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$port/api/orders/1" 2>/dev/null && break; sleep 0.2; done
+  wrk -t1 -c8 -d3s "http://127.0.0.1:$port/api/orders/1" >/dev/null
+  callgrind_control -z "$pid" >/dev/null
+  local out; out="$(wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$port/api/orders/1")"
+  callgrind_control -d "$pid" >/dev/null
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  local requests; requests="$(echo "$out" | awk '/requests in/ {print $1}')"
+  local dump; dump="$(ls -t "$WORK/$name.$pid.out".* | head -1)"
+  local total; total="$(awk '/^summary:/ {print $2}' "$dump")"
+  awk -v n="$name" -v t="$total" -v r="$requests" 'BEGIN {printf "%s %.0f %d\n", n, t / r, r}'
+}
+
+export RUST_LOG=warn
+STRANGLER=(./target/release/strangler run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1 --access-log false)
+results="$WORK/results"
+measure bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2" >> "$results"
+measure strangler 8483 "${STRANGLER[@]}" --config "$WORK/rules/routes.yaml" >> "$results"
+measure strangler-shadow-0 8483 "${STRANGLER[@]}" --config "$WORK/rules/shadow-0.yaml" >> "$results"
+measure strangler-shadow-1 8483 "${STRANGLER[@]}" --config "$WORK/rules/shadow-1.yaml" >> "$results"
+
+echo
+echo "user-space instructions per request under callgrind (${DURATION}s of wrk, 8 connections, one worker):"
+awk '{printf "%-20s %10d  (%d requests)\n", $1, $2, $3}' "$results"
+ir() { awk -v n="$1" '$1 == n {print $2}' "$results"; }
+awk -v s="$(ir strangler)" -v b="$(ir bare-pingora)" 'BEGIN {printf "strangler / bare-pingora: %.2fx\n", s / b}'
+awk -v a="$(ir strangler-shadow-1)" -v b="$(ir strangler-shadow-0)" 'BEGIN {printf "shadow, every request copied and compared / none: %.2fx\n", a / b}'
+[ -z "${PROFILE:-}" ] || echo "callgrind files kept in $WORK"
