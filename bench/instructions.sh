@@ -61,9 +61,9 @@ measure() {
   local pid=$!
   for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$port/api/orders/1" 2>/dev/null && break; sleep 0.2; done
   wrk -t1 -c8 -d3s "http://127.0.0.1:$port/api/orders/1" >/dev/null
-  callgrind_control -z "$pid" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
   local out; out="$(wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$port/api/orders/1")"
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   local requests; requests="$(echo "$out" | awk '/requests in/ {print $1}')"
   local dump; dump="$(ls -t "$WORK/$name.$pid.out".* | head -1)"
