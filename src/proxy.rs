@@ -41,6 +41,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static(FORWARDED_FOR);
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(FORWARDED_PROTO);
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static(FORWARDED_HOST);
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// The rules in force and the metric handles compiled with them. Swapped whole on reload.
@@ -530,7 +531,7 @@ impl ProxyHttp for Strangler {
         let access = match (&ctx.live, self.access_log) {
             (Some(live), true) => {
                 let req = session.req_header();
-                let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let header = |n: &HeaderName| req.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
                 Some(AccessLine {
                     method: req.method.to_string(),
                     path: req.uri.path().to_string(),
@@ -548,8 +549,8 @@ impl ProxyHttp for Strangler {
                         Some(false) => "not_copied",
                         None => "-",
                     },
-                    request_id: header("x-request-id").to_string(),
-                    trace_id: header("traceparent").split('-').nth(1).unwrap_or("-").to_string(),
+                    request_id: header(&X_REQUEST_ID).to_string(),
+                    trace_id: header(&TRACEPARENT).split('-').nth(1).unwrap_or("-").to_string(),
                 })
             }
             _ => None,

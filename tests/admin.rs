@@ -221,6 +221,42 @@ async fn every_request_gets_an_access_log_line() {
     assert!(!quiet.log().contains("req-43"), "{}", quiet.log());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_text_access_line_reads_name_equals_value_without_colour_codes() {
+    let shop = start_shop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    let ups = [
+        ("monolith", shop.monolith),
+        ("inventory", shop.inventory),
+        ("orders", shop.orders),
+    ];
+    std::fs::write(&path, rules(&ups, ROUTES)).unwrap();
+    let proxy = Proxy::start_with(dir, path, &[], &[("RUST_LOG", "warn,access=info")]).await;
+    reqwest::Client::new()
+        .get(proxy.url("/api/orders/7"))
+        .header("x-request-id", "req-text-7")
+        .send()
+        .await
+        .unwrap();
+    let log = proxy.log_with(&["req-text-7 "]).await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("req-text-7"))
+        .unwrap_or_else(|| panic!("no access line:\n{log}"));
+    assert!(
+        line.contains(
+            " INFO access: method=GET path=/api/orders/7 route=orders-read side=\"legacy\" upstream=monolith status=200 "
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains(" shadow=\"copied\" shadow_result=\"match\" request_id=req-text-7 trace_id=-"),
+        "{line}"
+    );
+    assert!(!line.contains('\x1b'), "no colour codes into a file: {line:?}");
+}
+
 #[test]
 fn the_admin_port_is_loopback_by_default() {
     let dir = tempfile::tempdir().unwrap();
