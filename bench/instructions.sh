@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # User-space instructions per request, under valgrind's callgrind: strangler against bare Pingora,
-# and shadow on against off. A count of instructions does not move with the neighbours on a shared
-# machine the way CPU time does, so it shows what a change to the request path did; it leaves out
-# the kernel's share (about half of the CPU time in bench/compare.sh) and cache misses.
+# its access log on against off, and shadow on against off. A count of instructions does not move
+# with the neighbours on a shared machine the way CPU time does, so it shows what a change to the
+# request path did; it leaves out the kernel's share (about half of the CPU time in
+# bench/compare.sh) and cache misses.
 #
 #   bench/instructions.sh            # DURATION=8 (seconds of load per proxy, under valgrind)
 #   PROFILE=1 bench/instructions.sh  # also keep the callgrind files, for callgrind_annotate
@@ -72,10 +73,13 @@ measure() {
 }
 
 export RUST_LOG=warn
-STRANGLER=(./target/release/strangler run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1 --access-log false)
+STRANGLER_RUN=(./target/release/strangler run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
+STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
 results="$WORK/results"
 measure bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2" >> "$results"
 measure strangler 8483 "${STRANGLER[@]}" --config "$WORK/rules/routes.yaml" >> "$results"
+# The access log as shipped: a text line per request, to stderr (a file here).
+RUST_LOG=info measure strangler-access-log 8483 "${STRANGLER_RUN[@]}" --config "$WORK/rules/routes.yaml" >> "$results"
 measure strangler-shadow-0 8483 "${STRANGLER[@]}" --config "$WORK/rules/shadow-0.yaml" >> "$results"
 measure strangler-shadow-1 8483 "${STRANGLER[@]}" --config "$WORK/rules/shadow-1.yaml" >> "$results"
 
@@ -84,5 +88,6 @@ echo "user-space instructions per request under callgrind (${DURATION}s of wrk, 
 awk '{printf "%-20s %10d  (%d requests)\n", $1, $2, $3}' "$results"
 ir() { awk -v n="$1" '$1 == n {print $2}' "$results"; }
 awk -v s="$(ir strangler)" -v b="$(ir bare-pingora)" 'BEGIN {printf "strangler / bare-pingora: %.2fx\n", s / b}'
+awk -v a="$(ir strangler-access-log)" -v b="$(ir strangler)" 'BEGIN {printf "access log on / off: %.2fx\n", a / b}'
 awk -v a="$(ir strangler-shadow-1)" -v b="$(ir strangler-shadow-0)" 'BEGIN {printf "shadow, every request copied and compared / none: %.2fx\n", a / b}'
 [ -z "${PROFILE:-}" ] || echo "callgrind files kept in $WORK"

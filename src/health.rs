@@ -19,8 +19,10 @@ use tokio::time::Instant;
 use crate::proxy::Live;
 use crate::resilience::HealthConfig;
 
-/// How often the scheduler looks for due probes; the finest useful `interval`.
-const TICK: Duration = Duration::from_millis(50);
+/// The longest the scheduler sleeps, so a reload's new upstreams are probed within a second.
+/// Otherwise it sleeps until the next probe is due: a proxy with probes every 2 s wakes about
+/// once a second, not 20 times (it shares its CPUs with the request path).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 pub struct HealthService {
     pub live: Arc<ArcSwap<Live>>,
@@ -32,11 +34,11 @@ impl BackgroundService for HealthService {
         // Pingora's connector, so an https:// upstream is probed over TLS with its own CA and SNI.
         let connector = Arc::new(TransportConnector::new(None));
         let mut next: HashMap<String, Instant> = HashMap::new();
-        let mut tick = tokio::time::interval(TICK);
+        let mut wake = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
             // The rules may have been reloaded: probe what is in force now, keyed by name.
             let live = self.live.load_full();
@@ -59,6 +61,7 @@ impl BackgroundService for HealthService {
                 });
             }
             next.retain(|name, _| live.rules.upstreams.iter().any(|u| &u.name == name));
+            wake = next.values().copied().fold(now + MAX_SLEEP, Instant::min);
         }
     }
 }
