@@ -19,26 +19,14 @@ WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 export RUST_LOG=warn
-need=()
-for tool in nginx haproxy wrk curl cmake; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "compare: installing ${need[*]}" >&2
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. bench/common.sh
+install_missing compare nginx haproxy wrk curl cmake
 cargo build --release --bin strangler --example bare_pingora --example loadgen 2>&1 | tail -1
 LOADGEN=./target/release/examples/loadgen
 RATE="${RATE:-5000}" IDLE="${IDLE:-10000}" RATE_ROUNDS="${RATE_ROUNDS:-3}"
 
-B1=127.0.0.1:8401 B2=127.0.0.1:8402
 mkdir -p "$WORK/nginx-backend" "$WORK/nginx-proxy" "$WORK/nginx-proxy-log" "$WORK/rules"
-cat > "$WORK/nginx-backend/nginx.conf" <<EOF
-worker_processes 1; daemon off; pid $WORK/nginx-backend/pid; error_log stderr warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; default_type application/json;
-  server { listen $B1; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b1"}'; } }
-  server { listen $B2; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b2"}'; } } }
-EOF
+backend_conf "$WORK/nginx-backend"
 cat > "$WORK/nginx-proxy/nginx.conf" <<EOF
 worker_processes 1; daemon off; pid $WORK/nginx-proxy/pid; error_log stderr warn;
 worker_rlimit_nofile 20000;

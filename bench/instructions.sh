@@ -18,24 +18,13 @@ DURATION="${DURATION:-8}"
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true; [ -n "${PROFILE:-}" ] || rm -rf "$WORK"' EXIT
 
-need=()
-for tool in nginx wrk curl valgrind cmake; do command -v "$tool" >/dev/null 2>&1 || need+=("$tool"); done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "instructions: installing ${need[*]}" >&2
-  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. bench/common.sh
+install_missing instructions nginx wrk curl valgrind cmake
 cargo build --release --bin strangler --example bare_pingora 2>&1 | tail -1
 
-B1=127.0.0.1:8401 B2=127.0.0.1:8402
-cat > "$WORK/nginx.conf" <<EOF
-worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log stderr warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; default_type application/json;
-  server { listen $B1; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b1"}'; } }
-  server { listen $B2; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b2"}'; } } }
-EOF
-nginx -c "$WORK/nginx.conf" -p "$WORK" 2>"$WORK/backend.log" &
+mkdir -p "$WORK/backend"
+backend_conf "$WORK/backend"
+nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" 2>"$WORK/backend.log" &
 sleep 0.5
 
 # The rules of bench/compare.sh: a migrated /api/orders route among 20, and the shadow pair.

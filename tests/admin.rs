@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::proxy::{rules, strangler, Proxy};
-use common::shop::start_shop;
+use common::shop::{start_shop, Shop};
 use serde_json::Value;
 
 const ROUTES: &str = "  - { name: stock, match: { prefix: /api/inventory }, mode: canary, service: inventory, canary: { percent: 50, sticky: \"header:x-user-id\" } }\n\
@@ -154,8 +154,8 @@ fn an_open_admin_port_without_a_token_is_refused() {
     assert!(err.contains("STRANGLER_ADMIN_TOKEN"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_request_gets_an_access_log_line() {
+/// The shop behind a proxy on `ROUTES`, started with these arguments and environment.
+async fn shop_proxy(args: &[&str], env: &[(&str, &str)]) -> (Shop, Proxy) {
     let shop = start_shop().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rules.yaml");
@@ -165,13 +165,13 @@ async fn every_request_gets_an_access_log_line() {
         ("orders", shop.orders),
     ];
     std::fs::write(&path, rules(&ups, ROUTES)).unwrap();
-    let proxy = Proxy::start_with(
-        dir,
-        path,
-        &["--log-format", "json"],
-        &[("RUST_LOG", "warn,access=info")],
-    )
-    .await;
+    let proxy = Proxy::start_with(dir, path, args, env).await;
+    (shop, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_gets_an_access_log_line() {
+    let (_shop, proxy) = shop_proxy(&["--log-format", "json"], &[("RUST_LOG", "warn,access=info")]).await;
     let client = reqwest::Client::new();
     client
         .get(proxy.url("/api/orders/7"))
@@ -207,10 +207,7 @@ async fn every_request_gets_an_access_log_line() {
     assert!(f["duration_ms"].as_f64().unwrap() > 0.0);
 
     // --access-log false turns it off.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.yaml");
-    std::fs::write(&path, rules(&ups, ROUTES)).unwrap();
-    let quiet = Proxy::start_with(dir, path, &["--access-log", "false"], &[("RUST_LOG", "info")]).await;
+    let (_quiet_shop, quiet) = shop_proxy(&["--access-log", "false"], &[("RUST_LOG", "info")]).await;
     client
         .get(quiet.url("/api/orders/7"))
         .header("x-request-id", "req-43")
@@ -223,16 +220,7 @@ async fn every_request_gets_an_access_log_line() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_text_access_line_reads_name_equals_value_without_colour_codes() {
-    let shop = start_shop().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.yaml");
-    let ups = [
-        ("monolith", shop.monolith),
-        ("inventory", shop.inventory),
-        ("orders", shop.orders),
-    ];
-    std::fs::write(&path, rules(&ups, ROUTES)).unwrap();
-    let proxy = Proxy::start_with(dir, path, &[], &[("RUST_LOG", "warn,access=info")]).await;
+    let (_shop, proxy) = shop_proxy(&[], &[("RUST_LOG", "warn,access=info")]).await;
     reqwest::Client::new()
         .get(proxy.url("/api/orders/7"))
         .header("x-request-id", "req-text-7")
