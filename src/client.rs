@@ -187,6 +187,8 @@ pub struct RequestParts {
     pub method: String,
     pub target: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Its `x-request-id`, or empty.
+    pub request_id: String,
 }
 
 impl Request {
@@ -201,20 +203,27 @@ impl Request {
         let mut req = httparse::Request::new(&mut fields);
         // The head was written by `HeadBuilder` from a parsed request: it parses.
         let _ = req.parse(&self.head);
+        let headers: Vec<(HeaderName, HeaderValue)> = req
+            .headers
+            .iter()
+            .filter(|h| !h.name.is_empty())
+            .filter_map(|h| {
+                Some((
+                    HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                    HeaderValue::from_bytes(h.value).ok()?,
+                ))
+            })
+            .collect();
+        let request_id = headers
+            .iter()
+            .find(|(n, _)| *n == crate::proxy::X_REQUEST_ID)
+            .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
         RequestParts {
             method: req.method.unwrap_or_default().to_string(),
             target: req.path.unwrap_or_default().to_string(),
-            headers: req
-                .headers
-                .iter()
-                .filter(|h| !h.name.is_empty())
-                .filter_map(|h| {
-                    Some((
-                        HeaderName::from_bytes(h.name.as_bytes()).ok()?,
-                        HeaderValue::from_bytes(h.value).ok()?,
-                    ))
-                })
-                .collect(),
+            headers,
+            request_id,
         }
     }
 }
@@ -377,15 +386,22 @@ fn parse_head(buf: &[u8], compared: &[HeaderName], no_body_answer: bool) -> Resu
     }))
 }
 
-/// Read more of the answer into `buf`; an error if the connection ends first.
-async fn fill(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Failed> {
+/// Read more of the answer into `buf`: the bytes read, 0 when the connection has ended.
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> Result<usize, Failed> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(4096);
     }
-    match stream.read_buf(buf).await {
-        Ok(0) => Err(Failed::after_send("connection closed before the answer ended")),
-        Ok(_) => Ok(()),
-        Err(e) => Err(Failed::after_send(e.to_string())),
+    stream
+        .read_buf(buf)
+        .await
+        .map_err(|e| Failed::after_send(e.to_string()))
+}
+
+/// Read more of the answer into `buf`; an error if the connection ends first.
+async fn fill(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Failed> {
+    match read_more(stream, buf).await? {
+        0 => Err(Failed::after_send("connection closed before the answer ended")),
+        _ => Ok(()),
     }
 }
 
@@ -564,16 +580,9 @@ async fn read_body(
                 whole = false;
                 break;
             }
-            match stream.read_buf(buf).await {
-                Ok(0) => {
-                    body = buf.split();
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => return Err(Failed::after_send(e.to_string())),
-            }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(4096);
+            if read_more(stream, buf).await? == 0 {
+                body = buf.split();
+                break;
             }
         },
     }

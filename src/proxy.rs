@@ -549,7 +549,13 @@ impl ProxyHttp for Strangler {
                         Some(false) => "not_copied",
                         None => "-",
                     },
-                    request_id: header(&X_REQUEST_ID).to_string(),
+                    // Found or made once, in request_filter.
+                    request_id: ctx
+                        .request_id
+                        .as_ref()
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string(),
                     trace_id: header(&TRACEPARENT).split('-').nth(1).unwrap_or("-").to_string(),
                 })
             }

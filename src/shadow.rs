@@ -524,29 +524,17 @@ fn judge(job: &Job, legacy: LegacyAnswer, new: Answer, again: Option<Answer>) {
     m.results[1].inc();
     access("mismatch");
     let request = job.request.parts();
-    let request_id = request
-        .headers
-        .iter()
-        .find(|(n, _)| n == "x-request-id")
-        .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default();
     let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
-    tracing::info!(target: "shadow", route = %job.state.route, request_id, paths = ?paths, "mismatch");
+    tracing::info!(target: "shadow", route = %job.state.route, request_id = request.request_id.as_str(), paths = ?paths, "mismatch");
     for d in &diffs {
         m.paths
             .with_label_values(&[&job.state.route, &job.state.path_label(&d.pattern)])
             .inc();
     }
-    record(job, (request, request_id), &legacy.answer, &new, diffs);
+    record(job, request, &legacy.answer, &new, diffs);
 }
 
-fn record(
-    job: &Job,
-    (request, request_id): (client::RequestParts, String),
-    legacy: &Answer,
-    new: &Answer,
-    mut diffs: Vec<Difference>,
-) {
+fn record(job: &Job, request: client::RequestParts, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) {
     let redacted = |name: &HeaderName| ALWAYS_REDACTED.contains(name) || job.spec.redact.contains(name);
     for d in &mut diffs {
         if let Some(h) = d.path.strip_prefix("header:") {
@@ -595,7 +583,7 @@ fn record(
         route: job.state.route.clone(),
         method: request.method,
         path: request.target,
-        request_id,
+        request_id: request.request_id,
         request_headers,
         status: json!({"legacy": legacy.status, "new": new.status}),
         differences: diffs,

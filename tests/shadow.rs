@@ -101,12 +101,7 @@ async fn noise_is_learned_when_nothing_is_ignored() {
         [20, 0, 0, 0],
         "served_at differs on every call, and was learned before it could mismatch"
     );
-    let routes: Value = reqwest::get(proxy.admin_url("/api/routes"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let routes: Value = proxy.admin_json("/api/routes").await;
     let route = routes["routes"]
         .as_array()
         .unwrap()
@@ -140,12 +135,7 @@ async fn drift_is_caught_with_exactly_the_drifted_path() {
         1,
         "{m}"
     );
-    let v: Value = reqwest::get(proxy.admin_url("/api/mismatches?route=orders-read&limit=5"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = proxy.admin_json("/api/mismatches?route=orders-read&limit=5").await;
     let entries = v["mismatches"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{v}");
     let e = &entries[0];
@@ -252,12 +242,7 @@ async fn memory_stays_bounded_over_10000_shadowed_requests() {
         "every copy mismatched (drift) or was skipped at the cap: {r:?}"
     );
     let m = proxy.metrics().await;
-    let v: Value = reqwest::get(proxy.admin_url("/api/mismatches?route=stock&limit=1000"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = proxy.admin_json("/api/mismatches?route=stock&limit=1000").await;
     assert_eq!(
         v["mismatches"].as_array().unwrap().len(),
         100,
@@ -301,12 +286,7 @@ async fn writes_are_copied_only_when_listed_and_carry_the_shadow_header() {
         [0, 1, 0, 0],
         "the echo answers differently"
     );
-    let v: Value = reqwest::get(proxy.admin_url("/api/mismatches?route=create-listed"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = proxy.admin_json("/api/mismatches?route=create-listed").await;
     let seen: Value = serde_json::from_str(v["mismatches"][0]["new_body"].as_str().unwrap()).unwrap();
     assert_eq!(seen["method"], "POST");
     assert_eq!(seen["headers"]["x-strangler-shadow"], json!(["1"]));
@@ -491,12 +471,7 @@ async fn an_http2_clients_copy_carries_its_host_and_body() {
     // body is what the echo received.
     let r = settled(&proxy, "h2", 2).await;
     assert_eq!(r[1], 2, "{r:?}\n{}\n{}", proxy.metrics().await, proxy.log());
-    let v: Value = reqwest::get(proxy.admin_url("/api/mismatches?route=h2"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = proxy.admin_json("/api/mismatches?route=h2").await;
     let host = proxy
         .url("")
         .trim_start_matches("http://")

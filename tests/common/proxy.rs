@@ -146,12 +146,17 @@ impl Proxy {
     }
 
     pub async fn config(&self) -> serde_json::Value {
-        reqwest::get(self.admin_url("/api/config"))
+        self.admin_json("/api/config").await
+    }
+
+    /// GET an admin API path and read its JSON answer.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(self.admin_url(path))
             .await
-            .expect("config")
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
             .json()
             .await
-            .expect("config json")
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
     }
 
     pub fn url(&self, path: &str) -> String {
