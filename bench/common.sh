@@ -1,4 +1,4 @@
-# Shared by bench/compare.sh and bench/instructions.sh (sourced, not run).
+# Shared by bench/compare.sh and bench/instructions.sh (sourced, not run; they set $WORK).
 
 # install_missing NAME TOOL...: apt-get install the tools that are not on PATH.
 install_missing() {
@@ -25,4 +25,36 @@ http { access_log off; keepalive_requests 1000000; default_type application/json
   server { listen $B1; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b1"}'; } }
   server { listen $B2; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b2"}'; } } }
 CONF
+}
+
+# rules N: write strangler's rules file for N routes into $WORK/rules and print its path.
+# /api/orders goes to the "orders" upstream, everything else to legacy, and N-1 more routes that
+# the benchmark's request never takes, so matching has a real table to search. The rules sit in a
+# directory of their own: the reload watcher wakes for every write in the rules file's directory,
+# and the proxies' logs are written to $WORK.
+rules() {
+  local n="$1" f="$WORK/rules/rules-$1.yaml"
+  mkdir -p "$WORK/rules"
+  { echo "legacy: other"; echo "limits: { max_connections: 16000 }"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
+    echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders }"
+    for i in $(seq 1 $((n - 1))); do
+      case $((i % 3)) in
+        0) echo "  - { name: r$i, match: { prefix: /svc$i }, mode: legacy }";;
+        1) echo "  - { name: r$i, match: { path: \"/svc$i/items/{id}\" }, mode: migrated, service: orders }";;
+        2) echo "  - { name: r$i, match: { path: /svc$i/list, methods: [GET] }, mode: legacy }";;
+      esac
+    done; } > "$f"
+  echo "$f"
+}
+
+# shadow_rules SAMPLE: the shadow cost (issue 5). /api/orders answered by "other" and copied to
+# "orders" for a SAMPLE share of requests (1: every one, 0: none). The two backends differ only in
+# served_at, which is ignored, so every copy is parsed and compared as JSON and matches.
+shadow_rules() {
+  local f="$WORK/rules/rules-shadow-$1.yaml"
+  mkdir -p "$WORK/rules"
+  { echo "legacy: other"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
+    echo "routes:"
+    echo "  - { name: orders, match: { prefix: /api/orders }, mode: shadow, service: orders, shadow: { sample: $1, ignore: [\"\$.served_at\"] } }"; } > "$f"
+  echo "$f"
 }

@@ -61,24 +61,6 @@ backend orders
 backend other
   server b2 $B2
 EOF
-# strangler's rules: /api/orders goes to the "orders" upstream, everything else to legacy, and
-# N-1 more routes that this request never takes, so matching has a real table to search.
-rules() {
-  # Rules in a directory of their own: the reload watcher wakes for every write in the rules
-  # file's directory, and the proxies' logs are written to $WORK.
-  local n="$1" f="$WORK/rules/rules-$1.yaml"
-  { echo "legacy: other"; echo "limits: { max_connections: 16000 }"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
-    echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders }"
-    for i in $(seq 1 $((n - 1))); do
-      case $((i % 3)) in
-        0) echo "  - { name: r$i, match: { prefix: /svc$i }, mode: legacy }";;
-        1) echo "  - { name: r$i, match: { path: \"/svc$i/items/{id}\" }, mode: migrated, service: orders }";;
-        2) echo "  - { name: r$i, match: { path: /svc$i/list, methods: [GET] }, mode: legacy }";;
-      esac
-    done; } > "$f"
-  echo "$f"
-}
-
 taskset -c 0 nginx -c "$WORK/nginx-backend/nginx.conf" -p "$WORK/nginx-backend" 2>"$WORK/backend.log" &
 sleep 0.5
 
@@ -113,17 +95,6 @@ run() {
   local hz; hz="$(getconf CLK_TCK)"
   local us; us="$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
   echo "$name $rps $p50 $p99 $us"
-}
-
-# The shadow cost (issue 5): /api/orders answered by "other" and copied to "orders" for every
-# request (sample 1) or none (sample 0). The two backends differ only in served_at, which is
-# ignored, so every copy is parsed and compared as JSON and matches.
-shadow_rules() {
-  local f="$WORK/rules/rules-shadow-$1.yaml"
-  { echo "legacy: other"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
-    echo "routes:"
-    echo "  - { name: orders, match: { prefix: /api/orders }, mode: shadow, service: orders, shadow: { sample: $1, ignore: [\"\$.served_at\"] } }"; } > "$f"
-  echo "$f"
 }
 
 results="$WORK/results"

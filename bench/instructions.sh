@@ -28,21 +28,7 @@ nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" 2>"$WORK/backend.log" &
 sleep 0.5
 
 # The rules of bench/compare.sh: a migrated /api/orders route among 20, and the shadow pair.
-mkdir -p "$WORK/rules"
-{ echo "legacy: other"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
-  echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders }"
-  for i in $(seq 1 19); do
-    case $((i % 3)) in
-      0) echo "  - { name: r$i, match: { prefix: /svc$i }, mode: legacy }";;
-      1) echo "  - { name: r$i, match: { path: \"/svc$i/items/{id}\" }, mode: migrated, service: orders }";;
-      2) echo "  - { name: r$i, match: { path: /svc$i/list, methods: [GET] }, mode: legacy }";;
-    esac
-  done; } > "$WORK/rules/routes.yaml"
-for sample in 0 1; do
-  { echo "legacy: other"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
-    echo "routes:"
-    echo "  - { name: orders, match: { prefix: /api/orders }, mode: shadow, service: orders, shadow: { sample: $sample, ignore: [\"\$.served_at\"] } }"; } > "$WORK/rules/shadow-$sample.yaml"
-done
+R20="$(rules 20)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
 
 # measure NAME PORT CMD...: prints "NAME instructions-per-request".
 measure() {
@@ -66,11 +52,11 @@ STRANGLER_RUN=(./target/release/strangler run --threads 1 --listen 127.0.0.1:848
 STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
 results="$WORK/results"
 measure bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2" >> "$results"
-measure strangler 8483 "${STRANGLER[@]}" --config "$WORK/rules/routes.yaml" >> "$results"
+measure strangler 8483 "${STRANGLER[@]}" --config "$R20" >> "$results"
 # The access log as shipped: a text line per request, to stderr (a file here).
-RUST_LOG=info measure strangler-access-log 8483 "${STRANGLER_RUN[@]}" --config "$WORK/rules/routes.yaml" >> "$results"
-measure strangler-shadow-0 8483 "${STRANGLER[@]}" --config "$WORK/rules/shadow-0.yaml" >> "$results"
-measure strangler-shadow-1 8483 "${STRANGLER[@]}" --config "$WORK/rules/shadow-1.yaml" >> "$results"
+RUST_LOG=info measure strangler-access-log 8483 "${STRANGLER_RUN[@]}" --config "$R20" >> "$results"
+measure strangler-shadow-0 8483 "${STRANGLER[@]}" --config "$S0" >> "$results"
+measure strangler-shadow-1 8483 "${STRANGLER[@]}" --config "$S1" >> "$results"
 
 echo
 echo "user-space instructions per request under callgrind (${DURATION}s of wrk, 8 connections, one worker):"
