@@ -29,6 +29,10 @@ pub struct RulesFile {
     /// Keep `;` path parameters (`/a;jsessionid=1`) instead of refusing them with 400. Default false.
     #[serde(default)]
     pub allow_semicolons: bool,
+    /// Forward header names in the case they came in. Default false: lowercase, as Envoy and
+    /// HAProxy send them, which saves growing a second header map per request.
+    #[serde(default)]
+    pub preserve_header_case: bool,
     /// Request and connection limits; every field has a safe default.
     #[serde(default)]
     pub limits: LimitsFile,

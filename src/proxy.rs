@@ -145,6 +145,8 @@ pub struct Ctx {
     decided: bool,
     /// The request's id (the client's or a new one), echoed on the response.
     request_id: Option<HeaderValue>,
+    /// The client sent no id: `upstream_request_filter` adds ours.
+    new_request_id: bool,
     /// The shadow copy's capture, when this request is copied.
     shadow: Option<Capture>,
     /// Request body bytes allowed (the route's `max_body` or `limits.max_body`), and seen so far.
@@ -173,6 +175,7 @@ impl ProxyHttp for Strangler {
             responded: false,
             decided: false,
             request_id: None,
+            new_request_id: false,
             shadow: None,
             body_limit: u64::MAX,
             body_seen: 0,
@@ -262,9 +265,8 @@ impl ProxyHttp for Strangler {
         ctx.request_id = match session.req_header().headers.get(&X_REQUEST_ID) {
             Some(id) => Some(id.clone()),
             None => {
-                let id = new_request_id();
-                session.req_header_mut().insert_header(REQUEST_ID, id.clone())?;
-                Some(id)
+                ctx.new_request_id = true;
+                Some(new_request_id())
             }
         };
         Ok(false)
@@ -368,8 +370,15 @@ impl ProxyHttp for Strangler {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let live = ctx.live.as_ref().expect("request_filter sets live");
+        if !live.rules.preserve_header_case {
+            // Room for what follows: the request id, x-forwarded-for, -proto and -host, and host.
+            lowercase_with_room(up, 5)?;
+        }
         if let Some(uri) = ctx.rewritten.take() {
             up.set_uri(uri);
+        }
+        if ctx.new_request_id {
+            up.insert_header(REQUEST_ID, ctx.request_id.clone().expect("request_filter sets it"))?;
         }
         // Our own headers mean something to the services (x-strangler-shadow: "this is a copy,
         // don't send the e-mail"); a client must not be able to forge them.
@@ -466,6 +475,14 @@ impl ProxyHttp for Strangler {
             cap.headers = crate::diff::read_headers(&resp.headers, &cap.spec.compare.compare_headers);
         }
         let live = ctx.live.as_ref().expect("request_filter sets live");
+        let echo_id = ctx
+            .request_id
+            .as_ref()
+            .filter(|_| !resp.headers.contains_key(&X_REQUEST_ID));
+        let room = if live.rules.response_headers { 3 } else { 0 } + usize::from(echo_id.is_some());
+        if room > 0 && !live.rules.preserve_header_case {
+            lowercase_response_with_room(resp, room)?;
+        }
         if live.rules.response_headers {
             let route = ctx.route.unwrap_or(live.route_headers.len() - 1);
             resp.insert_header(STRANGLER_ROUTE, live.route_headers[route].clone())?;
@@ -474,10 +491,8 @@ impl ProxyHttp for Strangler {
                 resp.insert_header(STRANGLER_FALLBACK, reason.as_str())?;
             }
         }
-        if let Some(id) = &ctx.request_id {
-            if !resp.headers.contains_key(&X_REQUEST_ID) {
-                resp.insert_header(REQUEST_ID, id.clone())?;
-            }
+        if let Some(id) = echo_id {
+            resp.insert_header(REQUEST_ID, id.clone())?;
         }
         Ok(())
     }
@@ -810,6 +825,44 @@ fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
         }
     }
     HeaderValue::from_bytes(&text[..len]).expect("digits and dots are a valid header value")
+}
+
+/// Pingora hands the filters heads that keep a second map, with the case of each header name,
+/// and sizes both maps to exactly the headers read, so each header added grows both. This
+/// rebuilds the head around the same headers without the case map and with room for `room`
+/// more: names then go out in lowercase, as Envoy and HAProxy send them.
+fn lowercase_with_room(head: &mut RequestHeader, room: usize) -> Result<()> {
+    let from_uri = head.uri.path_and_query().map_or(&b""[..], |p| p.as_str().as_bytes());
+    // An absolute-form target is kept as it came.
+    let verbatim = (head.raw_path() != from_uri).then(|| head.raw_path().to_vec());
+    let end_stream = head.send_end_stream();
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(head, placeholder));
+    parts.headers.reserve(room);
+    *head = RequestHeader::from(parts);
+    if let Some(target) = verbatim {
+        head.set_raw_path(&target)?;
+    }
+    if let Some(end) = end_stream {
+        head.set_send_end_stream(end);
+    }
+    Ok(())
+}
+
+/// [`lowercase_with_room`] for a response; a reason phrase of the upstream's own is kept.
+fn lowercase_response_with_room(head: &mut ResponseHeader, room: usize) -> Result<()> {
+    let reason = head
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != head.status.canonical_reason())
+        .map(str::to_owned);
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = http::response::Parts::from(std::mem::replace(head, placeholder));
+    parts.headers.reserve(room);
+    *head = ResponseHeader::from(parts);
+    if reason.is_some() {
+        head.set_reason_phrase(reason.as_deref())?;
+    }
+    Ok(())
 }
 
 /// A fresh request id: 128 random bits as 32 hex digits (by hand: `format!` cost 1,700

@@ -228,3 +228,102 @@ async fn keep_alive_connections_are_reused() {
         assert_eq!(v["path"], format!("/svc/{i}"));
     }
 }
+
+/// A server that records each request head as it came off the wire and answers with mixed-case
+/// header names and a reason phrase of its own.
+async fn raw_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (heads, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = heads.send(String::from_utf8_lossy(&buf).into_owned());
+                let answer = "HTTP/1.1 200 Fine By Me\r\nX-Legacy-Thing: yes\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends `X-Custom-Case` through a proxy with the given `preserve_header_case`; returns the
+/// head the upstream read and the answer the client read.
+async fn header_case_round_trip(preserve: bool) -> (String, String) {
+    let (up, mut heads) = raw_upstream().await;
+    let text = rules(&[("monolith", up)], "").replace(
+        "response_headers: true\n",
+        &format!("response_headers: true\npreserve_header_case: {preserve}\n"),
+    );
+    let proxy = Proxy::start(&text).await;
+    let (status, answer) = raw(
+        proxy.addr,
+        "GET /a HTTP/1.1\r\nHost: shop.test\r\nX-Custom-Case: v\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let head = heads.recv().await.expect("the upstream saw the request");
+    (head, answer)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_names_go_out_in_lowercase_by_default() {
+    let (head, answer) = header_case_round_trip(false).await;
+    assert!(head.contains("\r\nx-custom-case: v\r\n"), "{head}");
+    assert!(!head.contains("X-Custom-Case"), "{head}");
+    assert!(
+        head.contains("\r\nx-request-id: "),
+        "our own headers are added too: {head}"
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200 Fine By Me\r\n"),
+        "the reason phrase is kept: {answer}"
+    );
+    assert!(answer.contains("\r\nx-legacy-thing: yes\r\n"), "{answer}");
+    assert!(answer.contains("\r\nx-strangler-route: (none)\r\n"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_names_keep_their_case_when_asked() {
+    let (head, answer) = header_case_round_trip(true).await;
+    assert!(head.contains("\r\nX-Custom-Case: v\r\n"), "{head}");
+    assert!(head.contains("\r\nx-request-id: "), "{head}");
+    assert!(answer.starts_with("HTTP/1.1 200 Fine By Me\r\n"), "{answer}");
+    assert!(answer.contains("\r\nX-Legacy-Thing: yes\r\n"), "{answer}");
+    assert!(answer.contains("\r\nx-strangler-route: (none)\r\n"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_absolute_form_target_goes_upstream_in_origin_form_in_either_case_mode() {
+    for preserve in [false, true] {
+        let (up, mut heads) = raw_upstream().await;
+        let text = rules(&[("monolith", up)], "").replace(
+            "response_headers: true\n",
+            &format!("response_headers: true\npreserve_header_case: {preserve}\n"),
+        );
+        let proxy = Proxy::start(&text).await;
+        let (status, answer) = raw(
+            proxy.addr,
+            "GET http://shop.test/abs?q=1 HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        let head = heads.recv().await.expect("the upstream saw the request");
+        // Sent on in origin form, the path as routed.
+        assert_eq!(
+            head.lines().next(),
+            Some("GET /abs?q=1 HTTP/1.1"),
+            "preserve_header_case: {preserve}"
+        );
+    }
+}
