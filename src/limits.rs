@@ -5,8 +5,12 @@
 //! values, bad chunk sizes, bare CR, `Transfer-Encoding` on HTTP/1.0). `check_head` refuses the
 //! rest of what could let the proxy and an upstream disagree about where a request ends.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -152,13 +156,68 @@ fn names_header(head: &[u8], name: &[u8]) -> bool {
 }
 
 tokio::task_local! {
-    /// Set once the current request's head has been read; scoped per client connection.
-    static HEAD_READ: Cell<bool>;
+    /// The head deadline's state, scoped per client connection.
+    static HEAD: Head;
+}
+
+/// One client connection's head deadline. Its timer is kept across the connection's requests: a
+/// timer that fires before the current request's deadline is re-armed for the rest, so a busy
+/// kept-alive connection registers about one timer per `client_header_timeout`, not one per request.
+#[derive(Default)]
+struct Head {
+    /// The current request's head has been read.
+    read: Cell<bool>,
+    /// When the current request started.
+    started: Cell<Option<Instant>>,
+    timer: RefCell<Option<HeadTimer>>,
+}
+
+struct HeadTimer {
+    due: Instant,
+    sleep: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
+}
+
+impl Head {
+    fn begin(&self) {
+        self.read.set(false);
+        self.started.set(Some(Instant::now()));
+    }
+
+    /// Whether the current request's head is still unread at its deadline; until then, the
+    /// task is woken by the timer.
+    fn expired(&self, cx: &mut Context<'_>, limit: Duration) -> bool {
+        if self.read.get() {
+            return false;
+        }
+        let due = self.started.get().unwrap_or_else(Instant::now) + limit;
+        let mut timer = self.timer.borrow_mut();
+        if timer.as_ref().is_some_and(|t| t.due > due) {
+            // The limit was lowered by a reload.
+            *timer = None;
+        }
+        loop {
+            let t = timer.get_or_insert_with(|| HeadTimer {
+                due,
+                // Pingora's shared, 10 ms-grained timers: no timer-wheel entry of its own.
+                sleep: Box::pin(pingora_timeout::fast_timeout::fast_sleep(
+                    due.saturating_duration_since(Instant::now()),
+                )),
+            });
+            if t.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            // It fired: for this request, or for an earlier one on this connection.
+            *timer = None;
+            if Instant::now() >= due {
+                return true;
+            }
+        }
+    }
 }
 
 /// Called from `early_request_filter`: the head of the current request is complete.
 pub fn head_read() {
-    let _ = HEAD_READ.try_with(|h| h.set(true));
+    let _ = HEAD.try_with(|h| h.read.set(true));
 }
 
 /// Closes a connection whose request head is not complete within `limits.client_header_timeout`,
@@ -178,26 +237,23 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A>
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let limit = self.live.load().rules.limits.client_header_timeout;
-        if HEAD_READ.try_with(|h| h.set(false)).is_err() {
+        if HEAD.try_with(Head::begin).is_err() {
             // An h2 stream: the head arrived with the stream.
             return self.inner.process_new_http(session, shutdown).await;
         }
-        let serve = self.inner.process_new_http(session, shutdown);
-        tokio::pin!(serve);
-        tokio::select! {
-            biased;
-            done = &mut serve => done,
-            // Pingora's shared, 10 ms-grained timers: no timer-wheel entry per request.
-            _ = pingora_timeout::fast_timeout::fast_sleep(limit) => {
-                if HEAD_READ.try_with(Cell::get).unwrap_or(true) {
-                    serve.await
-                } else {
-                    // Dropping the session closes the connection.
-                    self.metrics.rejected("client_header_timeout");
-                    None
-                }
+        let mut serve = self.inner.process_new_http(session, shutdown);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(done) = serve.as_mut().poll(cx) {
+                return Poll::Ready(done);
             }
-        }
+            if HEAD.try_with(|h| h.expired(cx, limit)).unwrap_or(false) {
+                // Dropping the session closes the connection.
+                self.metrics.rejected("client_header_timeout");
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     fn h2_options(&self) -> Option<pingora_core::protocols::http::v2::server::H2Options> {
@@ -245,8 +301,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
                 return None;
             }
         }
-        HEAD_READ
-            .scope(Cell::new(false), self.inner.process_new(stream, shutdown))
+        HEAD.scope(Head::default(), self.inner.process_new(stream, shutdown))
             .await
     }
 

@@ -475,6 +475,28 @@ async fn idle_keep_alive_connections_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn each_request_on_a_kept_alive_connection_gets_its_own_head_deadline() {
+    let mono = echo::start("monolith").await;
+    let proxy = Proxy::start(&rules_with("  client_header_timeout: 3s\n", mono)).await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    // Each request's 3 s count from the end of the answer before it. The connection's timer,
+    // armed while waiting for the second request, fires while the third is awaited (at 3 s);
+    // the third request, sent 3.5 s in but 2 s after its own start, must still be served.
+    for (i, idle) in [0u64, 1_500, 2_000].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(idle)).await;
+        s.write_all(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let r = read_response(&mut s).await;
+        assert_eq!(r.status, 200, "request {i} after {idle} ms idle: {}", r.head);
+    }
+    // And the deadline still holds after that.
+    let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed, "the idle connection is still open after 10 s");
+    assert!(bytes.is_empty(), "{:?}", String::from_utf8_lossy(&bytes));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn connections_past_max_connections_are_closed() {
     let mono = echo::start("monolith").await;
     let proxy = Proxy::start(&rules_with(
