@@ -257,28 +257,26 @@ async fn raw_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Str
     (addr, rx)
 }
 
-/// Sends `X-Custom-Case` through a proxy with the given `preserve_header_case`; returns the
-/// head the upstream read and the answer the client read.
-async fn header_case_round_trip(preserve: bool) -> (String, String) {
+/// Sends `request` through a proxy with the given `preserve_header_case` to `raw_upstream`;
+/// returns the head the upstream read and the answer the client read.
+async fn header_case_round_trip(preserve: bool, request: &str) -> (String, String) {
     let (up, mut heads) = raw_upstream().await;
     let text = rules(&[("monolith", up)], "").replace(
         "response_headers: true\n",
         &format!("response_headers: true\npreserve_header_case: {preserve}\n"),
     );
     let proxy = Proxy::start(&text).await;
-    let (status, answer) = raw(
-        proxy.addr,
-        "GET /a HTTP/1.1\r\nHost: shop.test\r\nX-Custom-Case: v\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let (status, answer) = raw(proxy.addr, request).await;
     assert_eq!(status, 200, "{answer}");
     let head = heads.recv().await.expect("the upstream saw the request");
     (head, answer)
 }
 
+const CUSTOM_CASE: &str = "GET /a HTTP/1.1\r\nHost: shop.test\r\nX-Custom-Case: v\r\nConnection: close\r\n\r\n";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn header_names_go_out_in_lowercase_by_default() {
-    let (head, answer) = header_case_round_trip(false).await;
+    let (head, answer) = header_case_round_trip(false, CUSTOM_CASE).await;
     assert!(head.contains("\r\nx-custom-case: v\r\n"), "{head}");
     assert!(!head.contains("X-Custom-Case"), "{head}");
     assert!(
@@ -295,7 +293,7 @@ async fn header_names_go_out_in_lowercase_by_default() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn header_names_keep_their_case_when_asked() {
-    let (head, answer) = header_case_round_trip(true).await;
+    let (head, answer) = header_case_round_trip(true, CUSTOM_CASE).await;
     assert!(head.contains("\r\nX-Custom-Case: v\r\n"), "{head}");
     assert!(head.contains("\r\nx-request-id: "), "{head}");
     assert!(answer.starts_with("HTTP/1.1 200 Fine By Me\r\n"), "{answer}");
@@ -306,19 +304,11 @@ async fn header_names_keep_their_case_when_asked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_absolute_form_target_goes_upstream_in_origin_form_in_either_case_mode() {
     for preserve in [false, true] {
-        let (up, mut heads) = raw_upstream().await;
-        let text = rules(&[("monolith", up)], "").replace(
-            "response_headers: true\n",
-            &format!("response_headers: true\npreserve_header_case: {preserve}\n"),
-        );
-        let proxy = Proxy::start(&text).await;
-        let (status, answer) = raw(
-            proxy.addr,
+        let (head, _) = header_case_round_trip(
+            preserve,
             "GET http://shop.test/abs?q=1 HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n",
         )
         .await;
-        assert_eq!(status, 200, "{answer}");
-        let head = heads.recv().await.expect("the upstream saw the request");
         // Sent on in origin form, the path as routed.
         assert_eq!(
             head.lines().next(),
