@@ -64,7 +64,8 @@ EOF
 taskset -c 0 nginx -c "$WORK/nginx-backend/nginx.conf" -p "$WORK/nginx-backend" 2>"$WORK/backend.log" &
 sleep 0.5
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpu_ticks PID: user and system clock ticks so far.
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
 # launch NAME PORT LOG CMD...: start the proxy on CPU 1, wait until it answers, warm it up from
 # CPU 0. Sets pid (to stop it) and measured (the process doing the work).
@@ -93,7 +94,8 @@ run() {
   p50="$(echo "$out" | awk '$1 == "50%" {print $2}')"
   p99="$(echo "$out" | awk '$1 == "99%" {print $2}')"
   local hz; hz="$(getconf CLK_TCK)"
-  local us; us="$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
+  # CPU, user and system µs per request.
+  local us; us="$(echo "$before $after" | awk -v hz="$hz" -v n="$requests" '{u = ($3 - $1) / hz * 1e6 / n; s = ($4 - $2) / hz * 1e6 / n; printf "%.1f %.1f %.1f", u + s, u, s}')"
   echo "$name $rps $p50 $p99 $us"
 }
 
@@ -119,20 +121,24 @@ done
 
 echo
 echo "medians of $ROUNDS rounds (p50 and p99: first round), ${DURATION}s each, $CONNS connections, proxy on CPU 1 with one worker:"
-printf "%-22s %12s %10s %10s %14s\n" proxy "requests/s" p50 p99 "CPU µs/req"
+printf "%-22s %12s %10s %10s %14s %8s %8s\n" proxy "requests/s" p50 p99 "CPU µs/req" user system
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
-declare -A cpu
+declare -A cpu user system
 for name in nginx haproxy bare-pingora strangler strangler-1k-routes strangler-10k-routes nginx-access-log strangler-access-log strangler-shadow-0 strangler-shadow-1; do
   rps="$(awk -v n="$name" '$1 == n {print $2}' "$results" | median)"
   p50="$(awk -v n="$name" '$1 == n {print $3}' "$results" | head -1)"
   p99="$(awk -v n="$name" '$1 == n {print $4}' "$results" | head -1)"
   cpu[$name]="$(awk -v n="$name" '$1 == n {print $5}' "$results" | median)"
-  printf "%-22s %12s %10s %10s %14s\n" "$name" "$rps" "$p50" "$p99" "${cpu[$name]}"
+  user[$name]="$(awk -v n="$name" '$1 == n {print $6}' "$results" | median)"
+  system[$name]="$(awk -v n="$name" '$1 == n {print $7}' "$results" | median)"
+  printf "%-22s %12s %10s %10s %14s %8s %8s\n" "$name" "$rps" "$p50" "$p99" "${cpu[$name]}" "${user[$name]}" "${system[$name]}"
 done
 echo
 for base in nginx haproxy bare-pingora; do
   awk -v s="${cpu[strangler]}" -v b="${cpu[$base]}" -v n="$base" 'BEGIN {printf "strangler / %-13s %.2fx CPU per request\n", n, s / b}'
 done
+awk -v su="${user[strangler]}" -v ss="${system[strangler]}" -v bu="${user[bare-pingora]}" -v bs="${system[bare-pingora]}" \
+  'BEGIN {printf "strangler / bare-pingora  %.2fx user time, %.2fx system time per request\n", su / bu, ss / bs}'
 awk -v a="${cpu[strangler-10k-routes]}" -v s="${cpu[strangler]}" 'BEGIN {printf "strangler 10k routes / 20 routes: %.2fx\n", a / s}'
 awk -v a="${cpu[strangler-access-log]}" -v s="${cpu[strangler]}" -v n="${cpu[nginx-access-log]}" -v m="${cpu[nginx]}" \
   'BEGIN {printf "access log on / off: strangler %.2fx, nginx %.2fx CPU per request\n", a / s, n / m}'
