@@ -7,6 +7,7 @@
 #
 #   bench/instructions.sh            # DURATION=8 (seconds of load per proxy, under valgrind)
 #   PROFILE=1 bench/instructions.sh  # also keep the callgrind files, for callgrind_annotate
+#   CACHE=1 bench/instructions.sh    # also simulate the caches: L1 instruction and data misses
 #
 # Setup: the backend of bench/compare.sh (nginx, a fixed 150-byte JSON answer on two ports); the
 # proxy runs one worker under callgrind; wrk warms it up for 3 s, the counters are zeroed, wrk
@@ -33,7 +34,8 @@ R20="$(rules 20)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
 # measure NAME PORT CMD...: prints "NAME instructions-per-request".
 measure() {
   local name="$1" port="$2"; shift 2
-  valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.%p.out" "$@" >"$WORK/$name.log" 2>&1 &
+  local sim=(); [ -z "${CACHE:-}" ] || sim=(--cache-sim=yes)
+  valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$WORK/$name.%p.out" "$@" >"$WORK/$name.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$port/api/orders/1" 2>/dev/null && break; sleep 0.2; done
   wrk -t1 -c8 -d3s "http://127.0.0.1:$port/api/orders/1" >/dev/null
@@ -43,8 +45,9 @@ measure() {
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   local requests; requests="$(echo "$out" | awk '/requests in/ {print $1}')"
   local dump; dump="$(ls -t "$WORK/$name.$pid.out".* | head -1)"
-  local total; total="$(awk '/^summary:/ {print $2}' "$dump")"
-  awk -v n="$name" -v t="$total" -v r="$requests" 'BEGIN {printf "%s %.0f %d\n", n, t / r, r}'
+  # Every event per request, by name (Ir; with CACHE=1 also I1mr, D1mr, D1mw, ...).
+  awk -v n="$name" -v r="$requests" '/^events:/ {for (i = 2; i <= NF; i++) ev[i] = $i}
+    /^summary:/ {printf "%s %.0f %d", n, $2 / r, r; for (i = 3; i <= NF; i++) printf " %s=%.0f", ev[i], $i / r; print ""}' "$dump"
 }
 
 export RUST_LOG=warn
@@ -60,9 +63,15 @@ measure strangler-shadow-1 8483 "${STRANGLER[@]}" --config "$S1" >> "$results"
 
 echo
 echo "user-space instructions per request under callgrind (${DURATION}s of wrk, 8 connections, one worker):"
-awk '{printf "%-20s %10d  (%d requests)\n", $1, $2, $3}' "$results"
+awk '{printf "%-20s %10d  (%d requests)", $1, $2, $3; for (i = 4; i <= NF; i++) printf "  %s", $i; print ""}' "$results"
 ir() { awk -v n="$1" '$1 == n {print $2}' "$results"; }
 awk -v s="$(ir strangler)" -v b="$(ir bare-pingora)" 'BEGIN {printf "strangler / bare-pingora: %.2fx\n", s / b}'
 awk -v a="$(ir strangler-access-log)" -v b="$(ir strangler)" 'BEGIN {printf "access log on / off: %.2fx\n", a / b}'
 awk -v a="$(ir strangler-shadow-1)" -v b="$(ir strangler-shadow-0)" 'BEGIN {printf "shadow, every request copied and compared / none: %.2fx\n", a / b}'
+if [ -n "${CACHE:-}" ]; then
+  ev() { awk -v n="$1" -v e="$2" '$1 == n {for (i = 4; i <= NF; i++) {split($i, kv, "="); if (kv[1] == e) print kv[2]}}' "$results"; }
+  for e in I1mr D1mr D1mw; do
+    awk -v s="$(ev strangler "$e")" -v b="$(ev bare-pingora "$e")" -v e="$e" 'BEGIN {printf "strangler / bare-pingora, %s: %.2fx\n", e, s / b}'
+  done
+fi
 [ -z "${PROFILE:-}" ] || echo "callgrind files kept in $WORK"
