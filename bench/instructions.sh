@@ -8,6 +8,7 @@
 #   bench/instructions.sh            # DURATION=8 (seconds of load per proxy, under valgrind)
 #   PROFILE=1 bench/instructions.sh  # also keep the callgrind files, for callgrind_annotate
 #   CACHE=1 bench/instructions.sh    # also simulate the caches: L1 instruction and data misses
+#   CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_TARGET_DIR=/tmp/opt-s bench/instructions.sh  # another build
 #
 # Setup: the backend of bench/compare.sh (nginx, a fixed 150-byte JSON answer on two ports); the
 # proxy runs one worker under callgrind; wrk warms it up for 3 s, the counters are zeroed, wrk
@@ -51,10 +52,11 @@ measure() {
 }
 
 export RUST_LOG=warn
-STRANGLER_RUN=(./target/release/strangler run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
+BIN="${CARGO_TARGET_DIR:-target}/release"
+STRANGLER_RUN=("$BIN/strangler" run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
 STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
 results="$WORK/results"
-measure bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2" >> "$results"
+measure bare-pingora 8482 "$BIN/examples/bare_pingora" 127.0.0.1:8482 "$B1" "$B2" >> "$results"
 measure strangler 8483 "${STRANGLER[@]}" --config "$R20" >> "$results"
 # The access log as shipped: a text line per request, to stderr (a file here).
 RUST_LOG=info measure strangler-access-log 8483 "${STRANGLER_RUN[@]}" --config "$R20" >> "$results"
