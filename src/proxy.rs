@@ -189,10 +189,8 @@ impl ProxyHttp for Strangler {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let live = self.live.load_full();
-        // Refusals (and the 503 below) are rare: boxed, their state and code stay out of this
-        // future, which every request polls (fewer instruction-cache misses, BENCHMARKS.md).
         if let Err(no) = crate::limits::check_head(session, &live.rules.limits) {
-            return Box::pin(self.refuse(session, no)).await;
+            return self.refuse(session, no).await;
         }
         let req = session.req_header();
         // Pingora reads a target like `admin` (no '/', no scheme) as "/": refuse it instead.
@@ -207,7 +205,7 @@ impl ProxyHttp for Strangler {
             }
         }) {
             Ok(p) => p,
-            Err(e) => return Box::pin(self.refuse(session, e.into())).await,
+            Err(e) => return self.refuse(session, e.into()).await,
         };
         let route = live.rules.lookup(&req.method, &path, &req.headers);
         let r = route.map(|id| &live.rules.routes[id]);
@@ -224,7 +222,7 @@ impl ProxyHttp for Strangler {
         }
         ctx.body_limit = r.and_then(|r| r.max_body).unwrap_or(live.rules.limits.max_body);
         if let Err(no) = crate::limits::check_declared_body(session, ctx.body_limit) {
-            return Box::pin(self.refuse(session, no)).await;
+            return self.refuse(session, no).await;
         }
         let req = session.req_header();
         if let Some(r) = r {
@@ -243,13 +241,7 @@ impl ProxyHttp for Strangler {
                         reason.as_str()
                     );
                     // Open circuit or full bulkhead: a moment later may well work.
-                    Box::pin(respond_with(
-                        session,
-                        503,
-                        body.into(),
-                        &[(http::header::RETRY_AFTER, "1")],
-                    ))
-                    .await?;
+                    respond_with(session, 503, body.into(), &[(http::header::RETRY_AFTER, "1")]).await?;
                     return Ok(true);
                 }
             }
@@ -287,10 +279,7 @@ impl ProxyHttp for Strangler {
             ctx.attempt += 1;
             if ctx.attempt > 1 {
                 let wait = up.retry.backoff(ctx.attempt, rand::random::<f64>());
-                Box::pin(tokio::time::sleep(
-                    wait.min(ctx.deadline.saturating_duration_since(Instant::now())),
-                ))
-                .await;
+                tokio::time::sleep(wait.min(ctx.deadline.saturating_duration_since(Instant::now()))).await;
             }
         }
         let mut peer = HttpPeer::clone(&up.peer);
