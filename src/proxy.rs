@@ -370,12 +370,12 @@ impl ProxyHttp for Strangler {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let live = ctx.live.as_ref().expect("request_filter sets live");
-        if !live.rules.preserve_header_case {
-            // Room for what follows: the request id, x-forwarded-for, -proto and -host, and host.
-            lowercase_with_room(up, 5)?;
-        }
         if let Some(uri) = ctx.rewritten.take() {
             up.set_uri(uri);
+        }
+        if !live.rules.preserve_header_case {
+            // Room for what follows: the request id, x-forwarded-for, -proto and -host, and host.
+            lowercase_with_room(up, 5);
         }
         if ctx.new_request_id {
             up.insert_header(REQUEST_ID, ctx.request_id.clone().expect("request_filter sets it"))?;
@@ -831,22 +831,19 @@ fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
 /// and sizes both maps to exactly the headers read, so each header added grows both. This
 /// rebuilds the head around the same headers without the case map and with room for `room`
 /// more: names then go out in lowercase, as Envoy and HAProxy send them.
-fn lowercase_with_room(head: &mut RequestHeader, room: usize) -> Result<()> {
-    let from_uri = head.uri.path_and_query().map_or(&b""[..], |p| p.as_str().as_bytes());
-    // An absolute-form target is kept as it came.
-    let verbatim = (head.raw_path() != from_uri).then(|| head.raw_path().to_vec());
-    let end_stream = head.send_end_stream();
+///
+/// The `http` parts are all there is to carry over: the target is the URI in origin form
+/// (`request_filter` rewrites any other form, and Pingora refuses one that is not UTF-8), and
+/// upstreams speak HTTP/1.1.
+fn lowercase_with_room(head: &mut RequestHeader, room: usize) {
+    debug_assert_eq!(
+        Some(head.raw_path()),
+        head.uri.path_and_query().map(|p| p.as_str().as_bytes())
+    );
     let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts = http::request::Parts::from(std::mem::replace(head, placeholder));
     parts.headers.reserve(room);
     *head = RequestHeader::from(parts);
-    if let Some(target) = verbatim {
-        head.set_raw_path(&target)?;
-    }
-    if let Some(end) = end_stream {
-        head.set_send_end_stream(end);
-    }
-    Ok(())
 }
 
 /// [`lowercase_with_room`] for a response; a reason phrase of the upstream's own is kept.
