@@ -163,12 +163,11 @@ tokio::task_local! {
 /// One client connection's head deadline. Its timer is kept across the connection's requests: a
 /// timer that fires before the current request's deadline is re-armed for the rest, so a busy
 /// kept-alive connection registers about one timer per `client_header_timeout`, not one per request.
-#[derive(Default)]
 struct Head {
     /// The current request's head has been read.
     read: Cell<bool>,
     /// When the current request started.
-    started: Cell<Option<Instant>>,
+    started: Cell<Instant>,
     timer: RefCell<Option<HeadTimer>>,
 }
 
@@ -178,9 +177,17 @@ struct HeadTimer {
 }
 
 impl Head {
+    fn new() -> Head {
+        Head {
+            read: Cell::new(false),
+            started: Cell::new(Instant::now()),
+            timer: RefCell::new(None),
+        }
+    }
+
     fn begin(&self) {
         self.read.set(false);
-        self.started.set(Some(Instant::now()));
+        self.started.set(Instant::now());
     }
 
     /// Whether the current request's head is still unread at its deadline; until then, the
@@ -189,7 +196,7 @@ impl Head {
         if self.read.get() {
             return false;
         }
-        let due = self.started.get().unwrap_or_else(Instant::now) + limit;
+        let due = self.started.get() + limit;
         let mut timer = self.timer.borrow_mut();
         if timer.as_ref().is_some_and(|t| t.due > due) {
             // The limit was lowered by a reload.
@@ -301,8 +308,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
                 return None;
             }
         }
-        HEAD.scope(Head::default(), self.inner.process_new(stream, shutdown))
-            .await
+        HEAD.scope(Head::new(), self.inner.process_new(stream, shutdown)).await
     }
 
     async fn cleanup(&self) {
