@@ -2,6 +2,7 @@
 # strangler next to nginx, HAProxy and a bare Pingora proxy, on this machine, in one run.
 #
 #   bench/compare.sh            # DURATION=10 ROUNDS=2 RATE_ROUNDS=3 by default
+#   PGO=1 bench/compare.sh      # profile-guided builds of strangler and bare Pingora (bench/pgo.sh)
 #
 # Setup (the one described in issue 8): the backend is nginx answering a fixed 200 on two ports,
 # pinned with wrk to CPU 0. Each proxy runs one worker pinned to CPU 1 and routes /api/orders/ to
@@ -21,8 +22,13 @@ trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true;
 export RUST_LOG=warn
 . bench/common.sh
 install_missing compare nginx haproxy wrk curl cmake
+if [ -n "${PGO:-}" ]; then
+  bench/pgo.sh
+  export CARGO_TARGET_DIR=target/pgo RUSTFLAGS="-Cprofile-use=$PWD/target/pgo.profdata"
+fi
 cargo build --release --bin strangler --example bare_pingora --example loadgen 2>&1 | tail -1
-LOADGEN=./target/release/examples/loadgen
+BIN="${CARGO_TARGET_DIR:-target}/release"
+LOADGEN="$BIN/examples/loadgen"
 RATE="${RATE:-5000}" IDLE="${IDLE:-10000}" RATE_ROUNDS="${RATE_ROUNDS:-3}"
 
 mkdir -p "$WORK/nginx-backend" "$WORK/nginx-proxy" "$WORK/nginx-proxy-log" "$WORK/rules"
@@ -101,7 +107,7 @@ run() {
 
 results="$WORK/results"
 R20="$(rules 20)" R1K="$(rules 1000)" R10K="$(rules 10000)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
-STRANGLER_RUN=(./target/release/strangler run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
+STRANGLER_RUN=("$BIN/strangler" run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
 STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
 # Access log on, as shipped (one line per request at info level, to stderr: a file here).
 STRANGLER_LOG=(env RUST_LOG=info "${STRANGLER_RUN[@]}")
@@ -109,7 +115,7 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
   run nginx 8480 nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy" >> "$results"
   run haproxy 8481 haproxy -f "$WORK/haproxy.cfg" >> "$results"
-  run bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2" >> "$results"
+  run bare-pingora 8482 "$BIN/examples/bare_pingora" 127.0.0.1:8482 "$B1" "$B2" >> "$results"
   run strangler 8483 "${STRANGLER[@]}" --config "$R20" >> "$results"
   run strangler-1k-routes 8483 "${STRANGLER[@]}" --config "$R1K" >> "$results"
   run strangler-10k-routes 8483 "${STRANGLER[@]}" --config "$R10K" >> "$results"
@@ -178,12 +184,12 @@ for round in $(seq 1 "$RATE_ROUNDS"); do
   echo "fixed rate, round $round of $RATE_ROUNDS" >&2
   steady nginx 8480 nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy"
   steady haproxy 8481 haproxy -f "$WORK/haproxy.cfg"
-  steady bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2"
+  steady bare-pingora 8482 "$BIN/examples/bare_pingora" 127.0.0.1:8482 "$B1" "$B2"
   steady strangler 8483 "${STRANGLER[@]}" --config "$R20"
 done
 idle_memory nginx 8480 nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy"
 idle_memory haproxy 8481 haproxy -f "$WORK/haproxy.cfg"
-idle_memory bare-pingora 8482 ./target/release/examples/bare_pingora 127.0.0.1:8482 "$B1" "$B2"
+idle_memory bare-pingora 8482 "$BIN/examples/bare_pingora" 127.0.0.1:8482 "$B1" "$B2"
 idle_memory strangler 8483 "${STRANGLER[@]}" --config "$R20"
 printf "%-14s %10s %10s %10s %8s %14s %14s %s\n" proxy p50 p99 max errors "RSS before" "RSS with idle" "p99 of each round"
 for name in nginx haproxy bare-pingora strangler; do

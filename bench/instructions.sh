@@ -8,6 +8,7 @@
 #   bench/instructions.sh            # DURATION=8 (seconds of load per proxy, under valgrind)
 #   PROFILE=1 bench/instructions.sh  # also keep the callgrind files, for callgrind_annotate
 #   CACHE=1 bench/instructions.sh    # also simulate the caches: L1 instruction and data misses
+#   PGO=1 bench/instructions.sh      # profile-guided builds of both proxies (bench/pgo.sh)
 #   CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_TARGET_DIR=/tmp/opt-s bench/instructions.sh  # another build
 #
 # Setup: the backend of bench/compare.sh (nginx, a fixed 150-byte JSON answer on two ports); the
@@ -22,6 +23,10 @@ trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true;
 
 . bench/common.sh
 install_missing instructions nginx wrk curl valgrind cmake
+if [ -n "${PGO:-}" ]; then
+  bench/pgo.sh
+  export CARGO_TARGET_DIR=target/pgo RUSTFLAGS="-Cprofile-use=$PWD/target/pgo.profdata"
+fi
 cargo build --release --bin strangler --example bare_pingora 2>&1 | tail -1
 
 mkdir -p "$WORK/backend"

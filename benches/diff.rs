@@ -9,7 +9,19 @@ use serde_json::{json, Value};
 use strangler::diff::{compare, parse_path, Answer, Compare};
 
 /// An order-list document of about 10 KiB, like the shop's `GET /api/users/{id}/orders`.
+/// `drift`: one order's status differs, and so does `served_at` (ignored).
 fn document(drift: bool) -> Value {
+    document_at(
+        drift,
+        if drift {
+            "2026-11-26T03:19:10.000001Z"
+        } else {
+            "2026-11-26T03:19:10.000002Z"
+        },
+    )
+}
+
+fn document_at(drift: bool, served_at: &str) -> Value {
     let orders: Vec<Value> = (0..31)
         .map(|i| {
             json!({
@@ -22,7 +34,7 @@ fn document(drift: bool) -> Value {
             })
         })
         .collect();
-    json!({"user_id": 7, "items": orders, "served_at": if drift { "2026-11-26T03:19:10.000001Z" } else { "2026-11-26T03:19:10.000002Z" }, "request_id": "4f58661563367d0ff2dad46448a2d738"})
+    json!({"user_id": 7, "items": orders, "served_at": served_at, "request_id": "4f58661563367d0ff2dad46448a2d738"})
 }
 
 fn answer(v: &Value) -> Answer {
@@ -53,6 +65,31 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("diff 10 KiB JSON, equal", |bench| {
         bench.iter(|| compare(&cfg, &[], &a, &a))
+    });
+    // The common case: answers that agree but for an ignored field.
+    let later = answer(&document_at(false, "2026-11-26T03:19:11.000000Z"));
+    assert!(compare(&cfg, &[], &a, &later).is_empty());
+    c.bench_function("diff 10 KiB JSON, equal but the ignored field", |bench| {
+        bench.iter(|| compare(&cfg, &[], &a, &later))
+    });
+    // The answers of bench/compare.sh's backends (150 bytes), as every shadowed request there.
+    let small = |at: &str| {
+        answer(
+            &json!({"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":at}),
+        )
+    };
+    let (s1, s2) = (small("b1"), small("b2"));
+    assert!(compare(&cfg, &[], &s1, &s2).is_empty());
+    c.bench_function("diff 150-byte JSON, equal but the ignored field", |bench| {
+        bench.iter(|| compare(&cfg, &[], &s1, &s2))
+    });
+    c.bench_function("parse only: simd-json, both 150-byte bodies", |bench| {
+        bench.iter(|| {
+            let (mut x, mut y) = (s1.body.to_vec(), s2.body.to_vec());
+            let p = simd_json::to_borrowed_value(&mut x).is_ok();
+            let q = simd_json::to_borrowed_value(&mut y).is_ok();
+            (p, q)
+        })
     });
     // What parsing alone costs with the parser the diff uses (simd-json, borrowed values).
     c.bench_function("parse only: simd-json, both bodies", |bench| {
