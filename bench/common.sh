@@ -1,4 +1,4 @@
-# Shared by bench/compare.sh and bench/instructions.sh (sourced, not run; they set $WORK).
+# Shared by bench/compare.sh, bench/instructions.sh and bench/pgo.sh (sourced, not run; they set $WORK).
 
 # install_missing NAME TOOL...: apt-get install the tools that are not on PATH.
 install_missing() {
@@ -10,6 +10,14 @@ install_missing() {
     local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
   fi
+}
+
+# pgo_if_asked: with PGO set, make the profile-guided builds (bench/pgo.sh) and point cargo and
+# the binaries at them.
+pgo_if_asked() {
+  [ -n "${PGO:-}" ] || return 0
+  bench/pgo.sh
+  export CARGO_TARGET_DIR=target/pgo RUSTFLAGS="-Cprofile-use=$PWD/target/pgo.profdata"
 }
 
 # The backends: nginx answering a fixed 150-byte JSON on two ports. The answers differ only in

@@ -22,10 +22,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true;
 export RUST_LOG=warn
 . bench/common.sh
 install_missing compare nginx haproxy wrk curl cmake
-if [ -n "${PGO:-}" ]; then
-  bench/pgo.sh
-  export CARGO_TARGET_DIR=target/pgo RUSTFLAGS="-Cprofile-use=$PWD/target/pgo.profdata"
-fi
+pgo_if_asked
 cargo build --release --bin strangler --example bare_pingora --example loadgen 2>&1 | tail -1
 BIN="${CARGO_TARGET_DIR:-target}/release"
 LOADGEN="$BIN/examples/loadgen"

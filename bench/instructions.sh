@@ -23,10 +23,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true;
 
 . bench/common.sh
 install_missing instructions nginx wrk curl valgrind cmake
-if [ -n "${PGO:-}" ]; then
-  bench/pgo.sh
-  export CARGO_TARGET_DIR=target/pgo RUSTFLAGS="-Cprofile-use=$PWD/target/pgo.profdata"
-fi
+pgo_if_asked
 cargo build --release --bin strangler --example bare_pingora 2>&1 | tail -1
 
 mkdir -p "$WORK/backend"
