@@ -20,6 +20,22 @@ pgo_if_asked() {
   export CARGO_TARGET_DIR=target/pgo RUSTFLAGS="-Cprofile-use=$PWD/target/pgo.profdata"
 }
 
+# strangler_run DIR: set STRANGLER_RUN to the command that runs DIR/strangler as the benchmarks
+# do: one worker, the proxy on 127.0.0.1:8483, the admin port on 8489, no grace period.
+strangler_run() {
+  STRANGLER_RUN=("$1/strangler" run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
+}
+
+# wait_ready PORT [TRIES]: poll the proxy on PORT every 0.1 s until it answers, TRIES times at
+# most (100 by default).
+wait_ready() {
+  local _
+  for _ in $(seq 1 "${2:-100}"); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$1/api/orders/1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+}
+
 # The backends: nginx answering a fixed 150-byte JSON on two ports. The answers differ only in
 # served_at, which the shadow rules ignore.
 B1=127.0.0.1:8401 B2=127.0.0.1:8402

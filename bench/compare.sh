@@ -76,7 +76,7 @@ launch() {
   local name="$1" port="$2" log="$3"; shift 3
   taskset -c 1 "$@" >"$log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/api/orders/1" 2>/dev/null && break; sleep 0.1; done
+  wait_ready "$port"
   measured="$pid"
   # nginx: the worker does the work, not the master.
   case "$name" in nginx*) measured="$(pgrep -P "$pid" | head -1)";; esac
@@ -104,7 +104,7 @@ run() {
 
 results="$WORK/results"
 R20="$(rules 20)" R1K="$(rules 1000)" R10K="$(rules 10000)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
-STRANGLER_RUN=("$BIN/strangler" run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
+strangler_run "$BIN"
 STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
 # Access log on, as shipped (one line per request at info level, to stderr: a file here).
 STRANGLER_LOG=(env RUST_LOG=info "${STRANGLER_RUN[@]}")

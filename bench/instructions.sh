@@ -40,7 +40,7 @@ measure() {
   local sim=(); [ -z "${CACHE:-}" ] || sim=(--cache-sim=yes)
   valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$WORK/$name.%p.out" "$@" >"$WORK/$name.log" 2>&1 &
   local pid=$!
-  for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$port/api/orders/1" 2>/dev/null && break; sleep 0.2; done
+  wait_ready "$port" 600  # slow to start under valgrind
   wrk -t1 -c8 -d3s "http://127.0.0.1:$port/api/orders/1" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   local out; out="$(wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$port/api/orders/1")"
@@ -55,7 +55,7 @@ measure() {
 
 export RUST_LOG=warn
 BIN="${CARGO_TARGET_DIR:-target}/release"
-STRANGLER_RUN=("$BIN/strangler" run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
+strangler_run "$BIN"
 STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
 results="$WORK/results"
 measure bare-pingora 8482 "$BIN/examples/bare_pingora" 127.0.0.1:8482 "$B1" "$B2" >> "$results"

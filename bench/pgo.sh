@@ -49,18 +49,18 @@ train() {
   local port="$1"; shift
   "$@" >"$WORK/train.log" 2>&1 &
   local pid=$! path
-  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/api/orders/1" 2>/dev/null && break; sleep 0.1; done
+  wait_ready "$port"
   for path in /api/orders/1 /svc1/items/7 /svc2/list /svc3/x /other; do
     wrk -t1 -c8 -d2s "http://127.0.0.1:$port$path" >/dev/null
   done
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
 }
-STRANGLER=("$BIN/strangler" run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
+strangler_run "$BIN"
 echo "pgo: training" >&2
 train 8482 "$BIN/examples/bare_pingora" 127.0.0.1:8482 "$B1" "$B2"
-train 8483 "${STRANGLER[@]}" --access-log false --config "$R20"
-train 8483 env RUST_LOG=info "${STRANGLER[@]}" --config "$R20"
-train 8483 "${STRANGLER[@]}" --access-log false --config "$S1"
+train 8483 "${STRANGLER_RUN[@]}" --access-log false --config "$R20"
+train 8483 env RUST_LOG=info "${STRANGLER_RUN[@]}" --config "$R20"
+train 8483 "${STRANGLER_RUN[@]}" --access-log false --config "$S1"
 
 "$PROFDATA" merge -o "$ROOT/target/pgo.profdata" "$RAW"
 echo "pgo: optimized build (target/pgo)" >&2
