@@ -36,18 +36,36 @@ wait_ready() {
   done
 }
 
-# The backends: nginx answering a fixed 150-byte JSON on two ports. The answers differ only in
-# served_at, which the shadow rules ignore.
+# The backends: nginx answering a fixed 150-byte JSON on two ports, and a 10 KiB one at
+# /api/orders/big (31 orders of two items each, the shape `cargo bench --bench diff` uses). The
+# two ports' answers differ only in served_at, which the shadow rules ignore.
 B1=127.0.0.1:8401 B2=127.0.0.1:8402
 
-# backend_conf DIR: write DIR/nginx.conf for the backends (pid file in DIR).
+# big_json SERVED_AT: the 10 KiB answer.
+big_json() {
+  local i orders=()
+  for i in $(seq 0 30); do
+    orders+=("{\"id\":$i,\"user_id\":7,\"status\":\"paid\",\"created_at\":\"2023-04-16T18:00:00Z\",\"total_cents\":$((21980 + i)),\"items\":[{\"sku\":\"SKU-$(printf %04d "$i")\",\"name\":\"Rustic Bamboo Lamp\",\"quantity\":3,\"unit_price_cents\":35999,\"line_total_cents\":107997},{\"sku\":\"SKU-$(printf %04d $((i + 1)))\",\"name\":\"Everyday Cotton Lamp\",\"quantity\":2,\"unit_price_cents\":13399,\"line_total_cents\":26798}]}")
+  done
+  local IFS=,
+  printf '{"user_id":7,"items":[%s],"served_at":"%s","request_id":"4f58661563367d0ff2dad46448a2d738"}' "${orders[*]}" "$1"
+}
+
+# backend_conf DIR: write DIR/nginx.conf for the backends (pid file and the 10 KiB answers in DIR;
+# nginx reads the large answers from files, as a config token is at most 4 KiB).
 backend_conf() {
+  big_json b1 > "$1/big-b1.json"
+  big_json b2 > "$1/big-b2.json"
+  # nginx's workers run as nobody, and mktemp's directories are private: open the way to the files.
+  chmod a+rx "$1" "$(dirname "$1")" && chmod a+r "$1"/big-*.json
   cat > "$1/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $1/pid; error_log stderr warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000; default_type application/json;
-  server { listen $B1; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b1"}'; } }
-  server { listen $B2; location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b2"}'; } } }
+  server { listen $B1; location = /api/orders/big { alias $1/big-b1.json; }
+    location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b1"}'; } }
+  server { listen $B2; location = /api/orders/big { alias $1/big-b2.json; }
+    location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b2"}'; } } }
 CONF
 }
 

@@ -83,23 +83,45 @@ launch() {
   taskset -c 0 wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$port/api/orders/1" >/dev/null  # warm-up
 }
 
-# run NAME PORT CMD...: load the proxy from CPU 0 and print one result line.
+# run NAME PORT CMD...: load the proxy from CPU 0 and print one result line. The request is
+# GET $REQ_PATH (/api/orders/1, the 150-byte answer, by default).
 run() {
   local name="$1" port="$2"; shift 2
   launch "$name" "$port" "$WORK/$name.log" "$@"
+  local copies_before; copies_before="$(compared_copies "$name")"
   local before; before="$(cpu_ticks "$measured")"
-  local out; out="$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/api/orders/1")"
+  local out; out="$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port${REQ_PATH:-/api/orders/1}")"
   local after; after="$(cpu_ticks "$measured")"
+  local copies_after; copies_after="$(compared_copies "$name")"
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  # Answers other than 200 (a backend that cannot read its file, say) measure something else.
+  if echo "$out" | grep -q "Non-2xx"; then
+    echo "$name: $(echo "$out" | grep "Non-2xx"); the run measured errors, not the proxy. Logs: $WORK" >&2
+    exit 1
+  fi
   local requests rps p50 p99
   requests="$(echo "$out" | awk '/requests in/ {print $1}')"
+  # Copied rows: the share of requests whose copy was compared. A copy skipped (at the in-flight
+  # cap, say) would make the run look cheaper than every request copied.
+  local compared="-"
+  [ "$copies_before" = "-" ] || compared="$(awk -v a="$copies_before" -v b="$copies_after" -v n="$requests" 'BEGIN {printf "%.3f", (b - a) / n}')"
   rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
   p50="$(echo "$out" | awk '$1 == "50%" {print $2}')"
   p99="$(echo "$out" | awk '$1 == "99%" {print $2}')"
   local hz; hz="$(getconf CLK_TCK)"
   # CPU, user and system µs per request.
   local us; us="$(echo "$before $after" | awk -v hz="$hz" -v n="$requests" '{u = ($3 - $1) / hz * 1e6 / n; s = ($4 - $2) / hz * 1e6 / n; printf "%.1f %.1f %.1f", u + s, u, s}')"
-  echo "$name $rps $p50 $p99 $us"
+  echo "$name $rps $p50 $p99 $us $compared"
+}
+
+# compared_copies NAME: for a row that copies (strangler-shadow-1*), the copies compared so far
+# (match or mismatch, from strangler's metrics); "-" for any other row.
+compared_copies() {
+  case "$1" in
+    strangler-shadow-1*) curl -fsS "http://127.0.0.1:8489/metrics" |
+      awk '/^strangler_shadow_total\{result="(match|mismatch)"/ {c += $2} END {print c + 0}';;
+    *) echo "-";;
+  esac
 }
 
 results="$WORK/results"
@@ -120,22 +142,26 @@ for round in $(seq 1 "$ROUNDS"); do
   run strangler-access-log 8483 "${STRANGLER_LOG[@]}" --config "$R20" >> "$results"
   run strangler-shadow-0 8483 "${STRANGLER[@]}" --config "$S0" >> "$results"
   run strangler-shadow-1 8483 "${STRANGLER[@]}" --config "$S1" >> "$results"
+  REQ_PATH=/api/orders/big run strangler-shadow-0-10k 8483 "${STRANGLER[@]}" --config "$S0" >> "$results"
+  REQ_PATH=/api/orders/big run strangler-shadow-1-10k 8483 "${STRANGLER[@]}" --config "$S1" >> "$results"
 done
 
 echo
 echo "medians of $ROUNDS rounds (p50 and p99: first round), ${DURATION}s each, $CONNS connections, proxy on CPU 1 with one worker:"
-printf "%-22s %12s %10s %10s %14s %8s %8s\n" proxy "requests/s" p50 p99 "CPU µs/req" user system
+printf "%-22s %12s %10s %10s %14s %8s %8s %9s\n" proxy "requests/s" p50 p99 "CPU µs/req" user system compared
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
 declare -A cpu user system
-for name in nginx haproxy bare-pingora strangler strangler-1k-routes strangler-10k-routes nginx-access-log strangler-access-log strangler-shadow-0 strangler-shadow-1; do
+for name in nginx haproxy bare-pingora strangler strangler-1k-routes strangler-10k-routes nginx-access-log strangler-access-log strangler-shadow-0 strangler-shadow-1 strangler-shadow-0-10k strangler-shadow-1-10k; do
   rps="$(awk -v n="$name" '$1 == n {print $2}' "$results" | median)"
   p50="$(awk -v n="$name" '$1 == n {print $3}' "$results" | head -1)"
   p99="$(awk -v n="$name" '$1 == n {print $4}' "$results" | head -1)"
   cpu[$name]="$(awk -v n="$name" '$1 == n {print $5}' "$results" | median)"
   user[$name]="$(awk -v n="$name" '$1 == n {print $6}' "$results" | median)"
   system[$name]="$(awk -v n="$name" '$1 == n {print $7}' "$results" | median)"
-  printf "%-22s %12s %10s %10s %14s %8s %8s\n" "$name" "$rps" "$p50" "$p99" "${cpu[$name]}" "${user[$name]}" "${system[$name]}"
+  compared="$(awk -v n="$name" '$1 == n {print $8}' "$results" | sort -g | head -1)"
+  printf "%-22s %12s %10s %10s %14s %8s %8s %9s\n" "$name" "$rps" "$p50" "$p99" "${cpu[$name]}" "${user[$name]}" "${system[$name]}" "$compared"
 done
+echo "(compared: the share of requests whose copy was compared, lowest round; 1.000 is every one)"
 echo
 for base in nginx haproxy bare-pingora; do
   awk -v s="${cpu[strangler]}" -v b="${cpu[$base]}" -v n="$base" 'BEGIN {printf "strangler / %-13s %.2fx CPU per request\n", n, s / b}'
@@ -146,6 +172,7 @@ awk -v a="${cpu[strangler-10k-routes]}" -v s="${cpu[strangler]}" 'BEGIN {printf 
 awk -v a="${cpu[strangler-access-log]}" -v s="${cpu[strangler]}" -v n="${cpu[nginx-access-log]}" -v m="${cpu[nginx]}" \
   'BEGIN {printf "access log on / off: strangler %.2fx, nginx %.2fx CPU per request\n", a / s, n / m}'
 awk -v a="${cpu[strangler-shadow-1]}" -v s="${cpu[strangler-shadow-0]}" 'BEGIN {printf "strangler shadow, every request copied and compared / none: %.2fx CPU per request\n", a / s}'
+awk -v a="${cpu[strangler-shadow-1-10k]}" -v s="${cpu[strangler-shadow-0-10k]}" 'BEGIN {printf "the same with 10 KiB answers: %.2fx CPU per request\n", a / s}'
 
 # p99 at a fixed, moderate rate (open loop, latency counted from when each request was due):
 # RATE_ROUNDS runs each (default 3), proxies interleaved, medians reported (one run's p99 moves a
