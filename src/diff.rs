@@ -11,6 +11,8 @@ use http::{HeaderMap, HeaderName};
 use serde::Serialize;
 use serde_json::Value;
 
+mod fast;
+
 /// One step of a path in a JSON document.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Seg {
@@ -126,7 +128,8 @@ pub fn generalize(path: &[Seg]) -> Vec<Seg> {
         .collect()
 }
 
-/// Does `pattern` cover `path` (equal, or a prefix of it)?
+/// Does `pattern` cover `path` (equal, or a prefix of it)? `Ignored` answers the same, step by step.
+#[cfg(test)]
 fn covers(pattern: &[Seg], path: &[Step]) -> bool {
     pattern.len() <= path.len()
         && pattern.iter().zip(path).all(|(p, c)| match (p, c) {
@@ -137,9 +140,116 @@ fn covers(pattern: &[Seg], path: &[Step]) -> bool {
         })
 }
 
+/// Does one pattern segment match one step of a path?
+fn seg_matches(seg: &Seg, step: Step) -> bool {
+    match (seg, step) {
+        (Seg::Any, Step::Index(_)) => true,
+        (Seg::Index(i), Step::Index(j)) => *i == j,
+        (Seg::Key(k), Step::Key(s)) => k == s,
+        _ => false,
+    }
+}
+
+/// The ignore patterns (`ignore`, then `noise`) that still match the path walked so far, one bit
+/// each per depth. A step down keeps only the patterns whose next segment matches it, so below
+/// the first key that no pattern names (most of a document) the check at each value is one load.
+/// `here()` answers what `covers` answers for every pattern, without re-reading the path.
+#[derive(Clone)]
+pub(crate) struct Ignored<'c> {
+    ignore: &'c [Vec<Seg>],
+    noise: &'c [Vec<Seg>],
+    /// `u64`s per depth (0 with no patterns).
+    words: usize,
+    depth: usize,
+    /// `words` masks per depth, the root's first.
+    live: Vec<u64>,
+}
+
+impl<'c> Ignored<'c> {
+    pub(crate) fn new(ignore: &'c [Vec<Seg>], noise: &'c [Vec<Seg>]) -> Ignored<'c> {
+        let n = ignore.len() + noise.len();
+        let words = n.div_ceil(64);
+        let live = (0..words)
+            .map(|w| match n - w * 64 {
+                64.. => u64::MAX,
+                bits => (1u64 << bits) - 1,
+            })
+            .collect();
+        Ignored {
+            ignore,
+            noise,
+            words,
+            depth: 0,
+            live,
+        }
+    }
+
+    fn pattern(&self, i: usize) -> &'c [Seg] {
+        match self.ignore.get(i) {
+            Some(p) => p,
+            None => &self.noise[i - self.ignore.len()],
+        }
+    }
+
+    /// The live patterns at the current depth, as pattern indices.
+    fn each_live(&self, mut f: impl FnMut(usize) -> bool) -> bool {
+        let base = self.live.len() - self.words;
+        (0..self.words).any(|w| {
+            let mut bits = self.live[base + w];
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if f(w * 64 + b) {
+                    return true;
+                }
+            }
+            false
+        })
+    }
+
+    /// Is the value at the current path ignored?
+    pub(crate) fn here(&self) -> bool {
+        self.each_live(|i| self.pattern(i).len() <= self.depth)
+    }
+
+    /// No pattern reaches below the current value: nothing under it is ignored.
+    pub(crate) fn none_below(&self) -> bool {
+        self.live[self.live.len() - self.words..].iter().all(|&m| m == 0)
+    }
+
+    /// Step down into `step`.
+    pub(crate) fn down(&mut self, step: Step) {
+        let base = self.live.len() - self.words;
+        for w in 0..self.words {
+            let mut bits = self.live[base + w];
+            let mut keep = 0;
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                // A pattern already matched whole covers everything below it.
+                if self
+                    .pattern(w * 64 + b as usize)
+                    .get(self.depth)
+                    .is_none_or(|seg| seg_matches(seg, step))
+                {
+                    keep |= 1 << b;
+                }
+            }
+            self.live.push(keep);
+        }
+        self.depth += 1;
+    }
+
+    /// Step back up.
+    pub(crate) fn up(&mut self) {
+        self.live.truncate(self.live.len() - self.words);
+        self.depth -= 1;
+    }
+}
+
 /// A step of the path being walked, borrowing the key from the document (no allocation).
 #[derive(Debug, Clone, Copy)]
-enum Step<'v> {
+pub(crate) enum Step<'v> {
     Key(&'v str),
     Index(usize),
 }
@@ -278,41 +388,12 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
         return out;
     }
     if is_json(&legacy.headers) && is_json(&new.headers) {
-        // simd-json parses in place onto a flat tape, which the walk reads directly: no value
-        // trees are built, and the diff runs for every shadowed request. The input copies and
-        // the parser's buffers are kept per thread, so a compare allocates only the two tapes.
-        let compared = SCRATCH.with(|scratch| {
-            let Ok(mut scratch) = scratch.try_borrow_mut() else {
-                return false;
-            };
-            let Scratch {
-                legacy: x,
-                new: y,
-                buffers,
-            } = &mut *scratch;
-            x.clear();
-            x.extend_from_slice(&legacy.body);
-            y.clear();
-            y.extend_from_slice(&new.body);
-            let Ok(a) = simd_json::to_tape_with_buffers(x, buffers) else {
-                return false;
-            };
-            let Ok(b) = simd_json::to_tape_with_buffers(y, buffers) else {
-                return false;
-            };
-            let (Some(_), Some(_)) = (a.0.first(), b.0.first()) else {
-                return false;
-            };
-            let mut walker = Walker {
-                cfg,
-                noise,
-                out: &mut out,
-                path: Vec::new(),
-            };
-            walker.diff(Json(&a.0), Json(&b.0));
-            true
-        });
-        if compared {
+        // Most copies agree but in ignored values: prove that from the bytes first (one pass, no
+        // parse; see `fast`). The structural diff runs only when that cannot.
+        if fast::equal_but_ignored(&legacy.body, &new.body, &cfg.ignore, noise) {
+            return out;
+        }
+        if structural(cfg, noise, &legacy.body, &new.body, &mut out) {
             return out;
         }
     }
@@ -330,16 +411,64 @@ pub fn compare(cfg: &Compare, noise: &[Vec<Seg>], legacy: &Answer, new: &Answer)
     out
 }
 
+/// The structural diff of two JSON bodies, appended to `out`. `false` if either does not parse.
+fn structural(cfg: &Compare, noise: &[Vec<Seg>], legacy: &[u8], new: &[u8], out: &mut Vec<Difference>) -> bool {
+    // simd-json parses in place onto a flat tape, which the walk reads directly: no value
+    // trees are built, and the diff runs for every shadowed request. The input copies and
+    // the parser's buffers are kept per thread, so a compare allocates only the two tapes.
+    SCRATCH.with(|scratch| {
+        let Ok(mut scratch) = scratch.try_borrow_mut() else {
+            return false;
+        };
+        let Scratch {
+            legacy: x,
+            new: y,
+            buffers,
+        } = &mut *scratch;
+        x.clear();
+        x.extend_from_slice(legacy);
+        y.clear();
+        y.extend_from_slice(new);
+        let Ok(a) = simd_json::to_tape_with_buffers(x, buffers) else {
+            return false;
+        };
+        let Ok(b) = simd_json::to_tape_with_buffers(y, buffers) else {
+            return false;
+        };
+        let (Some(_), Some(_)) = (a.0.first(), b.0.first()) else {
+            return false;
+        };
+        let mut walker = Walker {
+            cfg,
+            out,
+            path: Vec::new(),
+            ignored: Ignored::new(&cfg.ignore, noise),
+        };
+        walker.diff(Json(&a.0), Json(&b.0));
+        true
+    })
+}
+
 struct Walker<'a, 'v> {
     cfg: &'a Compare,
-    noise: &'a [Vec<Seg>],
     out: &'a mut Vec<Difference>,
     path: Vec<Step<'v>>,
+    ignored: Ignored<'a>,
 }
 
 impl<'v> Walker<'_, 'v> {
     fn ignored(&self) -> bool {
-        self.cfg.ignore.iter().chain(self.noise).any(|p| covers(p, &self.path))
+        self.ignored.here()
+    }
+
+    fn enter(&mut self, step: Step<'v>) {
+        self.path.push(step);
+        self.ignored.down(step);
+    }
+
+    fn leave(&mut self) {
+        self.path.pop();
+        self.ignored.up();
     }
 
     fn push(&mut self, legacy: Option<Json<'_, 'v>>, new: Option<Json<'_, 'v>>) {
@@ -367,7 +496,7 @@ impl<'v> Walker<'_, 'v> {
                 let mut lookup = None;
                 let mut at_place = b.entries();
                 for (k, va) in a.entries() {
-                    self.path.push(Step::Key(k));
+                    self.enter(Step::Key(k));
                     let vb = match at_place.next().filter(|(kb, _)| *kb == k) {
                         Some((_, vb)) => Some(vb),
                         None => {
@@ -380,7 +509,7 @@ impl<'v> Walker<'_, 'v> {
                         None if !self.ignored() => self.push(Some(va), None),
                         None => {}
                     }
-                    self.path.pop();
+                    self.leave();
                 }
                 if in_step {
                     // Every key matched in place and the counts agree: no key is new-only.
@@ -388,11 +517,11 @@ impl<'v> Walker<'_, 'v> {
                 }
                 let lookup = Lookup::new(a);
                 for (k, vb) in b.entries().filter(|(k, _)| lookup.get(a, k).is_none()) {
-                    self.path.push(Step::Key(k));
+                    self.enter(Step::Key(k));
                     if !self.ignored() {
                         self.push(None, Some(vb));
                     }
-                    self.path.pop();
+                    self.leave();
                 }
             }
             (Node::Array { .. }, Node::Array { .. }) if self.cfg.array_order == ArrayOrder::Any => {
@@ -402,13 +531,13 @@ impl<'v> Walker<'_, 'v> {
             (Node::Array { len: n, .. }, Node::Array { len: m, .. }) => {
                 let (mut x, mut y) = (a.items(), b.items());
                 for i in 0..(*n).max(*m) {
-                    self.path.push(Step::Index(i));
+                    self.enter(Step::Index(i));
                     match (x.next(), y.next()) {
                         (Some(va), Some(vb)) => self.diff(va, vb),
                         (va, vb) if !self.ignored() => self.push(va, vb),
                         _ => {}
                     }
-                    self.path.pop();
+                    self.leave();
                 }
             }
             (Node::Static(x), Node::Static(y)) => {
@@ -431,23 +560,23 @@ impl<'v> Walker<'_, 'v> {
         let mut used = vec![false; y.len()];
         let mut unmatched = Vec::new();
         for (i, &va) in x.iter().enumerate() {
-            self.path.push(Step::Index(i));
+            self.enter(Step::Index(i));
             let found = (0..y.len()).find(|&j| !used[j] && self.equal_here(va, y[j]));
-            self.path.pop();
+            self.leave();
             match found {
                 Some(j) => used[j] = true,
                 None => unmatched.push(i),
             }
         }
         for i in unmatched {
-            self.path.push(Step::Index(i));
+            self.enter(Step::Index(i));
             self.push(Some(x[i]), None);
-            self.path.pop();
+            self.leave();
         }
         for (j, &vb) in y.iter().enumerate().filter(|(j, _)| !used[*j]) {
-            self.path.push(Step::Index(j));
+            self.enter(Step::Index(j));
             self.push(None, Some(vb));
-            self.path.pop();
+            self.leave();
         }
     }
 
@@ -456,9 +585,9 @@ impl<'v> Walker<'_, 'v> {
         let mut scratch = Vec::new();
         let mut sub = Walker {
             cfg: self.cfg,
-            noise: self.noise,
             out: &mut scratch,
             path: self.path.clone(),
+            ignored: self.ignored.clone(),
         };
         sub.diff(a, b);
         scratch.is_empty()
@@ -845,5 +974,48 @@ mod tests {
         let d = compare(&cfg(&[]), &noise, &answer(200, a), &answer(200, b));
         assert_eq!(paths(&d), vec!["$.items[0].v"]);
         assert_eq!(d[0].pattern, "$.items[*].v");
+    }
+
+    fn seg() -> impl proptest::strategy::Strategy<Value = Seg> {
+        use proptest::prelude::*;
+        prop_oneof![
+            prop_oneof![Just("a"), Just("b")].prop_map(|k| Seg::Key(k.to_string())),
+            (0usize..2).prop_map(Seg::Index),
+            Just(Seg::Any),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Walking down a path step by step, `Ignored` says "ignored" exactly where some pattern
+        /// covers the path so far, with the patterns split anyhow between `ignore` and noise, and
+        /// more of them than one mask holds.
+        #[test]
+        fn ignored_step_by_step_is_covers(
+            patterns in proptest::collection::vec(proptest::collection::vec(seg(), 1..4), 0..140),
+            split in 0usize..140,
+            path in proptest::collection::vec(seg(), 0..5),
+        ) {
+            let path: Vec<Step> = path
+                .iter()
+                .map(|s| match s {
+                    Seg::Key(k) => Step::Key(k.as_str()),
+                    Seg::Index(i) => Step::Index(*i),
+                    Seg::Any => Step::Key("c"),
+                })
+                .collect();
+            let (ignore, noise) = patterns.split_at(split.min(patterns.len()));
+            let mut ignored = Ignored::new(ignore, noise);
+            for depth in 0..=path.len() {
+                let want = patterns.iter().any(|p| covers(p, &path[..depth]));
+                proptest::prop_assert_eq!(ignored.here(), want, "at {:?}", &path[..depth]);
+                if let Some(step) = path.get(depth) {
+                    ignored.down(*step);
+                }
+            }
+            for _ in 0..path.len() {
+                ignored.up();
+            }
+            proptest::prop_assert_eq!(ignored.here(), patterns.iter().any(|p| p.is_empty()));
+        }
     }
 }
