@@ -240,6 +240,18 @@ fn scalar(doc: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// The bytes a string's plain run stops at: the quote, the backslash, control characters, and
+/// the first byte of a character outside ASCII.
+const STOPS: [bool; 256] = {
+    let mut stops = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        stops[c] = c < 0x20 || c == b'"' as usize || c == b'\\' as usize || c >= 0x80;
+        c += 1;
+    }
+    stops
+};
+
 /// The end of the string at `i` (past its closing quote): valid UTF-8, no control characters,
 /// and only the short escapes (`\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`).
 fn string(doc: &[u8], i: usize) -> Option<usize> {
@@ -248,19 +260,26 @@ fn string(doc: &[u8], i: usize) -> Option<usize> {
     }
     let mut at = i + 1;
     loop {
-        let stop = at + memchr::memchr2(b'"', b'\\', doc.get(at..)?)?;
-        // A quote or a backslash never splits a UTF-8 sequence, so each run is checked alone.
-        let run = &doc[at..stop];
-        if run.iter().any(|&c| !(0x20..0x80).contains(&c))
-            && (run.iter().any(|&c| c < 0x20) || std::str::from_utf8(run).is_err())
-        {
-            return None;
-        }
-        if doc[stop] == b'"' {
-            return Some(stop + 1);
-        }
-        match doc.get(stop + 1)? {
-            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => at = stop + 2,
+        // One table lookup a byte: JSON strings are mostly short, where `memchr` costs more.
+        at += doc.get(at..)?.iter().position(|&c| STOPS[usize::from(c)])?;
+        match doc[at] {
+            b'"' => return Some(at + 1),
+            b'\\' => match doc.get(at + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => at += 2,
+                _ => return None,
+            },
+            lead @ 0x80.. => {
+                // One character of two to four bytes, checked whole.
+                let len = match lead {
+                    0xC2..=0xDF => 2,
+                    0xE0..=0xEF => 3,
+                    0xF0..=0xF4 => 4,
+                    _ => return None,
+                };
+                std::str::from_utf8(doc.get(at..at + len)?).ok()?;
+                at += len;
+            }
+            // A control character.
             _ => return None,
         }
     }
