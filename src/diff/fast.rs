@@ -252,6 +252,28 @@ const STOPS: [bool; 256] = {
     stops
 };
 
+/// Where the run of plain string bytes from `at` ends: at the first quote, backslash, control
+/// character or byte outside ASCII. Eight bytes at a time: `memchr2` for the quote and backslash
+/// plus a pass for the rest took 9.3 µs on `cargo bench --bench diff`'s 10 KiB answers, a table
+/// lookup a byte 7.6 µs.
+fn plain_run(doc: &[u8], mut at: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // The high bit of each byte of `y` that is zero; exact for the lowest one, which is all
+    // that is read (a borrow can only flag bytes above a real one).
+    let zero = |y: u64| y.wrapping_sub(ONES) & !y & HIGH;
+    while let Some(block) = doc.get(at..at + 8) {
+        let x = u64::from_le_bytes(block.try_into().ok()?);
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let stops = zero(x ^ (ONES * u64::from(b'"'))) | zero(x ^ (ONES * u64::from(b'\\'))) | below_space | x & HIGH;
+        if stops != 0 {
+            return Some(at + stops.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    Some(at + doc.get(at..)?.iter().position(|&c| STOPS[usize::from(c)])?)
+}
+
 /// The end of the string at `i` (past its closing quote): valid UTF-8, no control characters,
 /// and only the short escapes (`\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`).
 fn string(doc: &[u8], i: usize) -> Option<usize> {
@@ -260,8 +282,7 @@ fn string(doc: &[u8], i: usize) -> Option<usize> {
     }
     let mut at = i + 1;
     loop {
-        // One table lookup a byte: JSON strings are mostly short, where `memchr` costs more.
-        at += doc.get(at..)?.iter().position(|&c| STOPS[usize::from(c)])?;
+        at = plain_run(doc, at)?;
         match doc[at] {
             b'"' => return Some(at + 1),
             b'\\' => match doc.get(at + 1)? {
@@ -355,7 +376,7 @@ mod tests {
 
     #[test]
     fn anything_else_is_not_proven() {
-        let cases: [(&str, &str, &[&str]); 22] = [
+        let cases: [(&str, &str, &[&str]); 24] = [
             // A difference outside the ignored values.
             (r#"{"id":1,"at":"b1"}"#, r#"{"id":2,"at":"b1"}"#, &["$.at"]),
             (
@@ -378,6 +399,16 @@ mod tests {
                 &["$.t"],
             ),
             ("{\"a\":\"\t\",\"t\":1}", "{\"a\":\"\t\",\"t\":2}", &["$.t"]),
+            (
+                "{\"a\":\"0123456789\t\",\"t\":1}",
+                "{\"a\":\"0123456789\t\",\"t\":2}",
+                &["$.t"],
+            ),
+            (
+                r#"{"a":"0123456789\x","t":1}"#,
+                r#"{"a":"0123456789\x","t":2}"#,
+                &["$.t"],
+            ),
             (r#"{"k\"":{"t":1}}"#, r#"{"k\"":{"t":2}}"#, &["$.*"]),
             (r#"1"#, r#"2"#, &["$"]),
             // Not JSON at all, or not only JSON.
@@ -396,13 +427,23 @@ mod tests {
         }
         let deep = |t: u8| format!("{}{{\"t\":{t}}}{}", "[".repeat(70), "]".repeat(70));
         assert!(!fast(&deep(1), &deep(2), &["$.t"]));
-        let invalid_utf8 = |t: u8| [&b"{\"a\":\"\xff\",\"t\":"[..], &[b'0' + t], b"}"].concat();
-        assert!(!equal_but_ignored(
-            &invalid_utf8(1),
-            &invalid_utf8(2),
-            &patterns(&["$.t"]),
-            &[]
-        ));
+        for text in [
+            &b"\xff"[..],
+            b"0123456789\xff",
+            b"0123456789\xc3",
+            b"01234567\xed\xa0\x80",
+        ] {
+            let invalid_utf8 = |t: u8| [&b"{\"a\":\""[..], text, b"\",\"t\":", &[b'0' + t], b"}"].concat();
+            assert!(!equal_but_ignored(
+                &invalid_utf8(1),
+                &invalid_utf8(2),
+                &patterns(&["$.t"]),
+                &[]
+            ));
+        }
+        // Characters of two, three and four bytes, in the eight-byte blocks and after them.
+        let text = "{\"a\":\"0123456789é€𝄞é\",\"b\":\"é€𝄞\",\"t\":1}";
+        assert!(fast(text, &text.replace(":1}", ":22}"), &["$.t"]));
     }
 
     fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
