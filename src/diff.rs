@@ -155,7 +155,7 @@ fn seg_matches(seg: &Seg, step: Step) -> bool {
 /// the first key that no pattern names (most of a document) the check at each value is one load.
 /// `here()` answers what `covers` answers for every pattern, without re-reading the path.
 #[derive(Clone)]
-pub(crate) struct Ignored<'c> {
+struct Ignored<'c> {
     ignore: &'c [Vec<Seg>],
     noise: &'c [Vec<Seg>],
     /// `u64`s per depth (0 with no patterns).
@@ -166,15 +166,15 @@ pub(crate) struct Ignored<'c> {
 }
 
 impl<'c> Ignored<'c> {
-    pub(crate) fn new(ignore: &'c [Vec<Seg>], noise: &'c [Vec<Seg>]) -> Ignored<'c> {
+    fn new(ignore: &'c [Vec<Seg>], noise: &'c [Vec<Seg>]) -> Ignored<'c> {
         let n = ignore.len() + noise.len();
         let words = n.div_ceil(64);
-        let live = (0..words)
-            .map(|w| match n - w * 64 {
-                64.. => u64::MAX,
-                bits => (1u64 << bits) - 1,
-            })
-            .collect();
+        // Room for a few levels: answers are seldom deeper.
+        let mut live = Vec::with_capacity(words * 8);
+        live.extend((0..words).map(|w| match n - w * 64 {
+            64.. => u64::MAX,
+            bits => (1u64 << bits) - 1,
+        }));
         Ignored {
             ignore,
             noise,
@@ -208,17 +208,17 @@ impl<'c> Ignored<'c> {
     }
 
     /// Is the value at the current path ignored?
-    pub(crate) fn here(&self) -> bool {
+    fn here(&self) -> bool {
         self.each_live(|i| self.pattern(i).len() <= self.depth)
     }
 
     /// No pattern reaches below the current value: nothing under it is ignored.
-    pub(crate) fn none_below(&self) -> bool {
+    fn none_below(&self) -> bool {
         self.live[self.live.len() - self.words..].iter().all(|&m| m == 0)
     }
 
     /// Step down into `step`.
-    pub(crate) fn down(&mut self, step: Step) {
+    fn down(&mut self, step: Step) {
         let base = self.live.len() - self.words;
         for w in 0..self.words {
             let mut bits = self.live[base + w];
@@ -241,7 +241,7 @@ impl<'c> Ignored<'c> {
     }
 
     /// Step back up.
-    pub(crate) fn up(&mut self) {
+    fn up(&mut self) {
         self.live.truncate(self.live.len() - self.words);
         self.depth -= 1;
     }
@@ -249,7 +249,7 @@ impl<'c> Ignored<'c> {
 
 /// A step of the path being walked, borrowing the key from the document (no allocation).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Step<'v> {
+enum Step<'v> {
     Key(&'v str),
     Index(usize),
 }
