@@ -408,7 +408,7 @@ pub struct Job {
 }
 
 /// Answers larger than this together are compared on the comparison thread, not on the worker.
-/// Smaller ones (10 KiB takes about 33 µs, see BENCHMARKS.md) cost less there than the hand-over.
+/// Smaller ones (10 KiB take 6–31 µs, see BENCHMARKS.md) cost less there than the hand-over.
 pub const INLINE_COMPARE: usize = 32 * 1024;
 
 /// Start the copy now. Returns the sender for the legacy answer, or `None` if the cap is reached
