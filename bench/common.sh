@@ -1,4 +1,14 @@
-# Shared by bench/compare.sh, bench/instructions.sh and bench/pgo.sh (sourced, not run; they set $WORK).
+# Shared by the scripts in bench/ (sourced, not run). Each one starts with:
+#   . bench/common.sh
+#   bench_work
+#   install_missing NAME TOOL...
+
+# bench_work: a temporary directory in WORK, removed at exit with every process started from it
+# (kept with PROFILE set: bench/instructions.sh leaves its callgrind files there).
+bench_work() {
+  WORK="$(mktemp -d)"
+  trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true; [ -n "${PROFILE:-}" ] || rm -rf "$WORK"' EXIT
+}
 
 # install_missing NAME TOOL...: apt-get install the tools that are not on PATH.
 install_missing() {
@@ -20,11 +30,20 @@ pgo_if_asked() {
   export CARGO_TARGET_DIR=target/pgo RUSTFLAGS="-Cprofile-use=$PWD/target/pgo.profdata"
 }
 
+# strangler's admin listener in the benchmarks (its metrics are read there).
+ADMIN=127.0.0.1:8489
+
 # strangler_run DIR: set STRANGLER_RUN to the command that runs DIR/strangler as the benchmarks
-# do: one worker, the proxy on 127.0.0.1:8483, the admin port on 8489, no grace period.
+# do: one worker, the proxy on 127.0.0.1:8483, the admin listener on $ADMIN, no grace period.
 strangler_run() {
-  STRANGLER_RUN=("$1/strangler" run --threads 1 --listen 127.0.0.1:8483 --admin 127.0.0.1:8489 --grace-period 0 --shutdown-timeout 1)
+  STRANGLER_RUN=("$1/strangler" run --threads 1 --listen 127.0.0.1:8483 --admin "$ADMIN" --grace-period 0 --shutdown-timeout 1)
 }
+
+# cpu_ticks PID: user and system clock ticks so far.
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+
+# median: the median of the numbers on stdin, one a line.
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
 
 # wait_ready PORT [TRIES]: poll the proxy on PORT every 0.1 s until it answers, TRIES times at
 # most (100 by default).
@@ -67,6 +86,14 @@ http { access_log off; keepalive_requests 1000000; default_type application/json
   server { listen $B2; location = /api/orders/big { alias $1/big-b2.json; }
     location / { return 200 '{"id":1,"status":"paid","total":{"amount":1299,"currency":"EUR"},"items":[{"sku":"SKU-0001","qty":2}],"served_at":"b2"}'; } } }
 CONF
+}
+
+# start_backends: the backends in $WORK/backend, nginx on CPU 0 (away from the proxy on CPU 1).
+start_backends() {
+  mkdir -p "$WORK/backend"
+  backend_conf "$WORK/backend"
+  taskset -c 0 nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" 2>"$WORK/backend.log" &
+  sleep 0.5
 }
 
 # rules N: write strangler's rules file for N routes into $WORK/rules and print its path.

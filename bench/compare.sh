@@ -16,11 +16,9 @@ cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-2}"
 CONNS="${CONNS:-32}"
-WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
 export RUST_LOG=warn
 . bench/common.sh
+bench_work
 install_missing compare nginx haproxy wrk curl cmake
 pgo_if_asked
 cargo build --release --bin strangler --example bare_pingora --example loadgen 2>&1 | tail -1
@@ -28,8 +26,7 @@ BIN="${CARGO_TARGET_DIR:-target}/release"
 LOADGEN="$BIN/examples/loadgen"
 RATE="${RATE:-5000}" IDLE="${IDLE:-10000}" RATE_ROUNDS="${RATE_ROUNDS:-3}"
 
-mkdir -p "$WORK/nginx-backend" "$WORK/nginx-proxy" "$WORK/nginx-proxy-log" "$WORK/rules"
-backend_conf "$WORK/nginx-backend"
+mkdir -p "$WORK/nginx-proxy" "$WORK/nginx-proxy-log" "$WORK/rules"
 cat > "$WORK/nginx-proxy/nginx.conf" <<EOF
 worker_processes 1; daemon off; pid $WORK/nginx-proxy/pid; error_log stderr warn;
 worker_rlimit_nofile 20000;
@@ -64,11 +61,7 @@ backend orders
 backend other
   server b2 $B2
 EOF
-taskset -c 0 nginx -c "$WORK/nginx-backend/nginx.conf" -p "$WORK/nginx-backend" 2>"$WORK/backend.log" &
-sleep 0.5
-
-# cpu_ticks PID: user and system clock ticks so far.
-cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+start_backends
 
 # launch NAME PORT LOG CMD...: start the proxy on CPU 1, wait until it answers, warm it up from
 # CPU 0. Sets pid (to stop it) and measured (the process doing the work).
@@ -118,7 +111,7 @@ run() {
 # (match or mismatch, from strangler's metrics); "-" for any other row.
 compared_copies() {
   case "$1" in
-    strangler-shadow-1*) curl -fsS "http://127.0.0.1:8489/metrics" |
+    strangler-shadow-1*) curl -fsS "http://$ADMIN/metrics" |
       awk '/^strangler_shadow_total\{result="(match|mismatch)"/ {c += $2} END {print c + 0}';;
     *) echo "-";;
   esac
@@ -149,7 +142,6 @@ done
 echo
 echo "medians of $ROUNDS rounds (p50 and p99: first round), ${DURATION}s each, $CONNS connections, proxy on CPU 1 with one worker:"
 printf "%-22s %12s %10s %10s %14s %8s %8s %9s\n" proxy "requests/s" p50 p99 "CPU µs/req" user system compared
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
 declare -A cpu user system
 for name in nginx haproxy bare-pingora strangler strangler-1k-routes strangler-10k-routes nginx-access-log strangler-access-log strangler-shadow-0 strangler-shadow-1 strangler-shadow-0-10k strangler-shadow-1-10k; do
   rps="$(awk -v n="$name" '$1 == n {print $2}' "$results" | median)"

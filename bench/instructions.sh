@@ -18,18 +18,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION="${DURATION:-8}"
-WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true; [ -n "${PROFILE:-}" ] || rm -rf "$WORK"' EXIT
-
 . bench/common.sh
+bench_work
 install_missing instructions nginx wrk curl valgrind cmake
 pgo_if_asked
 cargo build --release --bin strangler --example bare_pingora 2>&1 | tail -1
 
-mkdir -p "$WORK/backend"
-backend_conf "$WORK/backend"
-nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" 2>"$WORK/backend.log" &
-sleep 0.5
+start_backends
 
 # The rules of bench/compare.sh: a migrated /api/orders route among 20, and the shadow pair.
 R20="$(rules 20)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"

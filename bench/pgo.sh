@@ -18,10 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
-WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
 . bench/common.sh
+bench_work
 install_missing pgo nginx wrk curl cmake
 if ! PROFDATA="$(find "$(rustc --print sysroot)" -name llvm-profdata -type f | head -1)" || [ -z "$PROFDATA" ]; then
   echo "pgo: installing rustup's llvm-tools (for llvm-profdata)" >&2
@@ -36,10 +34,7 @@ RUSTFLAGS="-Cprofile-generate=$RAW" CARGO_TARGET_DIR=target/pgo-train \
 # The build's own scripts are instrumented too, and wrote profiles while it ran.
 rm -rf "$RAW"
 
-mkdir -p "$WORK/backend"
-backend_conf "$WORK/backend"
-nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" 2>"$WORK/backend.log" &
-sleep 0.5
+start_backends
 R20="$(rules 20)" S1="$(shadow_rules 1)"
 BIN=target/pgo-train/release
 export RUST_LOG=warn

@@ -14,16 +14,10 @@ cd "$(dirname "$0")/.."
 
 DURATION="${DURATION:-5}" ROUNDS="${ROUNDS:-2}"
 [ "$DURATION" -ge 2 ] || { echo "DURATION must be 2 seconds or more" >&2; exit 1; }
-WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; pkill -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
 . bench/common.sh
+bench_work
 install_missing pipelining nginx wrk
-
-mkdir -p "$WORK/backend"
-backend_conf "$WORK/backend"
-taskset -c 0 nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" 2>"$WORK/backend.log" &
-sleep 0.5
+start_backends
 
 # wrk sends the request() string as is: DEPTH requests in one write.
 cat > "$WORK/pipeline.lua" <<'LUA'
@@ -42,19 +36,18 @@ for round in $(seq 1 "$ROUNDS"); do
     taskset -c 1 wrk -t1 -c32 -d"${DURATION}s" -s "$WORK/pipeline.lua" "http://$B1/" -- "$depth" > "$WORK/out" 2>&1 &
     w=$!
     sleep 0.5
-    before="$(awk '{print $14 + $15}' "/proc/$w/stat")"
+    before="$(cpu_ticks "$w")"
     sleep "$((DURATION - 1))"
-    after="$(awk '{print $14 + $15}' "/proc/$w/stat")"
+    after="$(cpu_ticks "$w")"
     wait "$w"
     if grep -q "Non-2xx" "$WORK/out"; then echo "depth $depth: $(grep Non-2xx "$WORK/out")" >&2; exit 1; fi
     rps="$(awk '/Requests\/sec/ {print $2}' "$WORK/out")"
     # CPU over DURATION - 1 seconds in the middle of the run, at the run's average rate.
-    echo "$depth $(awk -v b="$before" -v a="$after" -v r="$rps" -v s="$((DURATION - 1))" -v hz="$(getconf CLK_TCK)" \
-      'BEGIN {printf "%.2f", (a - b) / hz * 1e6 / (r * s)}')" >> "$results"
+    echo "$depth $(echo "$before $after" | awk -v r="$rps" -v s="$((DURATION - 1))" -v hz="$(getconf CLK_TCK)" \
+      '{printf "%.2f", ($3 + $4 - $1 - $2) / hz * 1e6 / (r * s)}')" >> "$results"
   done
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}'; }
 echo "wrk's CPU per answered request, ${DURATION}s runs, medians of $ROUNDS rounds:"
 one="$(awk '$1 == 1 {print $2}' "$results" | median)"
 for depth in 1 2 4 8; do
