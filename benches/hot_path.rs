@@ -30,7 +30,7 @@ fn rules_text(n: usize) -> String {
 
 fn compile(n: usize) -> RuleSet {
     let file = Path::new("rules.yaml");
-    RuleSet::compile(file, &config::parse(file, &rules_text(n)).unwrap()).unwrap()
+    strangler::rules::compile(file, &config::parse(file, &rules_text(n)).unwrap()).unwrap()
 }
 
 fn bench(c: &mut Criterion) {
@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("10,000 routes: parse + compile", |b| {
         b.iter(|| {
             let file = Path::new("rules.yaml");
-            RuleSet::compile(file, &config::parse(file, &text).unwrap()).unwrap()
+            strangler::rules::compile(file, &config::parse(file, &text).unwrap()).unwrap()
         })
     });
     g.finish();

@@ -18,9 +18,8 @@ use common::proxy::{rules, Proxy};
 use common::shop::start_shop;
 use http::{HeaderMap, Method};
 use strangler::config;
+use strangler::live::Live;
 use strangler::metrics::Metrics;
-use strangler::proxy::Live;
-use strangler::rules::RuleSet;
 
 fn many_routes(n: usize) -> String {
     let mut s = String::from("legacy: monolith\nupstreams:\n  monolith: { url: \"http://127.0.0.1:8000\" }\n  svc: { url: \"http://127.0.0.1:8101\" }\nroutes:\n");
@@ -50,11 +49,11 @@ fn compile_and_swap() {
     let file = Path::new("rules.yaml");
     let text = many_routes(10_000);
     let metrics = Metrics::new();
-    let first = RuleSet::compile(file, &config::parse(file, &text).unwrap()).unwrap();
-    let live = ArcSwap::from_pointee(Live::new(first, &metrics, 0, None));
+    let first = strangler::rules::compile(file, &config::parse(file, &text).unwrap()).unwrap();
+    let live = ArcSwap::from_pointee(Live::first(first, 0, &metrics));
     let (mut generic, mut parse, mut compile, mut swap) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
-    for generation in 1..=7 {
+    for _ in 1..=7 {
         let t = Instant::now();
         let _value: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
         generic.push(ms(t));
@@ -63,12 +62,11 @@ fn compile_and_swap() {
         let raw = config::parse(file, &text).unwrap();
         parse.push(ms(t));
         let t = Instant::now();
-        let rules = RuleSet::compile(file, &raw).unwrap();
+        let rules = strangler::rules::compile(file, &raw).unwrap();
         compile.push(ms(t));
         let t = Instant::now();
         let old = live.load_full();
-        let next = Live::new(rules, &metrics, generation, Some(&old));
-        metrics.forget_removed(&old.rules, &next.rules, |_| Vec::new());
+        let next = Live::replace(&old, rules, 0, &metrics);
         live.store(Arc::new(next));
         swap.push(ms(t));
     }
@@ -94,7 +92,7 @@ fn lookup_scaling() {
     let file = Path::new("rules.yaml");
     let time = |n: usize, path: &str| {
         let text = many_routes(n);
-        let rules = RuleSet::compile(file, &config::parse(file, &text).unwrap()).unwrap();
+        let rules = strangler::rules::compile(file, &config::parse(file, &text).unwrap()).unwrap();
         let headers = HeaderMap::new();
         let iters = 2_000_000;
         let t = Instant::now();

@@ -16,8 +16,8 @@ use pingora_core::services::background::BackgroundService;
 use serde_json::json;
 
 use crate::config::Mode;
+use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::proxy::Live;
 use crate::reload::{ErrorView, Outcome, Reloader, Trigger};
 use crate::rules::PathMatch;
 use crate::rules::NO_ROUTE;
@@ -170,7 +170,7 @@ struct MismatchQuery {
 /// `GET /api/mismatches?route=NAME&limit=N`: the newest mismatches first (at most 100 kept per route).
 async fn mismatches(State(s): State<AdminState>, Query(q): Query<MismatchQuery>) -> Response {
     let live = s.live.load();
-    let limit = q.limit.unwrap_or(20).min(crate::shadow::RING);
+    let limit = q.limit.unwrap_or(20).min(crate::shadow::MISMATCHES_KEPT);
     if let Some(name) = &q.route {
         if !live.rules.routes.iter().any(|r| &r.name == name) {
             let body = json!({"error": "unknown_route", "route": name});

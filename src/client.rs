@@ -16,9 +16,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -26,35 +24,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::Stream;
-use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::upstreams::peer::Peer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::diff::Answer;
-
-/// An upstream as this client sends to it: the peer, shared, and its pool key, both made once when
-/// the rules are compiled (not per copy).
-#[derive(Clone, Debug)]
-pub struct UpstreamPeer {
-    peer: Arc<HttpPeer>,
-    key: u64,
-}
-
-impl UpstreamPeer {
-    pub fn new(peer: HttpPeer) -> UpstreamPeer {
-        let key = peer.reuse_hash();
-        UpstreamPeer {
-            peer: Arc::new(peer),
-            key,
-        }
-    }
-}
-
-impl Deref for UpstreamPeer {
-    type Target = HttpPeer;
-    fn deref(&self) -> &HttpPeer {
-        &self.peer
-    }
-}
+use crate::rules::UpstreamPeer;
 
 /// Idle connections kept per upstream on each thread; one more closes the oldest.
 const IDLE_PER_PEER: usize = 32;
@@ -182,49 +156,14 @@ pub struct Request {
     no_body_answer: bool,
 }
 
-/// What a mismatch record shows of a request.
-pub struct RequestParts {
-    pub method: String,
-    pub target: String,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Its `x-request-id`, or empty.
-    pub request_id: String,
-}
-
 impl Request {
     pub fn idempotent(&self) -> bool {
         self.idempotent
     }
 
-    /// The method, target and fields, read back from the head (only a mismatch needs them).
-    pub fn parts(&self) -> RequestParts {
-        let lines = memchr::memchr_iter(b'\n', &self.head).count();
-        let mut fields = vec![httparse::EMPTY_HEADER; lines];
-        let mut req = httparse::Request::new(&mut fields);
-        // The head was written by `HeadBuilder` from a parsed request: it parses.
-        let _ = req.parse(&self.head);
-        let headers: Vec<(HeaderName, HeaderValue)> = req
-            .headers
-            .iter()
-            .filter(|h| !h.name.is_empty())
-            .filter_map(|h| {
-                Some((
-                    HeaderName::from_bytes(h.name.as_bytes()).ok()?,
-                    HeaderValue::from_bytes(h.value).ok()?,
-                ))
-            })
-            .collect();
-        let request_id = headers
-            .iter()
-            .find(|(n, _)| *n == crate::proxy::X_REQUEST_ID)
-            .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        RequestParts {
-            method: req.method.unwrap_or_default().to_string(),
-            target: req.path.unwrap_or_default().to_string(),
-            headers,
-            request_id,
-        }
+    /// The head as it goes on the wire.
+    pub fn head(&self) -> &[u8] {
+        &self.head
     }
 }
 
@@ -244,11 +183,11 @@ pub(crate) async fn send(
     max_body: usize,
     compared: &[HeaderName],
     limit: Duration,
-) -> Result<(Answer, bool), String> {
+) -> Result<(Answer, bool), SendError> {
     // Boxed once here: the exchange's state is a few hundred bytes, and an unboxed copy task
     // would be moved, whole, on every spawn.
     let work = Box::pin(async {
-        let reused = take_idle(peer.key);
+        let reused = take_idle(peer.pool_key());
         let was_reused = reused.is_some();
         match exchange(transport, peer, reused, req, body, max_body, compared).await {
             Err(Failed { sent, answered, error }) if was_reused && !answered && (!sent || req.idempotent) => {
@@ -263,8 +202,31 @@ pub(crate) async fn send(
     // One deadline for the whole exchange, on Pingora's shared timers.
     match pingora_timeout::fast_timeout::fast_timeout(limit, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {limit:?}")),
+        Err(_) => Err(SendError::Timeout(limit)),
     }
+}
+
+/// Why a request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("can't connect: {0}")]
+    Connect(String),
+    #[error("can't send the request: {0}")]
+    Write(std::io::Error),
+    #[error("connection closed while the request was sent")]
+    ClosedWhileSending,
+    #[error("can't read the answer: {0}")]
+    Read(std::io::Error),
+    #[error("connection closed before the answer ended")]
+    ClosedEarly,
+    #[error("bad answer: {0}")]
+    BadHead(httparse::Error),
+    #[error("bad status {0} in the answer")]
+    BadStatus(u16),
+    #[error("bad answer: {0}")]
+    Malformed(&'static str),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Why an exchange failed, whether the request had been written by then, and whether an answer
@@ -272,23 +234,23 @@ pub(crate) async fn send(
 struct Failed {
     sent: bool,
     answered: bool,
-    error: String,
+    error: SendError,
 }
 
 impl Failed {
-    fn unsent(error: impl ToString) -> Failed {
+    fn unsent(error: SendError) -> Failed {
         Failed {
             sent: false,
             answered: false,
-            error: error.to_string(),
+            error,
         }
     }
 
-    fn after_send(error: impl Into<String>) -> Failed {
+    fn after_send(error: SendError) -> Failed {
         Failed {
             sent: true,
             answered: false,
-            error: error.into(),
+            error,
         }
     }
 }
@@ -320,12 +282,14 @@ fn parse_head(buf: &[u8], compared: &[HeaderName], no_body_answer: bool) -> Resu
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
-        Ok(httparse::Status::Partial) => return Err(Failed::after_send("answer head over 64 KiB")),
-        Err(e) => return Err(Failed::after_send(format!("bad answer: {e}"))),
+        Ok(httparse::Status::Partial) => {
+            return Err(Failed::after_send(SendError::Malformed("answer head over 64 KiB")))
+        }
+        Err(e) => return Err(Failed::after_send(SendError::BadHead(e))),
     };
     let status = resp.code.unwrap_or_default();
     if status < 100 {
-        return Err(Failed::after_send(format!("bad status {status} in the answer")));
+        return Err(Failed::after_send(SendError::BadStatus(status)));
     }
     let mut headers = HeaderMap::new();
     let (mut length, mut chunked, mut coded, mut close) = (None, false, false, resp.version != Some(1));
@@ -337,9 +301,9 @@ fn parse_head(buf: &[u8], compared: &[HeaderName], no_body_answer: bool) -> Resu
             let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
                 .then(|| std::str::from_utf8(digits).ok()?.parse::<usize>().ok())
                 .flatten()
-                .ok_or_else(|| Failed::after_send("bad content-length in the answer"))?;
+                .ok_or_else(|| Failed::after_send(SendError::Malformed("bad content-length")))?;
             if length.is_some_and(|l| l != n) {
-                return Err(Failed::after_send("two content-lengths in the answer"));
+                return Err(Failed::after_send(SendError::Malformed("two content-lengths")));
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -394,13 +358,13 @@ async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> Result<usize, Fai
     stream
         .read_buf(buf)
         .await
-        .map_err(|e| Failed::after_send(e.to_string()))
+        .map_err(|e| Failed::after_send(SendError::Read(e)))
 }
 
 /// Read more of the answer into `buf`; an error if the connection ends first.
 async fn fill(stream: &mut Stream, buf: &mut BytesMut) -> Result<(), Failed> {
     match read_more(stream, buf).await? {
-        0 => Err(Failed::after_send("connection closed before the answer ended")),
+        0 => Err(Failed::after_send(SendError::ClosedEarly)),
         _ => Ok(()),
     }
 }
@@ -419,9 +383,9 @@ async fn exchange(
         Some(stream) => stream,
         // Boxed: a connect's state machine (TLS included) is tens of KiB, and every reuse
         // would otherwise carry (and move) it.
-        None => Box::pin(transport.new_stream(&*peer.peer))
+        None => Box::pin(transport.new_stream(&**peer))
             .await
-            .map_err(Failed::unsent)?,
+            .map_err(|e| Failed::unsent(SendError::Connect(e.to_string())))?,
     };
     // Head and body in one write: a server may answer as soon as it has the head and close
     // without reading on, and a body written after that meets a reset instead of the answer.
@@ -438,18 +402,18 @@ async fn exchange(
     while written < out.len() {
         match stream.write(&out[written..]).await {
             Ok(0) => {
-                write_failed = Some("connection closed while the request was sent".to_string());
+                write_failed = Some(SendError::ClosedWhileSending);
                 break;
             }
             Ok(n) => written += n,
             Err(e) => {
-                write_failed = Some(e.to_string());
+                write_failed = Some(SendError::Write(e));
                 break;
             }
         }
     }
     if write_failed.is_none() {
-        write_failed = stream.flush().await.err().map(|e| e.to_string());
+        write_failed = stream.flush().await.err().map(SendError::Write);
     }
     match write_failed {
         // Nothing left: the server saw nothing it could act on.
@@ -465,7 +429,7 @@ async fn exchange(
     }
     let (answer, reusable) = read_answer(&mut stream, req, max_body, compared).await?;
     if reusable {
-        put_idle(peer.key, stream, peer.idle_timeout());
+        put_idle(peer.pool_key(), stream, peer.idle_timeout());
     }
     Ok(answer)
 }
@@ -531,7 +495,7 @@ async fn read_body(
             }
             // httparse reads a line without digits as size 0: a chunk size must start with one.
             if !buf[0].is_ascii_hexdigit() {
-                return Err(Failed::after_send("bad chunk in the answer"));
+                return Err(Failed::after_send(SendError::Malformed("bad chunk")));
             }
             let (used, size) = match httparse::parse_chunk_size(buf) {
                 Ok(httparse::Status::Complete((used, size))) => (used, size),
@@ -539,7 +503,7 @@ async fn read_body(
                     fill(stream, buf).await?;
                     continue;
                 }
-                _ => return Err(Failed::after_send("bad chunk in the answer")),
+                _ => return Err(Failed::after_send(SendError::Malformed("bad chunk"))),
             };
             if size == 0 {
                 buf.advance(used);
@@ -552,7 +516,7 @@ async fn read_body(
                             break;
                         }
                         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => fill(stream, buf).await?,
-                        _ => return Err(Failed::after_send("bad trailers in the answer")),
+                        _ => return Err(Failed::after_send(SendError::Malformed("bad trailers"))),
                     }
                 }
                 break;
@@ -570,7 +534,7 @@ async fn read_body(
                 fill(stream, buf).await?;
             }
             if &buf[end..end + 2] != b"\r\n" {
-                return Err(Failed::after_send("bad chunk in the answer"));
+                return Err(Failed::after_send(SendError::Malformed("bad chunk")));
             }
             body.extend_from_slice(&buf[used..end]);
             buf.advance(end + 2);
@@ -592,6 +556,7 @@ async fn read_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_core::upstreams::peer::HttpPeer;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -770,7 +735,7 @@ mod tests {
         req: &Request,
         body: &[Bytes],
         max_body: usize,
-    ) -> Result<(Answer, bool), String> {
+    ) -> Result<(Answer, bool), SendError> {
         let transport = TransportConnector::new(None);
         let peer = UpstreamPeer::new(HttpPeer::new(addr, false, String::new()));
         let compared = [HeaderName::from_static("x-kept")];
@@ -897,9 +862,10 @@ mod tests {
             String::from_utf8(seen.lock().unwrap().clone()).unwrap(),
             "POST /orders?x=1 HTTP/1.1\r\nhost: shop\r\nx-request-id: r-1\r\ncontent-length: 7\r\n\r\n{\"a\":1}"
         );
-        let parts = req.parts();
+        let parts = crate::shadow::RequestParts::read(req.head());
         assert_eq!((parts.method.as_str(), parts.target.as_str()), ("POST", "/orders?x=1"));
         assert_eq!(parts.headers.len(), 3);
+        assert_eq!(parts.request_id, "r-1");
         assert!(!req.idempotent());
     }
 

@@ -8,7 +8,6 @@ use anyhow::Context;
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use rand::Rng;
-use strangler::rules::RuleSet;
 use strangler::server::{self, Options};
 use tokio::sync::watch;
 
@@ -28,7 +27,7 @@ impl ShutdownSignalWatch for StopOnSignal {
 }
 
 pub fn run(config: &Path, data_dir: &Path, traffic: bool) -> anyhow::Result<()> {
-    let rules = RuleSet::load(config)?;
+    let rules = strangler::rules::load(config)?.rules;
     let addr = |name: &str| {
         rules
             .upstreams

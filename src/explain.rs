@@ -5,7 +5,7 @@ use std::fmt::Write;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::config::Mode;
-use crate::rules::{canary_bucket, RuleSet, Side, Skip, Sticky, CANARY_BUCKETS};
+use crate::rules::{canary_bucket, Miss, RuleSet, Side, Sticky, CANARY_BUCKETS};
 
 /// Explain one request. `headers` are `name: value` strings as given with `-H`.
 pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) -> Result<String, String> {
@@ -44,8 +44,8 @@ pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) 
     for (id, why) in skipped {
         let r = &rules.routes[id];
         let reason = match why {
-            Skip::Method => format!("method {method} not in [{}]", r.method_names.join(", ")),
-            Skip::Header(h) => format!("header {h} does not match"),
+            Miss::Method => format!("method {method} not in [{}]", r.method_names.join(", ")),
+            Miss::Header(h) => format!("header {h} does not match"),
         };
         let _ = writeln!(out, "skipped:     route \"{}\" (line {}): {reason}", r.name, r.line);
     }

@@ -16,7 +16,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::time::Instant;
 
-use crate::proxy::Live;
+use crate::live::Live;
 use crate::resilience::HealthConfig;
 
 /// The longest the scheduler sleeps, so a reload's new upstreams are probed within a second.
@@ -69,7 +69,7 @@ impl BackgroundService for HealthService {
 async fn probe(
     connector: &TransportConnector,
     addr: SocketAddr,
-    peer: &crate::client::UpstreamPeer,
+    peer: &crate::rules::UpstreamPeer,
     host: Option<HeaderValue>,
     cfg: &HealthConfig,
 ) -> bool {

@@ -1,17 +1,26 @@
 //! strangler: a strangler-fig migration proxy on Pingora.
 //!
-//! Layout:
+//! Layout (a star: config -> rules -> live -> proxy, with the features as leaves):
 //! - `config`  the rules.yaml file format (serde types with source locations)
-//! - `rules`   the compiled, immutable `RuleSet`: validation and route lookup
+//! - `rules`   the compiled, immutable `RuleSet` and route lookup; `rules::compile` validates
+//!   (every mistake with `file:line:col`), `rules::load` is the one loader
+//! - `live`    the rule set in force and the state carried across reloads (`ArcSwap`)
 //! - `path`    request path normalization, shared by matching and forwarding
-//! - `proxy`   `impl ProxyHttp`: the request path
+//! - `headers` the header names the proxy and its client read and write
+//! - `proxy`   `impl ProxyHttp`: the request path (only `server` imports it)
+//! - `limits`  hostile input: framing and size checks, connection cap, request-head deadline
 //! - `fallback` may a failed request be retried or sent to the monolith? (pure)
 //! - `resilience` circuit breaker, bulkhead, backoff, health state (atomics, injected clock)
 //! - `health`  active health checks of every upstream
+//! - `client`  one HTTP/1.1 exchange off the proxied path (copies, health probes)
+//! - `shadow`  the shadow copy's life: capture, send, judge; `shadow::mismatch` the stored record
+//! - `diff`    compare two answers (pure); `diff::fast` its byte-level fast path
+//! - `access`  the access log line
 //! - `metrics` every Prometheus metric; per-route handles built at load
 //! - `reload`  hot reload: file watch, SIGHUP, POST /api/reload; keep the last good rules
 //! - `admin`   the admin listener: health, metrics, JSON API, dashboard page
 //! - `stats`   route counters sampled every 5 s: last-minute figures and charts
+//! - `tls`     the client-facing certificate, swapped on reload
 //! - `server`  load, bind and run the Pingora server
 //! - `explain` `strangler explain`: why a request goes where it goes
 //!
@@ -25,14 +34,17 @@
 //!            ▼ 400 on bad path    x-strangler-route/-upstream
 //! ```
 
+pub mod access;
 pub mod admin;
 pub mod client;
 pub mod config;
 pub mod diff;
 pub mod explain;
 pub mod fallback;
+pub mod headers;
 pub mod health;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod path;
 pub mod proxy;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::ServerSession;
@@ -22,8 +23,8 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::Session;
 use tokio::sync::Semaphore;
 
+use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::proxy::Live;
 use crate::rules::Limits;
 
 /// Why a request is refused before it reaches any upstream: the status, the JSON body's `error`
@@ -36,9 +37,52 @@ pub struct Refusal {
     pub detail: Option<String>,
 }
 
+/// Every refusal's reason and status: the limits', the path's, and the head deadline's (which
+/// closes the connection without an answer). Their counters and bodies are built once.
+const LIMIT_REASONS: [(&str, u16); 9] = [
+    ("too_many_headers", 431),
+    ("uri_too_long", 414),
+    ("headers_too_large", 431),
+    ("bare_lf", 400),
+    ("transfer_encoding_with_content_length", 400),
+    ("missing_host", 400),
+    ("duplicate_content_length", 400),
+    ("bad_transfer_encoding", 400),
+    ("body_too_large", 413),
+];
+
+/// The reason counted when a client does not finish its request head in time.
+pub const HEAD_TIMEOUT: &str = "client_header_timeout";
+
+/// Every reason a request can be refused for, for `Metrics::with_refusals`.
+pub fn reasons() -> impl Iterator<Item = &'static str> {
+    LIMIT_REASONS
+        .iter()
+        .map(|(r, _)| *r)
+        .chain(crate::path::PathError::ALL.iter().map(|e| e.code()))
+        .chain([HEAD_TIMEOUT])
+}
+
+/// The JSON bodies of every known refusal, made once: a refusal on the request path copies none.
+static BODIES: std::sync::LazyLock<std::collections::HashMap<&'static str, Bytes>> = std::sync::LazyLock::new(|| {
+    LIMIT_REASONS
+        .iter()
+        .map(|&(reason, status)| refusal(status, reason))
+        .chain(crate::path::PathError::ALL.iter().map(|&e| Refusal::from(e)))
+        .map(|r| (r.reason, Bytes::from(r.render())))
+        .collect()
+});
+
 impl Refusal {
-    /// The JSON body sent with the status.
-    pub fn body(&self) -> String {
+    /// The JSON body sent with the status: a known reason's is the one made at start.
+    pub fn body(&self) -> Bytes {
+        match BODIES.get(self.reason) {
+            Some(b) => b.clone(),
+            None => Bytes::from(self.render()),
+        }
+    }
+
+    fn render(&self) -> String {
         let mut body = serde_json::json!({ "error": self.error, "reason": self.reason });
         if let Some(detail) = &self.detail {
             body["detail"] = detail.as_str().into();
@@ -243,7 +287,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A>
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let limit = self.live.load().rules.limits.client_header_timeout;
+        let limit = self.live.load().rules.settings.limits.client_header_timeout;
         if HEAD.try_with(Head::begin).is_err() {
             // An h2 stream: the head arrived with the stream.
             return self.inner.process_new_http(session, shutdown).await;
@@ -255,7 +299,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A>
             }
             if HEAD.try_with(|h| h.expired(cx, limit)).unwrap_or(false) {
                 // Dropping the session closes the connection.
-                self.metrics.rejected("client_header_timeout");
+                self.metrics.rejected(HEAD_TIMEOUT);
                 return Poll::Ready(None);
             }
             Poll::Pending
@@ -298,13 +342,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
         if self.h2c && stream.get_ssl_digest().is_none() {
             // Pingora first waits, without a deadline, for the 24 bytes of an h2 preface. A client
             // that sends less and goes quiet must not hold its slot: the head deadline covers it.
-            let limit = self.live.load().rules.limits.client_header_timeout;
+            let limit = self.live.load().rules.settings.limits.client_header_timeout;
             let mut preface = [0u8; 24];
             if tokio::time::timeout(limit, stream.try_peek(&mut preface))
                 .await
                 .is_err()
             {
-                self.metrics.rejected("client_header_timeout");
+                self.metrics.rejected(HEAD_TIMEOUT);
                 return None;
             }
         }

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use strangler::rules::RuleSet;
 use strangler::server::{self, Options};
 
 mod demo;
@@ -152,8 +151,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             prepared.run(None);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { file } => match RuleSet::load(&file) {
-            Ok(rules) => {
+        Command::Check { file } => match strangler::rules::load(&file) {
+            Ok(strangler::rules::Loaded { rules, .. }) => {
                 let [l, s, c, m] = rules.mode_counts();
                 println!(
                     "ok: {} routes ({l} legacy, {s} shadow, {c} canary, {m} migrated)",
@@ -180,7 +179,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             path,
             headers,
         } => {
-            let rules = RuleSet::load(&config)?;
+            let rules = strangler::rules::load(&config)?.rules;
             let text = strangler::explain::explain(&rules, &method, &path, &headers).map_err(anyhow::Error::msg)?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)

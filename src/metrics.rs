@@ -12,7 +12,6 @@ use prometheus::{
 use crate::config::Mode;
 use crate::fallback::{Reason, SkipReason};
 use crate::resilience::UpstreamState;
-use crate::shadow::{ShadowMetrics, Skip};
 use std::collections::HashMap;
 
 use crate::rules::{Route, RuleSet, Side, NO_ROUTE};
@@ -23,7 +22,6 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-const SHADOW_RESULTS: [&str; 4] = ["match", "mismatch", "error", "skipped"];
 
 /// The process-wide metric families. One per server, so tests can run several in one process.
 pub struct Metrics {
@@ -49,6 +47,9 @@ pub struct Metrics {
     connections_refused: IntCounter,
     reloads: IntCounterVec,
     generation: IntGauge,
+    config_info: IntGaugeVec,
+    /// `strangler_rejected_requests_total` by reason, resolved once for every known reason.
+    rejected_by: HashMap<&'static str, IntCounter>,
     last_reload_ok: IntGauge,
     last_success: Gauge,
 }
@@ -211,6 +212,13 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            config_info: gauges(
+                &r,
+                "strangler_config_info",
+                "1 for the hash of the rules file in force (replicas on the same file agree).",
+                &["hash"],
+            ),
+            rejected_by: HashMap::new(),
             last_reload_ok: register(
                 &r,
                 IntGauge::new(
@@ -315,10 +323,10 @@ impl Metrics {
                 let _ = self.retries.remove_label_values(&[name]);
             }
             if r.shadow.is_some() {
-                for result in SHADOW_RESULTS {
+                for result in ShadowMetrics::RESULTS {
                     let _ = self.shadow_total.remove_label_values(&[name, result]);
                 }
-                for skip in Skip::ALL {
+                for skip in CopySkip::ALL {
                     let _ = self.shadow_skipped.remove_label_values(&[name, skip.as_str()]);
                 }
                 for side in ["legacy", "new"] {
@@ -347,8 +355,28 @@ impl Metrics {
         Open(&self.connections)
     }
 
-    pub fn rejected(&self, reason: &str) {
-        self.rejected.with_label_values(&[reason]).inc();
+    /// Resolve the refusal counters of these reasons now, so counting one is a map lookup.
+    pub fn with_refusals(mut self, reasons: impl IntoIterator<Item = &'static str>) -> Metrics {
+        for reason in reasons {
+            let counter = self.rejected.with_label_values(&[reason]);
+            self.rejected_by.insert(reason, counter);
+        }
+        self
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        match self.rejected_by.get(reason) {
+            Some(c) => c.inc(),
+            None => self.rejected.with_label_values(&[reason]).inc(),
+        }
+    }
+
+    /// Publish the hash of the rules file in force as `strangler_config_info{hash}`.
+    pub fn config_identity(&self, hash: u64) {
+        self.config_info.reset();
+        self.config_info
+            .with_label_values(&[&crate::rules::show_hash(hash)])
+            .set(1);
     }
 
     /// Resolve every handle a request on these rules may touch, and publish the route gauges.
@@ -415,10 +443,17 @@ impl Metrics {
                         retries: self.retries.with_label_values(&[&r.name]),
                     }),
                     shadow: r.shadow.as_ref().map(|_| {
+                        let result = |x: &str| self.shadow_total.with_label_values(&[&r.name, x]);
+                        let latency = |x: &str| self.shadow_latency.with_label_values(&[&r.name, x]);
                         std::sync::Arc::new(ShadowMetrics {
-                            results: SHADOW_RESULTS.map(|x| self.shadow_total.with_label_values(&[&r.name, x])),
-                            skipped: Skip::ALL.map(|x| self.shadow_skipped.with_label_values(&[&r.name, x.as_str()])),
-                            latency: ["legacy", "new"].map(|x| self.shadow_latency.with_label_values(&[&r.name, x])),
+                            matched: result("match"),
+                            mismatched: result("mismatch"),
+                            failed: result("error"),
+                            skipped: result("skipped"),
+                            skipped_by: CopySkip::ALL
+                                .map(|x| self.shadow_skipped.with_label_values(&[&r.name, x.as_str()])),
+                            legacy_latency: latency("legacy"),
+                            new_latency: latency("new"),
                             paths: self.shadow_paths.clone(),
                         })
                     }),
@@ -531,5 +566,69 @@ pub struct RouteHandles {
 impl RouteHandles {
     pub fn route(&self, id: Option<usize>) -> &RouteMetric {
         id.and_then(|i| self.per_route.get(i)).unwrap_or(&self.none)
+    }
+}
+
+/// Why a shadow copy was not compared (`strangler_shadow_skipped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopySkip {
+    SampledOut,
+    Method,
+    BodyTooLarge,
+    Overloaded,
+    LegacyError,
+    /// The service's circuit is open (or it fails its health checks): copies wait it out.
+    CircuitOpen,
+}
+
+impl CopySkip {
+    pub const ALL: [CopySkip; 6] = [
+        CopySkip::SampledOut,
+        CopySkip::Method,
+        CopySkip::BodyTooLarge,
+        CopySkip::Overloaded,
+        CopySkip::LegacyError,
+        CopySkip::CircuitOpen,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopySkip::SampledOut => "sampled_out",
+            CopySkip::Method => "method",
+            CopySkip::BodyTooLarge => "body_too_large",
+            CopySkip::Overloaded => "overloaded",
+            CopySkip::LegacyError => "legacy_error",
+            CopySkip::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+/// `strangler_shadow_*` handles of one route, resolved when the rules are compiled.
+pub struct ShadowMetrics {
+    /// `strangler_shadow_requests_total{result}`: match, mismatch, error, skipped.
+    pub matched: IntCounter,
+    pub mismatched: IntCounter,
+    pub failed: IntCounter,
+    pub skipped: IntCounter,
+    /// `strangler_shadow_skipped_total{reason}`, in `CopySkip::ALL` order.
+    skipped_by: [IntCounter; 6],
+    pub legacy_latency: Histogram,
+    pub new_latency: Histogram,
+    /// The family, for the bounded per-path series created off the request path.
+    pub paths: IntCounterVec,
+}
+
+impl ShadowMetrics {
+    const RESULTS: [&str; 4] = ["match", "mismatch", "error", "skipped"];
+
+    /// Copies so far by result: match, mismatch, error, skipped.
+    pub fn results(&self) -> [u64; 4] {
+        [&self.matched, &self.mismatched, &self.failed, &self.skipped].map(|c| c.get())
+    }
+
+    pub fn skip(&self, why: CopySkip) {
+        self.skipped.inc();
+        let i = CopySkip::ALL.iter().position(|s| *s == why).unwrap_or(0);
+        self.skipped_by[i].inc();
     }
 }

@@ -32,6 +32,19 @@ pub enum PathError {
 
 impl PathError {
     /// A short machine-readable reason, used in the 400 body and in metrics.
+    pub const ALL: [PathError; 10] = [
+        PathError::NotAbsolute,
+        PathError::EncodedSlash,
+        PathError::Backslash,
+        PathError::Nul,
+        PathError::BadPercent,
+        PathError::AboveRoot,
+        PathError::Semicolon,
+        PathError::DotSegmentParameter,
+        PathError::BadUtf8,
+        PathError::LookAlike,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             PathError::NotAbsolute => "not_absolute",

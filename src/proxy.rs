@@ -21,97 +21,15 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::access::AccessLine;
 use crate::client;
 use crate::fallback::{self, Decision, Reason};
-use crate::metrics::{Metrics, RouteHandles};
-use crate::resilience::{InFlight, UpstreamState};
-use crate::rules::{RouteId, RuleSet, Side, UpstreamId, DEFAULT_ROUTE_TIMEOUT};
-use crate::shadow::{self, AccessLine, Capture, Job, RouteShadow, Shadower, X_STRANGLER_SHADOW};
-
-// Headers this proxy adds are inserted by their `&'static str` names: Pingora keeps a second,
-// case-preserving map of names, and a `HeaderName` would be copied into it on every insert.
-const REQUEST_ID: &str = "x-request-id";
-const FORWARDED_FOR: &str = "x-forwarded-for";
-const FORWARDED_PROTO: &str = "x-forwarded-proto";
-const FORWARDED_HOST: &str = "x-forwarded-host";
-const STRANGLER_ROUTE: &str = "x-strangler-route";
-const STRANGLER_UPSTREAM: &str = "x-strangler-upstream";
-const STRANGLER_FALLBACK: &str = "x-strangler-fallback";
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static(FORWARDED_FOR);
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(FORWARDED_PROTO);
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static(FORWARDED_HOST);
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-
-/// The rules in force and the metric handles compiled with them. Swapped whole on reload.
-pub struct Live {
-    /// 0 for the rules loaded at start, +1 per applied reload.
-    pub generation: u64,
-    pub rules: RuleSet,
-    pub handles: RouteHandles,
-    /// `x-strangler-route` values, indexed like `rules.routes`, plus `(none)` last.
-    route_headers: Vec<HeaderValue>,
-    /// `x-strangler-upstream` values, indexed like `rules.upstreams`.
-    upstream_headers: Vec<HeaderValue>,
-    /// Breaker, bulkhead and health of each upstream, indexed like `rules.upstreams`.
-    /// Carried over from the previous `Live` by upstream name.
-    pub states: Vec<Arc<UpstreamState>>,
-    /// Learned noise and recent mismatches of each shadowed route, indexed like `rules.routes`.
-    /// Carried over by route name.
-    pub shadow_states: Vec<Option<Arc<RouteShadow>>>,
-}
-
-impl Live {
-    /// `previous` is the rule set being replaced: upstreams that keep their name keep their state.
-    pub fn new(rules: RuleSet, metrics: &Metrics, generation: u64, previous: Option<&Live>) -> Live {
-        let handles = metrics.handles(&rules, previous.map(|p| (&p.rules, &p.handles)));
-        let states = rules
-            .upstreams
-            .iter()
-            .map(|u| {
-                previous
-                    .and_then(|p| p.states.iter().find(|s| s.name == u.name).cloned())
-                    .unwrap_or_else(|| Arc::new(UpstreamState::new(&u.name)))
-            })
-            .collect();
-        let before: std::collections::HashMap<&str, &Arc<RouteShadow>> = previous
-            .map(|p| {
-                p.rules
-                    .routes
-                    .iter()
-                    .zip(&p.shadow_states)
-                    .filter_map(|(r, s)| Some((r.name.as_str(), s.as_ref()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let shadow_states = rules
-            .routes
-            .iter()
-            .map(|r| {
-                r.shadow.as_ref()?;
-                Some(
-                    before
-                        .get(r.name.as_str())
-                        .map_or_else(|| Arc::new(RouteShadow::new(&r.name)), |s| Arc::clone(s)),
-                )
-            })
-            .collect();
-        let header = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-        let mut route_headers: Vec<HeaderValue> = rules.routes.iter().map(|r| header(&r.name)).collect();
-        route_headers.push(HeaderValue::from_static(crate::rules::NO_ROUTE));
-        let upstream_headers = rules.upstreams.iter().map(|u| header(&u.name)).collect();
-        Live {
-            generation,
-            rules,
-            handles,
-            route_headers,
-            upstream_headers,
-            states,
-            shadow_states,
-        }
-    }
-}
+use crate::headers::*;
+use crate::live::Live;
+use crate::metrics::{CopySkip, Metrics};
+use crate::resilience::InFlight;
+use crate::rules::{RouteId, Side, UpstreamId, DEFAULT_ROUTE_TIMEOUT};
+use crate::shadow::{self, Capture, Job, Shadower};
 
 pub struct Strangler {
     pub live: Arc<ArcSwap<Live>>,
@@ -147,6 +65,8 @@ pub struct Ctx {
     request_id: Option<HeaderValue>,
     /// The client sent no id: `upstream_request_filter` adds ours.
     new_request_id: bool,
+    /// The client asked (`x-strangler-debug: 1`) for the generation and config hash.
+    debug: bool,
     /// The shadow copy's capture, when this request is copied.
     shadow: Option<Capture>,
     /// Request body bytes allowed (the route's `max_body` or `limits.max_body`), and seen so far.
@@ -176,6 +96,7 @@ impl ProxyHttp for Strangler {
             decided: false,
             request_id: None,
             new_request_id: false,
+            debug: false,
             shadow: None,
             body_limit: u64::MAX,
             body_seen: 0,
@@ -189,7 +110,7 @@ impl ProxyHttp for Strangler {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let live = self.live.load_full();
-        if let Err(no) = crate::limits::check_head(session, &live.rules.limits) {
+        if let Err(no) = crate::limits::check_head(session, &live.rules.settings.limits) {
             return self.refuse(session, no).await;
         }
         let req = session.req_header();
@@ -220,7 +141,9 @@ impl ProxyHttp for Strangler {
             };
             ctx.rewritten = pq.parse().ok();
         }
-        ctx.body_limit = r.and_then(|r| r.max_body).unwrap_or(live.rules.limits.max_body);
+        ctx.body_limit = r
+            .and_then(|r| r.max_body)
+            .unwrap_or(live.rules.settings.limits.max_body);
         if let Err(no) = crate::limits::check_declared_body(session, ctx.body_limit) {
             return self.refuse(session, no).await;
         }
@@ -236,10 +159,9 @@ impl ProxyHttp for Strangler {
         if ctx.side == Side::New {
             if let Some(reason) = admit(&live, ctx) {
                 if !fall_back(&live, ctx, reason) {
-                    let body = format!(
-                        "{{\"error\":\"service_unavailable\",\"reason\":\"{}\"}}\n",
-                        reason.as_str()
-                    );
+                    let body = serde_json::json!({"error": "service_unavailable", "reason": reason.as_str()})
+                        .to_string()
+                        + "\n";
                     // Open circuit or full bulkhead: a moment later may well work.
                     respond_with(session, 503, body.into(), &[(http::header::RETRY_AFTER, "1")]).await?;
                     return Ok(true);
@@ -251,14 +173,18 @@ impl ProxyHttp for Strangler {
             if ctx.side == Side::Legacy && ctx.fallback.is_none() {
                 let m = live.handles.route(Some(id)).shadow.as_ref();
                 if !spec.copies(&req.method) || session.is_upgrade_req() {
-                    m.inspect(|m| m.skip(shadow::Skip::Method));
+                    m.inspect(|m| m.skip(CopySkip::Method));
                 } else if spec.sample < 1.0 && rand::random::<f64>() >= spec.sample {
-                    m.inspect(|m| m.skip(shadow::Skip::SampledOut));
+                    m.inspect(|m| m.skip(CopySkip::SampledOut));
                 } else {
                     ctx.shadow = Some(Capture::new(spec.clone()));
                 }
             }
         }
+        ctx.debug = req
+            .headers
+            .get(&X_STRANGLER_DEBUG)
+            .is_some_and(|v| v.as_bytes() == b"1");
         ctx.live = Some(live);
         // Every request carries an id: the client's, or a new one. The upstream and the
         // client's response both see it.
@@ -345,7 +271,7 @@ impl ProxyHttp for Strangler {
         }
         let live = ctx.live.clone().expect("request_filter sets live");
         let status = resp.status.as_u16();
-        record(&live, ctx, status < 500);
+        feed_breaker(&live, ctx, status < 500);
         let route = &live.rules.routes[ctx.route.expect("the new side has a route")];
         if !route.falls_back_on(status) {
             return Ok(());
@@ -454,7 +380,7 @@ impl ProxyHttp for Strangler {
                     .as_ref()
                     .and_then(|l| l.handles.route(ctx.route).shadow.as_ref())
                 {
-                    m.skip(shadow::Skip::BodyTooLarge);
+                    m.skip(CopySkip::BodyTooLarge);
                 }
                 return Ok(());
             }
@@ -479,7 +405,9 @@ impl ProxyHttp for Strangler {
             .request_id
             .as_ref()
             .filter(|_| !resp.headers.contains_key(&X_REQUEST_ID));
-        let room = if live.rules.response_headers { 3 } else { 0 } + usize::from(echo_id.is_some());
+        let room = if live.rules.response_headers { 3 } else { 0 }
+            + usize::from(echo_id.is_some())
+            + 2 * usize::from(ctx.debug);
         if room > 0 && !live.rules.preserve_header_case {
             lowercase_response_with_room(resp, room)?;
         }
@@ -493,6 +421,10 @@ impl ProxyHttp for Strangler {
         }
         if let Some(id) = echo_id {
             resp.insert_header(REQUEST_ID, id.clone())?;
+        }
+        if ctx.debug {
+            resp.insert_header(STRANGLER_GENERATION, live.generation_header.clone())?;
+            resp.insert_header(STRANGLER_CONFIG, live.config_header.clone())?;
         }
         Ok(())
     }
@@ -508,17 +440,20 @@ impl ProxyHttp for Strangler {
             },
         };
         if code == 413 && !ctx.responded {
-            let _ = respond(session, code, crate::limits::body_too_large().body().into()).await;
+            let _ = respond(session, code, crate::limits::body_too_large().body()).await;
         } else if code > 0 && !ctx.responded {
             let upstream = ctx
                 .live
                 .as_ref()
                 .map_or("", |l| l.rules.upstreams[ctx.target].name.as_str());
-            let body = format!(
-                "{{\"error\":\"upstream_failed\",\"upstream\":\"{upstream}\",\"status\":{code},\"detail\":\"{}\"}}\n",
-                e.etype().as_str()
-            );
-            let _ = respond(session, code, body.into()).await;
+            // Built by serde_json, so an upstream name is escaped like any other string.
+            let body = serde_json::json!({
+                "error": "upstream_failed",
+                "upstream": upstream,
+                "status": code,
+                "detail": e.etype().as_str(),
+            });
+            let _ = respond(session, code, (body.to_string() + "\n").into()).await;
         }
         FailToProxy {
             error_code: code,
@@ -546,16 +481,13 @@ impl ProxyHttp for Strangler {
         let access = match (&ctx.live, self.access_log) {
             (Some(live), true) => {
                 let req = session.req_header();
-                let header = |n: &HeaderName| req.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let route = ctx.route.unwrap_or(live.route_headers.len() - 1);
                 Some(AccessLine {
-                    method: req.method.to_string(),
-                    path: req.uri.path().to_string(),
-                    route: ctx
-                        .route
-                        .map_or(crate::rules::NO_ROUTE, |id| live.rules.routes[id].name.as_str())
-                        .to_string(),
+                    method: req.method.clone(),
+                    uri: req.uri.clone(),
+                    route: live.route_headers[route].clone(),
                     side: ctx.side.as_str(),
-                    upstream: live.rules.upstreams[ctx.target].name.clone(),
+                    upstream: live.upstream_headers[ctx.target].clone(),
                     status,
                     duration_ms: (seconds * 1e6).round() / 1e3,
                     fallback: ctx.fallback.map_or("-", Reason::as_str),
@@ -565,13 +497,8 @@ impl ProxyHttp for Strangler {
                         None => "-",
                     },
                     // Found or made once, in request_filter.
-                    request_id: ctx
-                        .request_id
-                        .as_ref()
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string(),
-                    trace_id: header(&TRACEPARENT).split('-').nth(1).unwrap_or("-").to_string(),
+                    request_id: ctx.request_id.clone(),
+                    traceparent: req.headers.get(&TRACEPARENT).cloned(),
                 })
             }
             _ => None,
@@ -663,7 +590,7 @@ impl Strangler {
                 .is_none_or(|cfg| health.breaker.allow(cfg, Instant::now()))
         {
             cap.to_task = None;
-            metrics.skip(shadow::Skip::CircuitOpen);
+            metrics.skip(CopySkip::CircuitOpen);
             return;
         }
         cap.to_task = shadow::start(Job {
@@ -726,7 +653,7 @@ fn fall_back(live: &Live, ctx: &mut Ctx, reason: Reason) -> bool {
 }
 
 /// Feed the outcome of a try of the service to its circuit breaker.
-fn record(live: &Live, ctx: &Ctx, ok: bool) {
+fn feed_breaker(live: &Live, ctx: &Ctx, ok: bool) {
     if let Some(cfg) = &live.rules.upstreams[ctx.target].breaker {
         live.states[ctx.target].breaker.record(cfg, ok, Instant::now());
     }
@@ -736,7 +663,7 @@ fn record(live: &Live, ctx: &Ctx, ok: bool) {
 fn on_failure(session: &Session, ctx: &mut Ctx, reason: Reason, mut e: Box<Error>, count: bool) -> Box<Error> {
     let live = ctx.live.clone().expect("request_filter sets live");
     if count {
-        record(&live, ctx, false);
+        feed_breaker(&live, ctx, false);
     }
     let Some(id) = ctx.route else {
         e.set_retry(false);
@@ -783,7 +710,7 @@ impl Strangler {
     /// Answer a request the limits refuse, before any upstream sees it.
     async fn refuse(&self, session: &mut Session, no: crate::limits::Refusal) -> Result<bool> {
         self.metrics.rejected(no.reason);
-        respond(session, no.status, no.body().into()).await?;
+        respond(session, no.status, no.body()).await?;
         Ok(true)
     }
 }

@@ -15,10 +15,10 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde::Serialize;
 
-use crate::config::{self, ConfigError, ConfigErrors};
+use crate::config::{ConfigError, ConfigErrors};
+use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::proxy::Live;
-use crate::rules::{ListenTls, RuleSet};
+use crate::rules::{self, ListenTls, Loaded, RuleSet};
 use crate::tls::CertStore;
 
 /// Events closer together than this are one edit (editors write several times per save).
@@ -123,7 +123,10 @@ impl Reloader {
         let generation = live.load().generation;
         let (max_connections, listen_tls) = {
             let l = live.load();
-            (l.rules.limits.max_connections, l.rules.listen_tls.clone())
+            (
+                l.rules.settings.limits.max_connections,
+                l.rules.settings.listen_tls.clone(),
+            )
         };
         metrics.config_loaded(true, generation, now);
         Reloader {
@@ -174,20 +177,20 @@ impl Reloader {
     fn fixed_at_start(&self, rules: &RuleSet) -> Vec<(&'static str, String, String)> {
         let mut changed = Vec::new();
         for (what, now, bound) in [
-            ("listen", &rules.listen, &self.listen),
-            ("admin", &rules.admin, &self.admin),
+            ("listen", &rules.settings.listen, &self.listen),
+            ("admin", &rules.settings.admin, &self.admin),
         ] {
             if let Some(now) = now.as_ref().filter(|now| *now != bound) {
                 changed.push((what, now.clone(), format!("on {bound}")));
             }
         }
-        let max = (rules.limits.max_connections, self.max_connections);
+        let max = (rules.settings.limits.max_connections, self.max_connections);
         if max.0 != max.1 {
             changed.push(("limits.max_connections", max.0.to_string(), max.1.to_string()));
         }
-        if rules.listen_tls != self.listen_tls {
+        if rules.settings.listen_tls != self.listen_tls {
             let show = |t: &Option<ListenTls>| t.as_ref().map_or("off".to_string(), |t| format!("on {}", t.addr));
-            changed.push(("listen_tls", show(&rules.listen_tls), show(&self.listen_tls)));
+            changed.push(("listen_tls", show(&rules.settings.listen_tls), show(&self.listen_tls)));
         }
         changed
     }
@@ -215,47 +218,26 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         self.reload_certs();
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) => {
-                // A watch event can land between an editor's delete and its write; the next event retries.
-                let err = ConfigError {
-                    place: config::Place {
-                        file: self.path.clone(),
-                        line: 1,
-                        col: 1,
-                    },
-                    route: None,
-                    message: format!("can't read the file: {e}"),
-                };
-                return self.refuse(&mut st, trigger, ConfigErrors(vec![err]));
-            }
+        let Loaded { rules, text, hash } = match rules::load(&self.path) {
+            Ok(loaded) => loaded,
+            // A watch event can land between an editor's delete and its write; the next event retries.
+            Err(errors) => return self.refuse(&mut st, trigger, errors),
         };
         if trigger == Trigger::Watch && text == st.applied_text {
             return Outcome::Unchanged {
                 generation: st.generation,
             };
         }
-        let rules = match config::parse(&self.path, &text).and_then(|f| RuleSet::compile(&self.path, &f)) {
-            Ok(r) => r,
-            Err(errors) => return self.refuse(&mut st, trigger, errors),
-        };
         for (what, now, bound) in self.fixed_at_start(&rules) {
             tracing::warn!(
                 "{}: `{what}: {now}` takes effect only after a restart; still {bound}. The rest of the edit is applied",
                 self.path.display()
             );
         }
-        let generation = st.generation + 1;
         let routes = rules.routes.len();
         let old = self.live.load_full();
-        let new = Live::new(rules, &self.metrics, generation, Some(&old));
-        self.metrics.forget_removed(&old.rules, &new.rules, |i| {
-            old.shadow_states[i]
-                .as_ref()
-                .map(|st| st.path_labels())
-                .unwrap_or_default()
-        });
+        let new = Live::replace(&old, rules, hash, &self.metrics);
+        let generation = new.generation;
         self.live.store(Arc::new(new));
 
         let now = now_unix();

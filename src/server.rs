@@ -18,10 +18,10 @@ use crate::admin::{AdminListener, AdminService, AdminState};
 use crate::config::ConfigErrors;
 use crate::health::HealthService;
 use crate::limits::{ConnectionCap, HeadDeadline};
+use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::proxy::{Live, Strangler};
+use crate::proxy::Strangler;
 use crate::reload::{ReloadService, Reloader};
-use crate::rules::RuleSet;
 use crate::shadow::Shadower;
 use crate::stats::{Stats, StatsService};
 use crate::tls::CertStore;
@@ -143,23 +143,23 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
             None
         }
     };
-    let (rules, text) = RuleSet::load_with_text(&opts.config)?;
+    let crate::rules::Loaded { rules, text, hash } = crate::rules::load(&opts.config)?;
     let listen = opts
         .listen
         .clone()
-        .or_else(|| rules.listen.clone())
+        .or_else(|| rules.settings.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.into());
     let admin = opts
         .admin
         .clone()
-        .or_else(|| rules.admin.clone())
+        .or_else(|| rules.settings.admin.clone())
         .unwrap_or_else(|| DEFAULT_ADMIN.into());
 
     let token = opts
         .admin_token
         .clone()
         .filter(|t| !t.is_empty())
-        .or_else(|| rules.admin_token.clone());
+        .or_else(|| rules.settings.admin_token.clone());
     if token.is_none() && !is_loopback(&admin) {
         return Err(StartError::Insecure { addr: admin });
     }
@@ -173,7 +173,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         AdminListener::Bound(bind(&admin, "admin")?)
     };
 
-    let listen_tls = rules.listen_tls.clone();
+    let listen_tls = rules.settings.listen_tls.clone();
     let certs = match &listen_tls {
         Some(t) => {
             if !opts.upgrade {
@@ -183,11 +183,11 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         }
         None => None,
     };
-    let max_connections = rules.limits.max_connections;
+    let max_connections = rules.settings.limits.max_connections;
     raise_fd_limit(max_connections);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new().with_refusals(crate::limits::reasons()));
     let routes = rules.routes.len();
-    let live = Arc::new(ArcSwap::from_pointee(Live::new(rules, &metrics, 0, None)));
+    let live = Arc::new(ArcSwap::from_pointee(Live::first(rules, hash, &metrics)));
     let live_for_health = live.clone();
     let live_for_stats = live.clone();
     let stats = Arc::new(Stats::default());

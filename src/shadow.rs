@@ -1,5 +1,5 @@
-//! Shadow traffic: send the copy (bounded, timed out, off the request path), collect both
-//! answers, compare them, learn noise, and keep the last mismatches.
+//! The shadow copy's life: capture it on the request path, send it (bounded, timed out, off the
+//! request path), and judge it against the legacy answer, learning noise as it goes.
 //!
 //! The request path only clones `Bytes` into a `Capture` (up to `max_body`). The copy runs in a
 //! spawned task that holds a slot of the global in-flight cap; the client never waits for it.
@@ -7,40 +7,29 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName};
 use pingora_core::connectors::TransportConnector;
-use prometheus::{Histogram, IntCounter, IntCounterVec};
-use serde::Serialize;
-use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use crate::access::AccessLine;
 use crate::client;
 use crate::diff::{self, Answer, Difference, Seg};
+use crate::headers::X_STRANGLER_SHADOW;
+use crate::metrics::{CopySkip, ShadowMetrics};
 use crate::resilience::{BreakerConfig, UpstreamState};
-use crate::rules::ShadowSpec;
+use crate::rules::{ShadowSpec, UpstreamPeer};
 
-/// Mismatches kept per route for `GET /api/mismatches`.
-pub const RING: usize = 100;
+mod mismatch;
+
+pub use mismatch::{Mismatch, RequestParts, RING as MISMATCHES_KEPT};
+
 /// Distinct mismatch paths per route that get their own metric series; the rest count as `(other)`.
 pub const MAX_PATH_LABELS: usize = 50;
 /// Learned noise paths kept per route.
 pub const MAX_NOISE: usize = 100;
-/// Bodies stored with a mismatch are cut to this.
-pub const STORED_BODY: usize = 4096;
-
-/// Headers never stored with a mismatch, whatever `redact:` says.
-const ALWAYS_REDACTED: [HeaderName; 4] = [
-    http::header::AUTHORIZATION,
-    http::header::COOKIE,
-    http::header::SET_COOKIE,
-    http::header::PROXY_AUTHORIZATION,
-];
-
-pub const X_STRANGLER_SHADOW: HeaderName = HeaderName::from_static("x-strangler-shadow");
-
 /// Fields of the proxied request that a copy does not take over: it sets its own `host` and
 /// `x-strangler-shadow`, frames its (whole, held) body with `content-length`, and keeps its
 /// connection alive. Hop-by-hop fields (RFC 9110, section 7.6.1) belong to one connection.
@@ -57,75 +46,6 @@ pub const COPY_OWN_FIELDS: [HeaderName; 10] = [
     http::header::UPGRADE,
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
-    SampledOut,
-    Method,
-    BodyTooLarge,
-    Overloaded,
-    LegacyError,
-    /// The service's circuit is open (or it fails its health checks): copies wait it out.
-    CircuitOpen,
-}
-
-impl Skip {
-    pub const ALL: [Skip; 6] = [
-        Skip::SampledOut,
-        Skip::Method,
-        Skip::BodyTooLarge,
-        Skip::Overloaded,
-        Skip::LegacyError,
-        Skip::CircuitOpen,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Skip::SampledOut => "sampled_out",
-            Skip::Method => "method",
-            Skip::BodyTooLarge => "body_too_large",
-            Skip::Overloaded => "overloaded",
-            Skip::LegacyError => "legacy_error",
-            Skip::CircuitOpen => "circuit_open",
-        }
-    }
-}
-
-/// `strangler_shadow_*` handles of one route, resolved when the rules are compiled.
-#[derive(Clone)]
-pub struct ShadowMetrics {
-    /// match, mismatch, error, skipped
-    pub results: [IntCounter; 4],
-    pub skipped: [IntCounter; 6],
-    /// legacy, new
-    pub latency: [Histogram; 2],
-    /// The family, for the bounded per-path series created off the request path.
-    pub paths: IntCounterVec,
-}
-
-impl ShadowMetrics {
-    pub fn skip(&self, why: Skip) {
-        self.results[3].inc();
-        let i = Skip::ALL.iter().position(|s| *s == why).unwrap_or(0);
-        self.skipped[i].inc();
-    }
-}
-
-/// One stored mismatch.
-#[derive(Debug, Clone, Serialize)]
-pub struct Mismatch {
-    pub at_unix: f64,
-    pub route: String,
-    pub method: String,
-    pub path: String,
-    pub request_id: String,
-    pub request_headers: serde_json::Map<String, Value>,
-    pub status: Value,
-    pub differences: Vec<Difference>,
-    /// JSON Patch (RFC 6902) from the legacy body to the new one.
-    pub patch: Vec<Value>,
-    pub legacy_body: String,
-    pub new_body: String,
-}
-
 /// What survives a reload for a route name: learned noise, recent mismatches, path labels.
 pub struct RouteShadow {
     pub route: String,
@@ -139,7 +59,7 @@ impl RouteShadow {
         RouteShadow {
             route: route.to_string(),
             noise: RwLock::new(Vec::new()),
-            mismatches: Mutex::new(VecDeque::with_capacity(RING)),
+            mismatches: Mutex::new(VecDeque::with_capacity(mismatch::RING)),
             path_labels: Mutex::new(HashSet::new()),
         }
     }
@@ -156,6 +76,16 @@ impl RouteShadow {
             .lock()
             .map(|m| m.iter().rev().take(limit).cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Store a mismatch, dropping the oldest past `mismatch::RING`.
+    fn keep(&self, entry: Mismatch) {
+        if let Ok(mut ring) = self.mismatches.lock() {
+            if ring.len() == mismatch::RING {
+                ring.pop_front();
+            }
+            ring.push_back(entry);
+        }
     }
 
     fn learn(&self, diffs: &[Difference]) {
@@ -263,45 +193,6 @@ pub struct LegacyAnswer {
     pub access: Option<AccessLine>,
 }
 
-/// One access log line (target `access`). A copied request's line waits for the comparison, so
-/// it can carry `shadow_result`.
-#[derive(Debug)]
-pub struct AccessLine {
-    pub method: String,
-    pub path: String,
-    pub route: String,
-    pub side: &'static str,
-    pub upstream: String,
-    pub status: u16,
-    pub duration_ms: f64,
-    pub fallback: &'static str,
-    /// `copied`, `not_copied` or `-`.
-    pub shadow: &'static str,
-    pub request_id: String,
-    pub trace_id: String,
-}
-
-impl AccessLine {
-    /// Write the line; `shadow_result` is `match`, `mismatch`, `error`, `skipped` or `-`.
-    pub fn emit(&self, shadow_result: &str) {
-        tracing::info!(
-            target: "access",
-            method = %self.method,
-            path = %self.path,
-            route = %self.route,
-            side = self.side,
-            upstream = %self.upstream,
-            status = self.status,
-            duration_ms = self.duration_ms,
-            fallback = self.fallback,
-            shadow = self.shadow,
-            shadow_result,
-            request_id = %self.request_id,
-            trace_id = %self.trace_id,
-        );
-    }
-}
-
 /// Per-request capture, kept in the CTX while the request runs.
 pub struct Capture {
     pub spec: Arc<ShadowSpec>,
@@ -397,12 +288,12 @@ pub struct Job {
     pub state: Arc<RouteShadow>,
     pub metrics: Arc<ShadowMetrics>,
     pub spec: Arc<ShadowSpec>,
-    pub service: client::UpstreamPeer,
+    pub service: UpstreamPeer,
     pub service_timeout: Duration,
     /// The service's breaker: copies that fail count against it, like proxied requests do.
     pub breaker: Option<(Arc<UpstreamState>, BreakerConfig)>,
     /// The legacy upstream, when this request also asks it a second time to learn noise.
-    pub noise_copy: Option<client::UpstreamPeer>,
+    pub noise_copy: Option<UpstreamPeer>,
     pub request: client::Request,
     pub body: Vec<Bytes>,
 }
@@ -418,13 +309,13 @@ pub const INLINE_COMPARE: usize = 32 * 1024;
 /// wake per copy); a large comparison moves to the `Shadower`'s own thread.
 pub fn start(job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
     let Some(slot) = job.shadower.acquire(job.max_in_flight) else {
-        job.metrics.skip(Skip::Overloaded);
+        job.metrics.skip(CopySkip::Overloaded);
         return None;
     };
     let (tx, rx) = oneshot::channel();
     // Boxed, so the spawn moves a pointer and not the whole exchange's state machine.
     tokio::spawn(Box::pin(async move {
-        if let Some((job, legacy, new, again)) = exchange(job, rx).await {
+        if let Some((job, legacy, new, again)) = send_copy(job, rx).await {
             if legacy.answer.body.len() + new.body.len() > INLINE_COMPARE {
                 let runtime = job.shadower.runtime.clone();
                 runtime.spawn(async move {
@@ -442,7 +333,7 @@ pub fn start(job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
 
 /// Send the copy (and the noise copy), and wait for the legacy answer. `None` when the
 /// comparison is already settled (legacy failed, copy failed, a body too large).
-async fn exchange(
+async fn send_copy(
     job: Job,
     legacy_rx: oneshot::Receiver<LegacyAnswer>,
 ) -> Option<(Job, LegacyAnswer, Answer, Option<Answer>)> {
@@ -479,23 +370,23 @@ async fn exchange(
     }
     let m = &job.metrics;
     let Ok(legacy) = legacy_rx.await else {
-        m.skip(Skip::LegacyError);
+        m.skip(CopySkip::LegacyError);
         return None;
     };
-    m.latency[0].observe(legacy.latency.as_secs_f64());
+    m.legacy_latency.observe(legacy.latency.as_secs_f64());
     let access = |result: &str| legacy.access.as_ref().inspect(|a| a.emit(result));
     let new = match new {
         Ok(n) => n,
         Err(e) => {
             tracing::debug!(route = %job.state.route, "shadow copy failed: {e}");
-            m.results[2].inc();
+            m.failed.inc();
             access("error");
             return None;
         }
     };
-    m.latency[1].observe(new_latency.as_secs_f64());
+    m.new_latency.observe(new_latency.as_secs_f64());
     if legacy.truncated || new.1 {
-        m.skip(Skip::BodyTooLarge);
+        m.skip(CopySkip::BodyTooLarge);
         access("skipped");
         return None;
     }
@@ -517,13 +408,13 @@ fn judge(job: &Job, legacy: LegacyAnswer, new: Answer, again: Option<Answer>) {
         Err(_) => diff::compare(&job.spec.compare, &[], &legacy.answer, &new),
     };
     if diffs.is_empty() {
-        m.results[0].inc();
+        m.matched.inc();
         access("match");
         return;
     }
-    m.results[1].inc();
+    m.mismatched.inc();
     access("mismatch");
-    let request = job.request.parts();
+    let request = RequestParts::read(job.request.head());
     let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
     tracing::info!(target: "shadow", route = %job.state.route, request_id = request.request_id.as_str(), paths = ?paths, "mismatch");
     for d in &diffs {
@@ -531,110 +422,12 @@ fn judge(job: &Job, legacy: LegacyAnswer, new: Answer, again: Option<Answer>) {
             .with_label_values(&[&job.state.route, &job.state.path_label(&d.pattern)])
             .inc();
     }
-    record(job, request, &legacy.answer, &new, diffs);
-}
-
-fn record(job: &Job, request: client::RequestParts, legacy: &Answer, new: &Answer, mut diffs: Vec<Difference>) {
-    let redacted = |name: &HeaderName| ALWAYS_REDACTED.contains(name) || job.spec.redact.contains(name);
-    for d in &mut diffs {
-        if let Some(h) = d.path.strip_prefix("header:") {
-            if HeaderName::from_bytes(h.as_bytes()).is_ok_and(|n| redacted(&n)) {
-                d.legacy = d.legacy.as_ref().map(|_| Value::String("[redacted]".into()));
-                d.new = d.new.as_ref().map(|_| Value::String("[redacted]".into()));
-            }
-        }
-    }
-    let mut request_headers = serde_json::Map::new();
-    for (name, value) in request.headers.iter().filter(|(n, _)| !redacted(n)) {
-        request_headers.insert(
-            name.as_str().to_string(),
-            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
-        );
-    }
-    let patch: Vec<Value> = diffs
-        .iter()
-        .filter_map(|d| {
-            let path = d.pointer.as_ref()?;
-            Some(match (&d.legacy, &d.new) {
-                (None, Some(v)) => json!({"op": "add", "path": path, "value": v}),
-                (Some(_), None) => json!({"op": "remove", "path": path}),
-                (_, v) => json!({"op": "replace", "path": path, "value": v}),
-            })
-        })
-        .collect();
-    // A service that echoes a credential must not get it stored either: scrub the values of the
-    // redacted request headers (and their parts: a cookie's value, a bearer token) everywhere.
-    let secrets = secret_values(request.headers.iter().filter(|(n, _)| redacted(n)).map(|(_, v)| v));
-    let mut patch = patch;
-    if !secrets.is_empty() {
-        for d in &mut diffs {
-            d.legacy
-                .iter_mut()
-                .chain(d.new.iter_mut())
-                .for_each(|v| scrub_value(v, &secrets));
-        }
-        patch.iter_mut().for_each(|v| scrub_value(v, &secrets));
-    }
-    let cut = |b: &Bytes| scrub(&String::from_utf8_lossy(&b[..b.len().min(STORED_BODY)]), &secrets);
-    let entry = Mismatch {
-        at_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
-        route: job.state.route.clone(),
-        method: request.method,
-        path: request.target,
-        request_id: request.request_id,
-        request_headers,
-        status: json!({"legacy": legacy.status, "new": new.status}),
-        differences: diffs,
-        patch,
-        legacy_body: cut(&legacy.body),
-        new_body: cut(&new.body),
-    };
-    if let Ok(mut ring) = job.state.mismatches.lock() {
-        if ring.len() == RING {
-            ring.pop_front();
-        }
-        ring.push_back(entry);
-    }
-}
-
-/// The strings a stored sample must not contain: each redacted header's value, and its parts
-/// (`Bearer TOKEN` → TOKEN, `a=1; b=2` → 1 and 2). Parts shorter than 4 bytes are left alone.
-fn secret_values<'a>(values: impl Iterator<Item = &'a http::HeaderValue>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for v in values {
-        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-        let parts = v
-            .split([';', ',', ' '])
-            .map(|p| p.split_once('=').map_or(p, |(_, val)| val).trim())
-            .map(str::to_string)
-            .collect::<Vec<_>>();
-        out.push(v);
-        out.extend(parts);
-    }
-    out.retain(|s| s.len() >= 4);
-    // Longest first, so a whole value is replaced before its parts.
-    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    out.dedup();
-    out
-}
-
-fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut text = text.to_string();
-    for s in secrets {
-        if text.contains(s.as_str()) {
-            text = text.replace(s.as_str(), "[redacted]");
-        }
-    }
-    text
-}
-
-fn scrub_value(v: &mut Value, secrets: &[String]) {
-    match v {
-        Value::String(s) => *s = scrub(s, secrets),
-        Value::Array(a) => a.iter_mut().for_each(|v| scrub_value(v, secrets)),
-        Value::Object(o) => o.values_mut().for_each(|v| scrub_value(v, secrets)),
-        _ => {}
-    }
+    job.state.keep(mismatch::build(
+        &job.state.route,
+        &job.spec.redact,
+        request,
+        &legacy.answer,
+        &new,
+        diffs,
+    ));
 }

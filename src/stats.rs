@@ -16,8 +16,8 @@ use prometheus::Histogram;
 use serde_json::{json, Value};
 
 use crate::fallback::Reason;
+use crate::live::Live;
 use crate::metrics::{RouteMetric, SideMetric};
-use crate::proxy::Live;
 
 pub const EVERY: Duration = Duration::from_secs(5);
 /// 10 minutes of samples.
@@ -45,11 +45,7 @@ impl Counts {
             requests: [legacy, new],
             errors_5xx: legacy_errors + new_errors,
             fallbacks: m.resilience.as_ref().map(|r| r.fallback_counts()).unwrap_or_default(),
-            shadow: m
-                .shadow
-                .as_ref()
-                .map(|s| s.results.each_ref().map(|c| c.get()))
-                .unwrap_or_default(),
+            shadow: m.shadow.as_ref().map(|s| s.results()).unwrap_or_default(),
             latency: [legacy_buckets, new_buckets],
         }
     }

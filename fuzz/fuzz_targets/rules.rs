@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(raw) => {
             // Compiling resolves host names; keep the fuzzer off DNS.
             if only_ip_hosts(text) {
-                if let Err(errors) = RuleSet::compile(file, &raw) {
+                if let Err(errors) = strangler::rules::compile(file, &raw) {
                     assert!(!errors.0.is_empty());
                 }
             }

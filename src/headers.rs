@@ -1,0 +1,33 @@
+//! The header names strangler reads and writes, in one place both the proxy and its client reach.
+//!
+//! Headers the proxy adds are inserted by their `&'static str` names: Pingora keeps a second,
+//! case-preserving map of names, and a `HeaderName` would be copied into it on every insert.
+//! The `HeaderName` constants are for lookups.
+
+use http::HeaderName;
+
+pub const REQUEST_ID: &str = "x-request-id";
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const FORWARDED_HOST: &str = "x-forwarded-host";
+/// The route that took the request, on the response.
+pub const STRANGLER_ROUTE: &str = "x-strangler-route";
+/// The upstream that served the request, on the response.
+pub const STRANGLER_UPSTREAM: &str = "x-strangler-upstream";
+/// Why the request fell back to the monolith, on the response.
+pub const STRANGLER_FALLBACK: &str = "x-strangler-fallback";
+/// The rule-set generation that served the request; only when the request asks with `x-strangler-debug: 1`.
+pub const STRANGLER_GENERATION: &str = "x-strangler-generation";
+/// The hash of the rules file that served the request (see `rules::config_hash`); with the generation.
+pub const STRANGLER_CONFIG: &str = "x-strangler-config";
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static(FORWARDED_FOR);
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(FORWARDED_PROTO);
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static(FORWARDED_HOST);
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Marks a shadow copy, so a service (and its logs) can tell copies from real requests.
+pub const X_STRANGLER_SHADOW: HeaderName = HeaderName::from_static("x-strangler-shadow");
+/// `x-strangler-debug: 1` asks for the generation and config hash on the response.
+pub const X_STRANGLER_DEBUG: HeaderName = HeaderName::from_static("x-strangler-debug");

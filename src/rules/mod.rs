@@ -1,0 +1,518 @@
+//! The compiled, immutable rule set and route lookup. `compile` builds it from a parsed file.
+//!
+//! `load` reads, parses and compiles a rules file once, at load time (start-up and reload
+//! alike). `RuleSet::lookup` then matches a request with hash and radix-tree lookups, never a
+//! scan of every rule. Precedence: literal `path` > templated `path` > longest `prefix`;
+//! within one pattern the first rule in the file whose methods and headers match wins.
+
+mod compile;
+mod upstreams;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use pingora_core::upstreams::peer::HttpPeer;
+use serde_saphyr::Location;
+
+use crate::config::{self, ConfigError, ConfigErrors, Mode, Place};
+use crate::diff::Compare;
+use crate::resilience::{BreakerConfig, HealthConfig, RetryConfig};
+
+pub use compile::compile;
+
+pub type UpstreamId = usize;
+pub type RouteId = usize;
+
+/// The route label for requests that match no rule.
+pub const NO_ROUTE: &str = "(none)";
+
+/// Default peer timeouts. Pingora's own default is none at all, so a hung service would hang us.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+pub const DEFAULT_FALLBACK_ON: [u16; 3] = [502, 503, 504];
+
+/// Which side of the migration serves a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Legacy,
+    New,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Legacy => "legacy",
+            Side::New => "new",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub url: String,
+    pub addr: SocketAddr,
+    /// `Host` to send instead of the client's.
+    pub host: Option<HeaderValue>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Built once; each proxied request clones it (Pingora takes it by value), copies and probes
+    /// share it.
+    pub peer: UpstreamPeer,
+    pub retry: RetryConfig,
+    /// `None` when `circuit_breaker: { enabled: false }`.
+    pub breaker: Option<BreakerConfig>,
+    pub max_in_flight: usize,
+    pub health: HealthConfig,
+}
+
+/// An upstream as strangler sends to it: the peer, shared, and its pool key, both made once when
+/// the rules are compiled (not per request or copy).
+#[derive(Clone, Debug)]
+pub struct UpstreamPeer {
+    peer: Arc<HttpPeer>,
+    key: u64,
+}
+
+impl UpstreamPeer {
+    pub fn new(peer: HttpPeer) -> UpstreamPeer {
+        let key = pingora_core::upstreams::peer::Peer::reuse_hash(&peer);
+        UpstreamPeer {
+            peer: Arc::new(peer),
+            key,
+        }
+    }
+
+    /// The key of this upstream's idle connections: address, TLS, SNI and CA.
+    pub fn pool_key(&self) -> u64 {
+        self.key
+    }
+}
+
+impl Deref for UpstreamPeer {
+    type Target = HttpPeer;
+    fn deref(&self) -> &HttpPeer {
+        &self.peer
+    }
+}
+
+/// How a route's path is matched.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    Literal(String),
+    /// The template as written, e.g. `/api/orders/{id}`.
+    Template(String),
+    Prefix(String),
+}
+
+impl PathMatch {
+    /// What makes two patterns one: templates by their shape (`/a/{id}` and `/a/{x}` are one).
+    pub fn key(&self) -> PathMatch {
+        match self {
+            PathMatch::Template(t) => PathMatch::Template(compile::template_shape(t)),
+            other => other.clone(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            PathMatch::Literal(p) => format!("path {p}"),
+            PathMatch::Template(p) => format!("path template {p}"),
+            PathMatch::Prefix(p) => format!("prefix {p}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderWant {
+    Exact(HeaderValue),
+    Present,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    pub name: HeaderName,
+    pub want: HeaderWant,
+}
+
+#[derive(Debug, Clone)]
+pub enum Sticky {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Canary {
+    pub percent: f64,
+    /// New side when `bucket < threshold`, buckets 0..10_000.
+    threshold: u64,
+    pub sticky: Option<Sticky>,
+}
+
+/// The number of canary buckets: percent is honoured to two decimals.
+pub const CANARY_BUCKETS: u64 = 10_000;
+
+/// The fixed, documented sticky hash: XXH3-64 (seed 0) of the key's bytes, modulo 10,000.
+/// Every replica, restart and release computes the same bucket for the same key.
+pub fn canary_bucket(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key) % CANARY_BUCKETS
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    /// Where the route starts in the file (its line, for `explain` and the admin API).
+    pub line: u64,
+    /// Where its `match:` is: errors found after the route is compiled point here.
+    pub match_at: Location,
+    pub path: PathMatch,
+    /// Bit set of `method_bit`s; `None` matches every method.
+    pub methods: Option<u16>,
+    pub method_names: Vec<String>,
+    pub headers: Vec<HeaderMatch>,
+    pub mode: Mode,
+    pub service: Option<UpstreamId>,
+    pub canary: Option<Canary>,
+    /// Fall back to legacy when the service fails.
+    pub fallback: bool,
+    /// Bit `code - 500` set for each service status that falls back.
+    fallback_on: u128,
+    /// Every request on the route counts as safe to send twice.
+    pub fallback_writes: bool,
+    /// Overall deadline: every try and the fallback together.
+    pub timeout: Duration,
+    /// Shadow copies: always on shadow routes; on canary routes when `shadow:` is given.
+    pub shadow: Option<Arc<ShadowSpec>>,
+    /// Request body limit set on this route; `None`: `limits.max_body`.
+    pub max_body: Option<u64>,
+}
+
+/// A route's compiled `shadow:` block.
+#[derive(Debug)]
+pub struct ShadowSpec {
+    pub sample: f64,
+    /// Bit set of `method_bit`s copied.
+    methods: u16,
+    pub method_names: Vec<String>,
+    pub max_body: usize,
+    pub compare: Compare,
+    /// The ignore list as written, for the admin API and `explain`.
+    pub ignore_text: Vec<String>,
+    /// Share of copied requests also sent to the legacy upstream a second time, to learn noise.
+    pub noise_sample: Option<f64>,
+    /// Request headers never stored with a mismatch.
+    pub redact: Vec<HeaderName>,
+    /// Keep `authorization` and `cookie` on the copy.
+    pub forward_credentials: bool,
+}
+
+impl ShadowSpec {
+    pub fn copies(&self, m: &Method) -> bool {
+        self.methods & method_bit(m) != 0
+    }
+}
+
+pub const DEFAULT_SHADOW_MAX_BODY: usize = 1 << 20;
+pub const DEFAULT_SHADOW_MAX_IN_FLIGHT: usize = 256;
+
+/// Request and connection limits, with their defaults in `Default`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Request line plus headers: 431 past it.
+    pub max_header_bytes: usize,
+    /// Header lines: 431 past it.
+    pub max_headers: usize,
+    /// Path and query: 414 past it.
+    pub max_uri_bytes: usize,
+    /// Request body, unless the route sets its own: 413 past it.
+    pub max_body: u64,
+    /// Time to finish a request head, from connection open or the end of the previous response.
+    pub client_header_timeout: Duration,
+    /// Client connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body: 10 * 1024 * 1024,
+            client_header_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// The client-facing TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenTls {
+    pub addr: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Why a candidate route did not take a request (for `explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Miss {
+    Method,
+    Header(HeaderName),
+}
+
+/// The process's own settings: where it listens, who may use the admin API, and the limits
+/// on every client. Kept apart from the routing table; listeners and `max_connections` are
+/// bound at start, the rest applies on reload.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub listen: Option<String>,
+    pub admin: Option<String>,
+    pub admin_token: Option<String>,
+    pub listen_tls: Option<ListenTls>,
+    pub limits: Limits,
+}
+
+/// The compiled rules. Immutable; a reload builds a new one.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub settings: Settings,
+    /// Peers whose x-forwarded-* headers are kept (appended to) rather than replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub shadow_max_in_flight: usize,
+    pub allow_semicolons: bool,
+    pub preserve_header_case: bool,
+    pub response_headers: bool,
+    pub legacy: UpstreamId,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+    exact: HashMap<String, Vec<RouteId>>,
+    templates: matchit::Router<Vec<RouteId>>,
+    prefixes: HashMap<String, Vec<RouteId>>,
+}
+
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+/// The bit of a standard method; extension methods get none and match only routes without `methods`.
+fn method_bit(m: &Method) -> u16 {
+    METHODS.iter().position(|k| k == m).map_or(0, |i| 1 << i)
+}
+
+impl Route {
+    /// Does this route take every request `later` could (same pattern assumed)?
+    fn takes_all_of(&self, later: &Route) -> bool {
+        let methods = match (self.methods, later.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b & !a == 0,
+        };
+        methods
+            && self
+                .headers
+                .iter()
+                .all(|h| later.headers.iter().any(|l| l.name == h.name && l.want == h.want))
+    }
+
+    /// Does this service status fall back (when the request is safe to send twice)?
+    pub fn falls_back_on(&self, status: u16) -> bool {
+        (500..=627).contains(&status) && self.fallback_on & (1 << (status - 500)) != 0
+    }
+
+    fn accepts(&self, method: &Method, headers: &HeaderMap) -> Result<(), Miss> {
+        if let Some(set) = self.methods {
+            if set & method_bit(method) == 0 {
+                return Err(Miss::Method);
+            }
+        }
+        for h in &self.headers {
+            let ok = match &h.want {
+                HeaderWant::Present => headers.contains_key(&h.name),
+                HeaderWant::Exact(v) => headers.get_all(&h.name).iter().any(|got| got == v),
+            };
+            if !ok {
+                return Err(Miss::Header(h.name.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Which side serves this request on this route.
+    pub fn side(&self, headers: &HeaderMap) -> Side {
+        match self.mode {
+            Mode::Legacy | Mode::Shadow => Side::Legacy,
+            Mode::Migrated => Side::New,
+            Mode::Canary => match &self.canary {
+                Some(c) => c.side(headers),
+                None => Side::Legacy,
+            },
+        }
+    }
+}
+
+impl Canary {
+    /// The sticky key of a request, if the route has one and the request carries it.
+    pub fn key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        match self.sticky.as_ref()? {
+            Sticky::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+            Sticky::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .find_map(|v| cookie_value(v.as_bytes(), name.as_bytes())),
+        }
+    }
+
+    pub fn side(&self, headers: &HeaderMap) -> Side {
+        let bucket = match self.key(headers) {
+            Some(key) => canary_bucket(key),
+            None => rand::random_range(0..CANARY_BUCKETS),
+        };
+        self.side_of_bucket(bucket)
+    }
+
+    pub fn side_of_bucket(&self, bucket: u64) -> Side {
+        if bucket < self.threshold {
+            Side::New
+        } else {
+            Side::Legacy
+        }
+    }
+}
+
+/// The value of cookie `name` in one `Cookie` header, without allocating.
+fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
+    })
+}
+
+impl RuleSet {
+    /// The route that takes this request, if any. `path` must be normalized.
+    pub fn lookup(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<RouteId> {
+        self.lookup_traced(method, path, headers, |_, _| {})
+    }
+
+    /// `lookup`, reporting every candidate that was passed over and why.
+    pub fn lookup_traced(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        mut skipped: impl FnMut(RouteId, Miss),
+    ) -> Option<RouteId> {
+        let mut first = |ids: &[RouteId]| {
+            ids.iter()
+                .copied()
+                .find(|&id| match self.routes[id].accepts(method, headers) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        skipped(id, why);
+                        false
+                    }
+                })
+        };
+        if let Some(id) = self.exact.get(path).and_then(|ids| first(ids)) {
+            return Some(id);
+        }
+        if let Some(id) = self.templates.at(path).ok().and_then(|m| first(m.value)) {
+            return Some(id);
+        }
+        // Longest prefix first: the whole path, then each shorter whole-segment prefix.
+        let mut end = path.len();
+        loop {
+            let candidate = if end == 0 { "/" } else { &path[..end] };
+            if let Some(id) = self.prefixes.get(candidate).and_then(|ids| first(ids)) {
+                return Some(id);
+            }
+            if end == 0 {
+                return None;
+            }
+            end = path[..end].rfind('/').unwrap_or(0);
+        }
+    }
+
+    /// Is this peer a trusted proxy?
+    pub fn trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    pub fn upstream_id(&self, name: &str) -> Option<UpstreamId> {
+        self.upstreams.iter().position(|u| u.name == name)
+    }
+
+    /// Where a request on `route` (or on no route) goes, given the side.
+    pub fn target(&self, route: Option<&Route>, side: Side) -> UpstreamId {
+        match (route.and_then(|r| r.service), side) {
+            (Some(svc), Side::New) => svc,
+            _ => self.legacy,
+        }
+    }
+
+    /// Route counts by mode, in `Mode::ALL` order.
+    pub fn mode_counts(&self) -> [usize; 4] {
+        let mut n = [0; 4];
+        for r in &self.routes {
+            n[Mode::ALL.iter().position(|m| *m == r.mode).unwrap_or(0)] += 1;
+        }
+        n
+    }
+}
+
+/// A rules file, read and compiled: the rules, the text they came from and its hash.
+pub struct Loaded {
+    pub rules: RuleSet,
+    pub text: String,
+    pub hash: u64,
+}
+
+/// Read, parse and compile a rules file: the one loader, for start-up, reload and `check`.
+/// An unreadable file is one error at its `1:1`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            place: Place {
+                file: path.to_path_buf(),
+                line: 1,
+                col: 1,
+            },
+            route: None,
+            message: format!("can't read the file: {e}"),
+        }])
+    })?;
+    let rules = compile(path, &config::parse(path, &text)?)?;
+    let hash = config_hash(&text);
+    Ok(Loaded { rules, text, hash })
+}
+
+/// The identity of a rules file's contents: XXH3-64 of its bytes. Replicas that read the same
+/// file report the same hash (`strangler_config_info{hash}`, `x-strangler-config`).
+pub fn config_hash(text: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
+/// A config hash as shown: 16 lowercase hex digits.
+pub fn show_hash(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests;
