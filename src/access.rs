@@ -37,18 +37,18 @@ impl AccessLine {
     pub fn emit(&self, shadow_result: &str) {
         tracing::info!(
             target: "access",
-            method = self.method.as_str(),
-            path = self.uri.path(),
-            route = text(Some(&self.route)),
+            method = %self.method.as_str(),
+            path = %self.uri.path(),
+            route = %text(Some(&self.route)),
             side = self.side,
-            upstream = text(Some(&self.upstream)),
+            upstream = %text(Some(&self.upstream)),
             status = self.status,
             duration_ms = self.duration_ms,
             fallback = self.fallback,
             shadow = self.shadow,
             shadow_result,
-            request_id = text(self.request_id.as_ref()),
-            trace_id = trace_id(self.traceparent.as_ref()),
+            request_id = %text(self.request_id.as_ref()),
+            trace_id = %trace_id(self.traceparent.as_ref()),
         );
     }
 }

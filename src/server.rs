@@ -97,16 +97,40 @@ pub enum StartError {
     Tls(String),
 }
 
-/// Each client connection needs a descriptor, and so does its upstream connection: raise the
-/// soft limit to the hard one, and warn when even that is too low for `max_connections`.
-fn raise_fd_limit(max_connections: usize) {
-    let want = max_connections as u64 * 2 + 256;
-    match rlimit::increase_nofile_limit(want) {
-        Ok(got) if got < want => tracing::warn!(
-            "open-file limit is {got}, below the {want} that limits.max_connections: {max_connections} needs; raise it (ulimit -n) or lower max_connections"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!("can't raise the open-file limit: {e}"),
+/// Descriptors kept aside for listeners, upstream pools' spare, files and the admin API.
+const SPARE_FDS: u64 = 256;
+
+/// Each client connection needs a descriptor, and so does its upstream connection. Raise the soft
+/// open-file limit to the hard one first, as nginx's `worker_rlimit_nofile` does. If that is still
+/// too low, fit the default `max_connections` to it (one info line), and warn only when a value
+/// the user set can't be met. Returns the connection cap to use.
+fn fit_fd_limit(max_connections: usize, set_by_user: bool) -> usize {
+    let got = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(got) => got,
+        Err(e) => {
+            tracing::warn!("can't raise the open-file limit: {e}");
+            return max_connections;
+        }
+    };
+    fit_connections(max_connections, set_by_user, got)
+}
+
+fn fit_connections(max_connections: usize, set_by_user: bool, fd_limit: u64) -> usize {
+    let want = max_connections as u64 * 2 + SPARE_FDS;
+    if fd_limit >= want {
+        return max_connections;
+    }
+    let fits = (fd_limit.saturating_sub(SPARE_FDS) / 2).max(1) as usize;
+    if set_by_user {
+        tracing::warn!(
+            "open-file limit is {fd_limit}, below the {want} that limits.max_connections: {max_connections} needs; raise it (ulimit -n) or set max_connections to {fits} at most"
+        );
+        max_connections
+    } else {
+        tracing::info!(
+            "open-file limit is {fd_limit}: serving up to {fits} connections at once (set limits.max_connections to choose)"
+        );
+        fits
     }
 }
 
@@ -183,8 +207,10 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         }
         None => None,
     };
-    let max_connections = rules.settings.limits.max_connections;
-    raise_fd_limit(max_connections);
+    let max_connections = fit_fd_limit(
+        rules.settings.limits.max_connections,
+        rules.settings.limits_set.max_connections,
+    );
     let metrics = Arc::new(Metrics::new().with_refusals(crate::limits::reasons()));
     let routes = rules.routes.len();
     let live = Arc::new(ArcSwap::from_pointee(Live::first(rules, hash, &metrics)));
@@ -308,5 +334,25 @@ impl Prepared {
             None => RunArgs::default(),
         };
         self.server.run(args);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_the_open_file_limit() {
+        // (max_connections, set by the user, open-file limit) -> the cap used
+        let cases = [
+            (10_000, false, 1_048_576, 10_000),
+            (10_000, false, 1_024, 384),
+            (10_000, true, 1_024, 10_000),
+            (100, false, 1_024, 100),
+            (10_000, false, 100, 1),
+        ];
+        for (max, set, limit, want) in cases {
+            assert_eq!(fit_connections(max, set, limit), want, "{max} {set} {limit}");
+        }
     }
 }

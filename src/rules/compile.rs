@@ -258,6 +258,9 @@ impl Compiler<'_> {
             admin_token: raw.admin_token.clone().filter(|t| !t.is_empty()),
             listen_tls,
             limits: self.limits(&raw.limits),
+            limits_set: LimitsSet {
+                max_connections: raw.limits.max_connections.is_some(),
+            },
         }
     }
 

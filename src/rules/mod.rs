@@ -279,6 +279,14 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub listen_tls: Option<ListenTls>,
     pub limits: Limits,
+    /// Which limits the file sets itself (a default may be fitted to the machine).
+    pub limits_set: LimitsSet,
+}
+
+/// The limits a rules file sets explicitly.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitsSet {
+    pub max_connections: bool,
 }
 
 /// The compiled rules. Immutable; a reload builds a new one.
