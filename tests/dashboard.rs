@@ -1,6 +1,7 @@
 //! The dashboard page in a real browser (Debian's Chromium, headless) while demo-like traffic runs
-//! on the repo's rules.yaml: every route of the demo rules shows with non-zero figures, no script error occurs, and a screenshot is
-//! saved to target/test-artifacts/dashboard.png.
+//! on the repo's rules.yaml: every route of the demo rules shows with non-zero figures, no script error occurs, the page fits
+//! a 1280 px wide window without scrolling sideways, and a screenshot at that size is saved to
+//! target/test-artifacts/dashboard.png.
 
 mod common;
 
@@ -30,6 +31,9 @@ const DEMO_ROUTES: [&str; 7] = [
     "user-orders",
     "orders-create",
 ];
+
+/// The window the page must fit: a common laptop screen.
+const WINDOW: (u32, u32) = (1280, 800);
 
 fn chromium(bin: &std::path::Path, profile: &std::path::Path) -> Command {
     let mut c = Command::new(bin);
@@ -96,7 +100,7 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
     let url = proxy.admin_url("/");
     let dom = {
         let mut c = chromium(&bin, profile.path());
-        c.args(["--dump-dom", &url]);
+        c.args([&format!("--window-size={},{}", WINDOW.0, WINDOW.1), "--dump-dom", &url]);
         tokio::task::spawn_blocking(move || c.output())
             .await
             .unwrap()
@@ -115,7 +119,7 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
     let png = {
         let mut c = chromium(&bin, profile.path());
         c.args([
-            "--window-size=1500,900",
+            &format!("--window-size={},{}", WINDOW.0, WINDOW.1),
             &format!("--screenshot={}", shot.display()),
             &url,
         ]);
@@ -142,6 +146,26 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
         assert!(requests > 0, "{route} shows no traffic");
     }
     assert!(html.contains(" of 7"), "migration progress is shown");
+
+    // No sideways scrolling, and no column of the route table past the window's edge. The page
+    // writes its layout, as the browser computed it, onto <body> after each refresh.
+    let px = |name: &str| -> u32 {
+        attr(&html, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("the page did not report {name}:\n{html}"))
+    };
+    let (inner, scroll, table) = (px("data-inner-width"), px("data-scroll-width"), px("data-table-right"));
+    assert_eq!(inner, WINDOW.0, "the browser window is {} px wide", WINDOW.0);
+    assert!(
+        scroll <= inner,
+        "the page scrolls sideways at {inner} px: it is {scroll} px wide (screenshot: {})",
+        shot.display()
+    );
+    assert!(
+        table <= inner,
+        "the route table ends at {table} px, past the {inner} px window (screenshot: {})",
+        shot.display()
+    );
     assert!(
         png.status.success() && std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0) > 10_000,
         "screenshot at {}",

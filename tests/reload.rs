@@ -409,42 +409,111 @@ async fn breaker_state_survives_for_a_kept_upstream_and_goes_with_a_removed_one(
     assert_eq!(r.headers()["x-strangler-fallback"], "circuit_open");
 }
 
+/// One version of the rules in the 200-edits test, and what a request served by it must see.
+struct Version {
+    index: usize,
+    /// A broken version must never serve.
+    valid: bool,
+    /// The upstream of `/api/inventory/...`.
+    stock: &'static str,
+    /// The canary percent of `/api/catalog`.
+    catalog_percent: u32,
+}
+
+/// The rule set that served an answer, as the proxy reports it to `x-strangler-debug: 1`.
+struct Served {
+    generation: u64,
+    config: String,
+}
+
+/// The hash the proxy reports in `x-strangler-config` for a rules file with these bytes.
+fn config_hash(text: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+fn served(r: &reqwest::Response) -> Result<Served, String> {
+    let h = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok());
+    match (h("x-strangler-generation"), h("x-strangler-config")) {
+        (Some(g), Some(c)) => Ok(Served {
+            generation: g
+                .parse()
+                .map_err(|_| format!("x-strangler-generation is not a number: {g:?}"))?,
+            config: c.to_string(),
+        }),
+        (g, c) => Err(format!(
+            "a request with `x-strangler-debug: 1` must be answered with x-strangler-generation and \
+             x-strangler-config, got {g:?} and {c:?} (status {})",
+            r.status()
+        )),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_edits_under_load_fail_no_request() {
     let shop = start_shop().await;
     let (mono, inv) = (shop.monolith, shop.inventory);
-    // Valid versions move /api/inventory between the monolith and the service and the canary
-    // percent of /api/catalog; broken versions rename a route to "broken" and carry a mistake,
-    // so a broken rule set that got applied would show up in x-strangler-route.
+    // Valid versions move /api/inventory between the monolith and the service and set the
+    // canary percent of /api/catalog to 0, 100 or 30; broken versions rename a route to
+    // "broken" and carry a mistake, so a broken rule set that got applied would show up in
+    // x-strangler-route and x-strangler-config.
+    let meta = |i: usize| Version {
+        index: i,
+        valid: i % 2 == 0,
+        stock: if i % 4 == 0 { "inventory" } else { "monolith" },
+        catalog_percent: [0, 100, 30][i % 3],
+    };
     let version = |i: usize| -> String {
-        let migrated = i % 4 == 0;
-        let stock = if migrated {
+        let v = meta(i);
+        let stock = if v.stock == "inventory" {
             "  - { name: stock, match: { prefix: /api/inventory }, mode: migrated, service: inventory }\n"
         } else {
             "  - { name: stock, match: { prefix: /api/inventory }, mode: legacy }\n"
         };
         let catalog = format!(
             "  - {{ name: catalog, match: {{ prefix: /api/catalog, methods: [GET] }}, mode: canary, service: inventory, canary: {{ percent: {} }} }}\n",
-            i % 3 * 10
+            v.catalog_percent
         );
         let text = rules(&[("monolith", mono), ("inventory", inv)], &format!("{stock}{catalog}"));
-        if i % 2 == 1 {
+        if v.valid {
+            text
+        } else {
             text.replace("name: stock", "name: broken")
                 .replace("mode: legacy }", "mode: legacy, service: nope }")
                 .replace(
                     "mode: migrated, service: inventory }",
                     "mode: migrated, service: nope }",
                 )
-        } else {
-            text
         }
     };
+    // Every file content the test will write, by the hash the proxy reports for it. Versions
+    // 12 apart are the same text, so the same expectation.
+    let mut versions = std::collections::HashMap::new();
+    for i in 0..=200 {
+        versions.entry(config_hash(&version(i))).or_insert_with(|| meta(i));
+    }
+    let versions = Arc::new(versions);
+
     let proxy = Arc::new(Proxy::start(&version(0)).await);
+    {
+        let r = reqwest::Client::new()
+            .get(proxy.url("/"))
+            .header("x-strangler-debug", "1")
+            .send()
+            .await
+            .unwrap();
+        let s = served(&r).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (s.generation, s.config.as_str()),
+            (0, config_hash(&version(0)).as_str()),
+            "the first rule set is generation 0, reported by the hash of the file's bytes"
+        );
+    }
+
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..4 {
-        let (proxy, stop, sent) = (proxy.clone(), stop.clone(), sent.clone());
+        let (proxy, stop, sent, versions) = (proxy.clone(), stop.clone(), sent.clone(), versions.clone());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let paths = [
@@ -455,10 +524,20 @@ async fn two_hundred_edits_under_load_fail_no_request() {
             ];
             let mut i = t;
             let mut failures = Vec::new();
+            // This client sends one request at a time, so each is served by the rule set in
+            // force when it arrived or a later one: its generations never go back.
+            let mut last_generation = 0;
+            // The rule set of each generation this client saw; one per generation.
+            let mut seen: Vec<(u64, String)> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let path = paths[i % paths.len()];
                 i += 1;
-                let r = match client.get(proxy.url(path)).send().await {
+                let r = match client
+                    .get(proxy.url(path))
+                    .header("x-strangler-debug", "1")
+                    .send()
+                    .await
+                {
                     Ok(r) => r,
                     Err(e) => {
                         failures.push(format!("{path}: {e}"));
@@ -466,11 +545,47 @@ async fn two_hundred_edits_under_load_fail_no_request() {
                     }
                 };
                 sent.fetch_add(1, Ordering::Relaxed);
-                let route = r.headers()["x-strangler-route"].to_str().unwrap().to_string();
-                let up = r.headers()["x-strangler-upstream"].to_str().unwrap().to_string();
+                let header = |n: &str| {
+                    r.headers()
+                        .get(n)
+                        .map_or("(absent)", |v| v.to_str().unwrap())
+                        .to_string()
+                };
+                let (route, up) = (header("x-strangler-route"), header("x-strangler-upstream"));
+                let s = match served(&r) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        failures.push(format!("{path}: {e}"));
+                        continue;
+                    }
+                };
+                let said = format!(
+                    "{path}: {} route={route} upstream={up} generation={} config={}",
+                    r.status(),
+                    s.generation,
+                    s.config
+                );
+                if s.generation < last_generation {
+                    failures.push(format!("{said}: generation went back from {last_generation}"));
+                }
+                last_generation = s.generation;
+                seen.push((s.generation, s.config.clone()));
+                let Some(v) = versions.get(&s.config) else {
+                    failures.push(format!("{said}: served by a rules file the test never wrote"));
+                    continue;
+                };
+                if !v.valid {
+                    failures.push(format!("{said}: served by broken version {}", v.index));
+                    continue;
+                }
+                let catalog_up = match v.catalog_percent {
+                    0 => up == "monolith",
+                    100 => up == "inventory",
+                    _ => up == "monolith" || up == "inventory",
+                };
                 let ok_pair = match (path, route.as_str()) {
-                    ("/api/inventory/SKU-0001", "stock") => up == "monolith" || up == "inventory",
-                    ("/api/catalog/products/3", "catalog") => up == "monolith" || up == "inventory",
+                    ("/api/inventory/SKU-0001", "stock") => up == v.stock,
+                    ("/api/catalog/products/3", "catalog") => catalog_up,
                     ("/", "(none)") | ("/api/users/2", "(none)") => up == "monolith",
                     _ => false,
                 };
@@ -478,10 +593,18 @@ async fn two_hundred_edits_under_load_fail_no_request() {
                 // from the real service, which is what the rules asked for.
                 let status_ok = r.status().is_success() || (path.starts_with("/api/catalog") && up == "inventory");
                 if !ok_pair || !status_ok {
-                    failures.push(format!("{path}: {} route={route} upstream={up}", r.status()));
+                    failures.push(format!(
+                        "{said}: version {} routes it to {}",
+                        v.index,
+                        match path {
+                            "/api/inventory/SKU-0001" => format!("stock on {}", v.stock),
+                            "/api/catalog/products/3" => format!("catalog, {}% on inventory", v.catalog_percent),
+                            _ => "(none) on monolith".to_string(),
+                        }
+                    ));
                 }
             }
-            failures
+            (failures, seen)
         }));
     }
 
@@ -498,19 +621,56 @@ async fn two_hundred_edits_under_load_fail_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
+    let mut generations = std::collections::BTreeMap::<u64, std::collections::BTreeSet<String>>::new();
     for t in tasks {
-        failures.extend(t.await.unwrap());
+        let (f, seen) = t.await.unwrap();
+        failures.extend(f);
+        for (g, c) in seen {
+            generations.entry(g).or_default().insert(c);
+        }
     }
     assert!(
         failures.is_empty(),
-        "{} failed requests, e.g. {:?}",
+        "{} failed requests, e.g. {:#?}",
         failures.len(),
         &failures[..failures.len().min(5)]
     );
     assert!(sent.load(Ordering::Relaxed) > 100, "the load ran");
+    let split: Vec<_> = generations.iter().filter(|(_, c)| c.len() > 1).collect();
+    assert!(split.is_empty(), "one generation served by two rule sets: {split:?}");
+    eprintln!(
+        "{} generations seen by the clients: {:?}",
+        generations.len(),
+        generations.keys().collect::<Vec<_>>()
+    );
+
+    // The last edit comes into force (a reload may still be on its way), as the generation the
+    // admin API reports.
+    let client = reqwest::Client::new();
+    let last = config_hash(&version(200));
+    let mut now = None;
+    for _ in 0..500 {
+        let r = client
+            .get(proxy.url("/"))
+            .header("x-strangler-debug", "1")
+            .send()
+            .await
+            .unwrap();
+        let s = served(&r).unwrap_or_else(|e| panic!("{e}"));
+        if s.config == last {
+            now = Some(s.generation);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now = now.unwrap_or_else(|| panic!("the last edit never came into force; log:\n{}", proxy.log()));
     let config = proxy.config().await;
-    // Many valid edits were applied while the load ran (bursts coalesce, so not all 100).
     let generation = config["generation"].as_u64().unwrap();
+    assert_eq!(
+        now, generation,
+        "the answers and /api/config name the same generation: {config}"
+    );
+    // Many valid edits were applied while the load ran (bursts coalesce, so not all 100).
     eprintln!(
         "applied {generation} reloads; {} requests",
         sent.load(Ordering::Relaxed)
