@@ -161,21 +161,52 @@ async fn prometheus_evaluates_every_dashboard_and_alert_expression() {
         assert_eq!(v["status"], "success", "{expr}: {v}");
     }
 
+    // What the proxy itself counted on the canary route, by side.
+    let own = proxy.metrics().await;
+    let count = |side: &str| -> f64 {
+        own.lines()
+            .filter(|l| l.starts_with("strangler_requests_total{") && l.contains("route=\"stock\""))
+            .filter(|l| l.contains(&format!("side=\"{side}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (new, legacy) = (count("new"), count("legacy"));
+    assert!(
+        new > 0.0 && legacy > 0.0,
+        "the canary route served both sides: {new} new, {legacy} legacy"
+    );
+    let own_share = new / (new + legacy);
+    // Prometheus scrapes every second: wait for a scrape after the last request.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let share_of = |v: &Value| {
+        v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["metric"]["route"] == "stock")
+            .and_then(|r| r["value"][1].as_str())
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no traffic share for the canary route: {v}"))
+    };
+    // The counters as scraped are exactly the proxy's own.
+    let (_, v) = query(
+        "sum by (route) (strangler_requests_total{side=\"new\"}) / sum by (route) (strangler_requests_total)".into(),
+    )
+    .await;
+    let scraped = share_of(&v);
+    assert!(
+        (scraped - own_share).abs() < 1e-9,
+        "Prometheus has the canary route's share at {scraped}, the proxy counted {own_share} ({new} new, {legacy} legacy)"
+    );
+    // The dashboards' rate expression agrees with them (its extrapolation moves it a little).
     let (_, v) = query(
         "sum by (route) (rate(strangler_requests_total{side=\"new\"}[5m])) / sum by (route) (rate(strangler_requests_total[5m]))".into(),
     )
     .await;
-    let share = v["data"]["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["metric"]["route"] == "stock")
-        .and_then(|r| r["value"][1].as_str())
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no traffic share for the canary route: {v}"));
+    let rated = share_of(&v);
     assert!(
-        (0.2..=0.4).contains(&share),
-        "the canary route is at 30%: Prometheus says {share}"
+        (rated - own_share).abs() < 0.05,
+        "the rate of the canary route's share is {rated}, the proxy counted {own_share}"
     );
     let _ = server.kill();
     let _ = server.wait();

@@ -1,8 +1,13 @@
 //! Contract test of the bundled shop: each extracted service answers exactly like the monolith
 //! for the endpoints it takes over (same status, same JSON apart from volatile fields).
+//!
+//! Both sides are compared as they answer over HTTP, parsed into `serde_json::Value`s and nothing
+//! else: no Rust wire type of the shop is used here, so a field renamed, added or dropped on one
+//! side shows up as a difference instead of being hidden by a type both sides share.
 
 mod common;
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use common::shop::{stable, start_shop, Shop};
@@ -14,6 +19,15 @@ use serde_json::{json, Value};
 enum Service {
     Inventory,
     Orders,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Service::Inventory => "inventory-service",
+            Service::Orders => "orders-service",
+        }
+    }
 }
 
 /// One request, sent to both servers.
@@ -66,6 +80,7 @@ fn delete(path: impl Into<String>) -> Case {
     }
 }
 
+/// Status and JSON body (volatile fields removed) of one answer.
 async fn send(client: &reqwest::Client, addr: SocketAddr, case: &Case) -> (StatusCode, Value) {
     let mut request = client.request(case.method.clone(), format!("http://{addr}{}", case.path));
     request = match &case.body {
@@ -76,30 +91,111 @@ async fn send(client: &reqwest::Client, addr: SocketAddr, case: &Case) -> (Statu
     let response = request
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{} {}: {e}", case.method, case.path));
+        .unwrap_or_else(|e| panic!("{} {} on {addr}: {e}", case.method, case.path));
     let status = response.status();
     let text = response.text().await.expect("body");
-    let value =
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{} {}: not JSON: {text}", case.method, case.path));
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{} {} on {addr}: not JSON: {text}", case.method, case.path));
     (status, stable(value, case.created))
 }
 
-/// Sends every case to the monolith and then to the service, in order, and compares.
+/// One answer as a single JSON value, so status and body are compared by the same walk.
+fn answer((status, body): (StatusCode, Value)) -> Value {
+    json!({ "status": status.as_u16(), "body": body })
+}
+
+/// Every place where `monolith` and `service` differ, one line each, named by its path
+/// (`body.items[0].sku`). Empty when they are equal. Object keys are compared by name, so a
+/// renamed field shows as one key only the monolith has and one only the service has.
+fn differences(monolith: &Value, service: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk("", monolith, service, &mut out);
+    out
+}
+
+fn walk(path: &str, monolith: &Value, service: &Value, out: &mut Vec<String>) {
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (monolith, service) {
+        (Value::Object(left), Value::Object(right)) => {
+            for (key, l) in left {
+                match right.get(key) {
+                    Some(r) => walk(&at(key), l, r, out),
+                    None => out.push(format!("{}: only the monolith has it ({})", at(key), short(l))),
+                }
+            }
+            for (key, r) in right {
+                if !left.contains_key(key) {
+                    out.push(format!("{}: only the service has it ({})", at(key), short(r)));
+                }
+            }
+        }
+        (Value::Array(left), Value::Array(right)) => {
+            if left.len() != right.len() {
+                out.push(format!(
+                    "{path}: the monolith has {} items, the service {}",
+                    left.len(),
+                    right.len()
+                ));
+            }
+            for (i, (l, r)) in left.iter().zip(right).enumerate() {
+                walk(&format!("{path}[{i}]"), l, r, out);
+            }
+        }
+        (l, r) if l == r => {}
+        (l, r) => out.push(format!("{path}: monolith {}, service {}", short(l), short(r))),
+    }
+}
+
+/// A value for a failure message; long ones cut, the 64 KiB cases would drown the report.
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
+/// Lines of differences shown per request; a renamed field in a list repeats once per item.
+const SHOWN_PER_CASE: usize = 8;
+
+/// Sends every case to the monolith and then to the service, in order, compares the answers as
+/// JSON values, and fails once at the end listing every request that differed and where.
 async fn assert_same(shop: &Shop, service: Service, cases: &[Case]) {
     let client = reqwest::Client::new();
     let other = match service {
         Service::Inventory => shop.inventory,
         Service::Orders => shop.orders,
     };
+    let mut report = String::new();
+    let mut failed = 0;
     for case in cases {
-        let legacy = send(&client, shop.monolith, case).await;
-        let new = send(&client, other, case).await;
-        assert_eq!(
-            legacy, new,
-            "{} {}: monolith (left) and service (right) differ",
-            case.method, case.path
-        );
+        let legacy = answer(send(&client, shop.monolith, case).await);
+        let new = answer(send(&client, other, case).await);
+        let found = differences(&legacy, &new);
+        if found.is_empty() {
+            continue;
+        }
+        failed += 1;
+        let _ = writeln!(report, "{} {}:", case.method, case.path);
+        for line in found.iter().take(SHOWN_PER_CASE) {
+            let _ = writeln!(report, "    {line}");
+        }
+        if found.len() > SHOWN_PER_CASE {
+            let _ = writeln!(report, "    ... and {} more", found.len() - SHOWN_PER_CASE);
+        }
     }
+    assert!(
+        failed == 0,
+        "{failed} of {} requests answered differently by legacy-monolith and {}:\n{report}",
+        cases.len(),
+        service.name()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -233,4 +329,39 @@ async fn unknown_routes_and_health_have_the_same_shape() {
         let (status, body) = send(&client, addr, &get("/healthz")).await;
         assert_eq!((status, &body["status"]), (StatusCode::OK, &json!("ok")));
     }
+}
+
+/// `differences` sorted, so the unit tests don't depend on the order of a JSON object's keys.
+fn sorted_differences(monolith: &Value, service: &Value) -> Vec<String> {
+    let mut found = differences(monolith, service);
+    found.sort();
+    found
+}
+
+#[test]
+fn differences_name_the_renamed_key() {
+    let monolith = json!({"status": 200, "body": {"sku": "SKU-0001", "on_hand": 5, "available": 5}});
+    let service = json!({"status": 200, "body": {"sku": "SKU-0001", "qty": 5, "available": 5}});
+    assert_eq!(
+        sorted_differences(&monolith, &service),
+        [
+            "body.on_hand: only the monolith has it (5)",
+            "body.qty: only the service has it (5)",
+        ]
+    );
+}
+
+#[test]
+fn differences_walk_into_lists_and_report_status_and_values() {
+    let monolith = json!({"status": 201, "body": {"items": [{"sku": "A", "quantity": 1}, {"sku": "B"}]}});
+    let service = json!({"status": 200, "body": {"items": [{"sku": "A", "quantity": "1"}]}});
+    assert_eq!(
+        sorted_differences(&monolith, &service),
+        [
+            "body.items: the monolith has 2 items, the service 1",
+            "body.items[0].quantity: monolith 1, service \"1\"",
+            "status: monolith 201, service 200",
+        ]
+    );
+    assert!(differences(&monolith, &monolith.clone()).is_empty());
 }

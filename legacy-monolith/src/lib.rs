@@ -2,9 +2,11 @@
 //!
 //! Layout:
 //! - `lib.rs`   [`Config`], [`run`], the router and the JSON handlers
+//! - [`api`]    the JSON contract it answers with: wire types, input checks, error wording
 //! - [`store`]  schema, seeding and every SQL query (one SQLite file)
 //! - [`pages`]  the server-rendered HTML pages
 
+pub mod api;
 pub mod pages;
 pub mod store;
 
@@ -15,14 +17,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use shop_kit::api::{
-    self, Order, OrderRequest, PageQuery, Payment, PaymentRequest, Product, ProductPage, Released, Reservation,
-    ReservationRequest, Stock, User, UserOrders,
-};
 use shop_kit::db::Db;
 use shop_kit::extract::{self, Path, Query};
 use shop_kit::ApiResult;
 use tokio::net::TcpListener;
+
+use crate::api::{
+    Order, OrderRequest, PageQuery, Payment, PaymentRequest, Product, ProductPage, Released, Reservation,
+    ReservationRequest, Stock, User, UserOrders,
+};
 
 /// How to run the monolith.
 #[derive(Debug, Clone)]

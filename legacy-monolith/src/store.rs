@@ -1,8 +1,9 @@
 //! The monolith's one database: schema, seeding, and every query the handlers run.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use shop_kit::api::{self, Order, OrderLine, Payment, Product, Reservation, Stock, User};
 use shop_kit::ApiResult;
+
+use crate::api::{self, Order, OrderLine, Payment, Product, Reservation, Stock, User};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS products (

@@ -2,8 +2,10 @@
 //!
 //! Layout:
 //! - `lib.rs`  [`Config`], [`run`], the router and handlers
+//! - [`api`]   the JSON contract it answers with: wire types, input checks, error wording
 //! - [`store`] schema, seeding (stock only) and queries on its own SQLite file
 
+pub mod api;
 pub mod store;
 
 use std::future::Future;
@@ -13,13 +15,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use shop_kit::api::{self, Released, Reservation, ReservationRequest, Stock};
 use shop_kit::db::Db;
 use shop_kit::extract::{self, Path};
 use shop_kit::ApiResult;
 use tokio::net::TcpListener;
 
 pub use shop_kit::faults::{Drift, FaultSettings, Faults};
+
+use crate::api::{Released, Reservation, ReservationRequest, Stock};
 
 /// How to run the inventory service.
 #[derive(Debug, Clone)]

@@ -1,8 +1,9 @@
 //! The inventory database: stock per sku and reservations against it.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use shop_kit::api::{self, Reservation, Stock};
 use shop_kit::ApiResult;
+
+use crate::api::{self, Reservation, Stock};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS stock (

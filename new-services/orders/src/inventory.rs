@@ -3,13 +3,33 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use shop_kit::api::{self, ErrorBody, Reservation};
+use serde::Deserialize;
 use shop_kit::http::REQUEST_ID;
 use shop_kit::ApiError;
+
+use crate::api;
 
 /// Inventory is local and small; waiting longer than this only makes the caller wait too.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The part of inventory's `201` reservation answer this client needs; the rest is ignored, so
+/// inventory may add fields without breaking orders.
+#[derive(Debug, Deserialize)]
+struct Reservation {
+    id: i64,
+}
+
+/// Inventory's `{"error": {"code", "message"}}` body, read back to pass its message on.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorDetail {
+    message: String,
+}
 
 #[derive(Clone, Debug)]
 pub struct InventoryClient {

@@ -2,9 +2,11 @@
 //!
 //! Layout:
 //! - `lib.rs`      [`Config`], [`run`], the router and handlers
+//! - [`api`]       the JSON contract it answers with: wire types, input checks, error wording
 //! - [`store`]     orders DB: orders, lines, read copies of users and prices
 //! - [`inventory`] HTTP client for the inventory service
 
+pub mod api;
 pub mod inventory;
 pub mod store;
 
@@ -15,7 +17,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use shop_kit::api::{Order, OrderRequest, UserOrders};
 use shop_kit::db::Db;
 use shop_kit::extract::{self, Path};
 use shop_kit::http::REQUEST_ID;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 
 pub use shop_kit::faults::{Drift, FaultSettings, Faults};
 
+use crate::api::{Order, OrderRequest, UserOrders};
 use crate::inventory::InventoryClient;
 
 /// How to run the orders service.

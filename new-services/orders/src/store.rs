@@ -1,8 +1,9 @@
 //! The orders database: orders and their lines, plus read copies of users and product prices.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use shop_kit::api::{self, Order, OrderLine, OrderRequest};
 use shop_kit::ApiResult;
+
+use crate::api::{self, Order, OrderLine, OrderRequest};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (

@@ -14,11 +14,6 @@ use crate::faults::{Drift, Faults};
 /// Largest accepted request body; larger bodies get 413 `body_too_large`.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// Fields that differ on every response and must be ignored when comparing two answers.
-/// Every JSON object response carries `served_at` and `request_id`; `created_at` of records
-/// created at runtime (orders, reservations, payments) is volatile as well.
-pub const VOLATILE_FIELDS: &[&str] = &["served_at", "request_id"];
-
 /// Header carrying the request id; echoed back on every response.
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -138,6 +133,7 @@ async fn add_volatile(response: Response, request_id: &str, drift: Option<&Drift
         Ok(value) => value,
         Err(_) => return Response::from_parts(parts, Body::from(bytes)),
     };
+    // These two names are on the wire: clients and the contract test know them by name.
     if let Some(map) = value.as_object_mut() {
         map.insert("served_at".into(), crate::time::now_rfc3339_micros().into());
         map.insert("request_id".into(), request_id.into());
@@ -151,17 +147,4 @@ async fn add_volatile(response: Response, request_id: &str, drift: Option<&Drift
     };
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(body))
-}
-
-/// Removes the volatile fields (top level) and, when `created` is true, `created_at` too;
-/// what is left must be byte-equal between the monolith and a service.
-pub fn strip_volatile(value: &mut serde_json::Value, created: bool) {
-    if let Some(map) = value.as_object_mut() {
-        for field in VOLATILE_FIELDS {
-            map.remove(*field);
-        }
-        if created {
-            map.remove("created_at");
-        }
-    }
 }

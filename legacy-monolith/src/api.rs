@@ -1,18 +1,17 @@
-//! The shop's JSON contract: wire types, input checks and error wording shared by all servers.
+//! The monolith's JSON contract: wire types, input checks, error wording.
 //!
-//! The monolith and the extracted services must answer byte-equal JSON (apart from the volatile
-//! fields), so the shapes and the error messages live here exactly once.
+//! The extracted services keep their own copies on purpose, as a separate team would: nothing
+//! here is shared with them, so a drift on either side shows up in `tests/shop_contract.rs`.
 
 use serde::{Deserialize, Serialize};
-
-use crate::error::ApiError;
+use shop_kit::ApiError;
 
 /// Largest quantity one reservation or order line may ask for.
 pub const MAX_QUANTITY: i64 = 1000;
 /// Largest number of lines in one order.
 pub const MAX_ORDER_LINES: usize = 100;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Product {
     pub id: i64,
     pub sku: String,
@@ -22,7 +21,7 @@ pub struct Product {
     pub description: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProductPage {
     pub items: Vec<Product>,
     pub page: i64,
@@ -52,7 +51,7 @@ impl PageQuery {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Stock {
     pub sku: String,
     pub on_hand: i64,
@@ -67,7 +66,7 @@ pub struct ReservationRequest {
     pub order_id: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Reservation {
     pub id: i64,
     pub sku: String,
@@ -78,19 +77,19 @@ pub struct Reservation {
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Released {
     pub id: i64,
     pub released: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct OrderLineRequest {
     pub sku: String,
     pub quantity: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct OrderRequest {
     pub user_id: i64,
     pub items: Vec<OrderLineRequest>,
@@ -115,7 +114,7 @@ impl OrderRequest {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct OrderLine {
     pub sku: String,
     pub name: String,
@@ -124,7 +123,7 @@ pub struct OrderLine {
     pub line_total_cents: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Order {
     pub id: i64,
     pub user_id: i64,
@@ -134,13 +133,13 @@ pub struct Order {
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct UserOrders {
     pub user_id: i64,
     pub items: Vec<Order>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct User {
     pub id: i64,
     pub name: String,
@@ -153,25 +152,13 @@ pub struct PaymentRequest {
     pub order_id: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Payment {
     pub id: i64,
     pub order_id: i64,
     pub amount_cents: i64,
     pub status: String,
     pub created_at: String,
-}
-
-/// `{"error": {...}}` as read back by a client (the orders service reads inventory's errors).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
 }
 
 /// 422 `invalid_quantity` unless `1..=1000`.

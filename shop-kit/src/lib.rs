@@ -1,8 +1,11 @@
 //! Shared plumbing for the bundled shop: the legacy monolith and the extracted services.
 //!
+//! It sits beside both sides, not inside either, so the old code never depends on the new.
+//! It holds no wire types: each server owns its own (`src/api.rs` in each crate), as separate
+//! teams would, so the contract test in `tests/shop_contract.rs` can see one side drift.
+//!
 //! Layout:
 //! - [`seed`]    deterministic seed data, identical for every database
-//! - [`api`]     the JSON contract: wire types, input checks, error wording
 //! - [`error`]   `ApiError`, the `{"error": {code, message}}` response
 //! - [`extract`] `Json` / `Path` / `Query` extractors with JSON 4xx rejections
 //! - [`http`]    `finish`: healthz, JSON 404/405, 64 KiB body limit, volatile fields
@@ -12,7 +15,6 @@
 //! - [`cli`]     fault flags, logging and Ctrl-C for the binaries
 //! - [`time`]    RFC 3339 timestamps
 
-pub mod api;
 pub mod cli;
 pub mod db;
 pub mod error;
