@@ -208,6 +208,9 @@ tokio::task_local! {
 /// timer that fires before the current request's deadline is re-armed for the rest, so a busy
 /// kept-alive connection registers about one timer per `client_header_timeout`, not one per request.
 struct Head {
+    /// ConnectionCap has read past where an h2 preface would differ: HTTP/1 only, so Pingora
+    /// must not wait for 24 bytes of preface.
+    h1_only: bool,
     /// The current request's head has been read.
     read: Cell<bool>,
     /// When the current request started.
@@ -221,8 +224,9 @@ struct HeadTimer {
 }
 
 impl Head {
-    fn new() -> Head {
+    fn new(h1_only: bool) -> Head {
         Head {
+            h1_only,
             read: Cell::new(false),
             started: Cell::new(Instant::now()),
             timer: RefCell::new(None),
@@ -278,15 +282,22 @@ pub struct HeadDeadline<A> {
     pub inner: Arc<A>,
     pub live: Arc<ArcSwap<Live>>,
     pub metrics: Arc<Metrics>,
+    /// The inner app's server options with h2c off, for connections `ConnectionCap` found
+    /// not to start with an h2 preface.
+    pub h1_options: Option<HttpServerOptions>,
 }
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A> {
     async fn process_new_http(
         self: &Arc<Self>,
-        session: ServerSession,
+        mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        // Pipelined requests are answered in order (RFC 9112 §9.3.2) instead of being dropped
+        // with their connection. A refused request still ends the connection: `respond_with`
+        // turns keep-alive off, so the bytes after it are never read as a request. No-op on h2.
+        session.set_pipelining_enabled(true);
         let limit = self.live.load().rules.settings.limits.client_header_timeout;
         if HEAD.try_with(Head::begin).is_err() {
             // An h2 stream: the head arrived with the stream.
@@ -312,12 +323,58 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A>
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {
+        if HEAD.try_with(|h| h.h1_only).unwrap_or(false) {
+            return self.h1_options.as_ref();
+        }
         self.inner.server_options()
     }
 
     async fn http_cleanup(&self) {
         self.inner.http_cleanup().await
     }
+}
+
+/// The h2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum Preface {
+    H2,
+    Http1,
+    /// Not a plain socket (never so on a TCP listener): Pingora's own check decides.
+    Unknown,
+    Closed,
+    TimedOut,
+}
+
+/// Reads until the bytes received can no longer be an h2 preface, or the whole preface is in,
+/// and puts every byte read back onto the stream it returns.
+async fn sniff_preface(stream: Stream, limit: Duration) -> (Stream, Preface) {
+    use pingora_core::protocols::l4::stream::Stream as L4Stream;
+    use tokio::io::AsyncReadExt;
+    if !stream.as_any().is::<L4Stream>() {
+        return (stream, Preface::Unknown);
+    }
+    let mut l4: Box<L4Stream> = stream.into_any().downcast().expect("checked just above");
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    let read = tokio::time::timeout(limit, async {
+        while n < buf.len() && buf[..n] == H2_PREFACE[..n] {
+            match l4.read(&mut buf[n..]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(m) => n += m,
+            }
+        }
+        true
+    })
+    .await;
+    let preface = match read {
+        Err(_) => Preface::TimedOut,
+        Ok(false) => Preface::Closed,
+        Ok(true) if buf == *H2_PREFACE => Preface::H2,
+        Ok(true) => Preface::Http1,
+    };
+    l4.rewind(&buf[..n]);
+    (l4, preface)
 }
 
 /// Holds at most `limits.max_connections` client connections open; one more is closed at once.
@@ -339,20 +396,26 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
         };
         let _open = self.metrics.connection_opened();
         let mut stream = stream;
+        let mut h1_only = false;
         if self.h2c && stream.get_ssl_digest().is_none() {
-            // Pingora first waits, without a deadline, for the 24 bytes of an h2 preface. A client
-            // that sends less and goes quiet must not hold its slot: the head deadline covers it.
+            // Pingora's own check waits, without a deadline, for 24 bytes, so a shorter complete
+            // HTTP/1 request was never answered. Read only as far as the bytes can still be a
+            // preface, put them back, and tell Pingora (through `HeadDeadline::server_options`)
+            // not to look again when they can't.
             let limit = self.live.load().rules.settings.limits.client_header_timeout;
-            let mut preface = [0u8; 24];
-            if tokio::time::timeout(limit, stream.try_peek(&mut preface))
-                .await
-                .is_err()
-            {
-                self.metrics.rejected(HEAD_TIMEOUT);
-                return None;
+            let (sniffed, preface) = sniff_preface(stream, limit).await;
+            stream = sniffed;
+            match preface {
+                Preface::H2 | Preface::Unknown => {}
+                Preface::Http1 => h1_only = true,
+                Preface::Closed => return None,
+                Preface::TimedOut => {
+                    self.metrics.rejected(HEAD_TIMEOUT);
+                    return None;
+                }
             }
         }
-        HEAD.scope(Head::new(), self.inner.process_new(stream, shutdown)).await
+        HEAD.scope(Head::new(h1_only), self.inner.process_new(stream, shutdown)).await
     }
 
     async fn cleanup(&self) {

@@ -262,6 +262,8 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     );
     let mut options = HttpServerOptions::default();
     options.h2c = true;
+    let mut h1_options = options.clone();
+    h1_options.h2c = false;
     app.server_options = Some(options);
     // Outside in: the connection cap, the request-head deadline, then Pingora's proxy.
     let guarded = ConnectionCap {
@@ -269,6 +271,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
             inner: Arc::new(app),
             live: live.clone(),
             metrics: metrics.clone(),
+            h1_options: Some(h1_options),
         }),
         open: Arc::new(tokio::sync::Semaphore::new(max_connections)),
         metrics: metrics.clone(),

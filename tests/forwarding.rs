@@ -169,40 +169,27 @@ async fn websocket_upgrade_passes_through() {
         "  - { name: live, match: { prefix: /live }, mode: migrated, service: ws }\n",
     ))
     .await;
-    // Under heavy load, about 1 run in 25 saw the proxy close the tunnel right after the 101
-    // with nothing in its log (an upgrade race in Pingora 0.9.1, under investigation). A second
-    // handshake must then work; two failures in a row fail the test.
-    let mut closed = 0;
-    loop {
-        let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(
-            b"GET /live/feed HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut buf = vec![0u8; 4096];
+    // One handshake, no second chance: the close right after the 101 (cloudflare/pingora#946)
+    // is patched (docs/PINGORA-PATCHES.md); tests/http1_edge.rs runs 840 more.
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /live/feed HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"ping-through-the-tunnel").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 23 {
         let n = s.read(&mut buf).await.unwrap();
-        let head = String::from_utf8_lossy(&buf[..n]).to_string();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        s.write_all(b"ping-through-the-tunnel").await.unwrap();
-        let mut got = Vec::new();
-        while got.len() < 23 {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-        if got.is_empty() {
-            closed += 1;
-            assert!(closed < 2, "the tunnel closed early twice; proxy log:\n{}", proxy.log());
-            eprintln!("tunnel closed early once; trying a second handshake");
-            continue;
-        }
-        assert_eq!(&got, b"ping-through-the-tunnel");
-        return;
+        assert!(n > 0, "the tunnel closed after the 101; proxy log:\n{}", proxy.log());
+        got.extend_from_slice(&buf[..n]);
     }
+    assert_eq!(&got, b"ping-through-the-tunnel");
 }
 
 #[tokio::test(flavor = "multi_thread")]
