@@ -415,7 +415,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
                 }
             }
         }
-        HEAD.scope(Head::new(h1_only), self.inner.process_new(stream, shutdown)).await
+        HEAD.scope(Head::new(h1_only), self.inner.process_new(stream, shutdown))
+            .await
     }
 
     async fn cleanup(&self) {
