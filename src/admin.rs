@@ -31,6 +31,7 @@ pub struct AdminState {
     pub reloader: Arc<Reloader>,
     pub shadower: Arc<Shadower>,
     pub stats: Arc<Stats>,
+    pub map: Arc<crate::discovery::Map>,
     /// When set, every POST needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
 }
@@ -78,13 +79,14 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/routes", get(routes))
         .route("/api/config", get(config))
         .route("/api/mismatches", get(mismatches))
+        .route("/api/endpoints", get(endpoints))
         .route("/api/reload", post(reload))
         .route("/", get(dashboard))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                Json(json!({"error": "not_found", "see": ["/healthz", "/readyz", "/metrics", "/api/routes", "/api/config", "/api/mismatches", "POST /api/reload"]})),
+                Json(json!({"error": "not_found", "see": ["/healthz", "/readyz", "/metrics", "/api/routes", "/api/config", "/api/mismatches", "/api/endpoints", "POST /api/reload"]})),
             )
         })
         .with_state(state)
@@ -159,6 +161,23 @@ async fn config(State(s): State<AdminState>) -> Json<serde_json::Value> {
         "last_success_unix": status.last_success_unix,
         "rules": rules_json(&live),
     }))
+}
+
+#[derive(serde::Deserialize)]
+struct EndpointQuery {
+    state: Option<String>,
+    capability: Option<String>,
+}
+
+/// `GET /api/endpoints?state=S&capability=C`: the migration map, busiest first, and the progress.
+async fn endpoints(State(s): State<AdminState>, Query(q): Query<EndpointQuery>) -> Response {
+    const STATES: [&str; 4] = ["legacy", "shadow", "canary", "migrated"];
+    if let Some(state) = q.state.as_deref().filter(|st| !STATES.contains(st)) {
+        let body = json!({"error": "bad_state", "state": state, "allowed": STATES});
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    let live = s.live.load();
+    Json(s.map.view(&live.rules, q.state.as_deref(), q.capability.as_deref())).into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -38,6 +38,10 @@ pub struct RulesFile {
     pub limits: LimitsFile,
     /// Terminate TLS for clients (HTTP/1.1 and h2 by ALPN).
     pub listen_tls: Option<Spanned<ListenTlsFile>>,
+    /// Where learned state is kept (the endpoint map). Default: `.strangler/` beside this file.
+    pub state_dir: Option<Spanned<String>>,
+    /// The migration map: endpoints learned from traffic.
+    pub discovery: Option<Spanned<DiscoveryFile>>,
     /// `routes:` left empty (null) means no routes, like an absent key.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub routes: Vec<Spanned<RouteFile>>,
@@ -62,6 +66,19 @@ pub struct UpstreamFile {
     pub health: Option<Spanned<HealthFile>>,
     /// For `https://` URLs: which CA to trust and which name to verify.
     pub tls: Option<Spanned<UpstreamTlsFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryFile {
+    /// Learn endpoints from traffic. Default true.
+    pub enabled: Option<bool>,
+    /// Endpoints kept; the least busy beyond it count as `(other)`. Default 2000.
+    pub max_endpoints: Option<Spanned<u64>>,
+    /// Distinct names at one position under one parent before it becomes `{param}`. Default 25.
+    pub fold_after: Option<Spanned<u64>>,
+    /// Templates of your own (`/reports/{name}`), used before learned ones.
+    pub templates: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +186,8 @@ pub struct RouteFile {
     pub shadow: Option<Spanned<ShadowFile>>,
     /// Request body limit for this route (e.g. 1MiB); overrides `limits.max_body`. Past it: 413.
     pub max_body: Option<Spanned<String>>,
+    /// The business capability this route belongs to (the migration map's unit). Default: from the path.
+    pub capability: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,7 @@
 //! - `client`  one HTTP/1.1 exchange off the proxied path (copies, health probes)
 //! - `shadow`  the shadow copy's life: capture, send, judge; `shadow::mismatch` the stored record
 //! - `diff`    compare two answers (pure); `diff::fast` its byte-level fast path
+//! - `discovery` the migration map: endpoints learned from traffic, progress, kept in `state_dir`
 //! - `access`  the access log line
 //! - `metrics` every Prometheus metric; per-route handles built at load
 //! - `reload`  hot reload: file watch, SIGHUP, POST /api/reload; keep the last good rules
@@ -23,6 +24,7 @@
 //! - `tls`     the client-facing certificate, swapped on reload
 //! - `server`  load, bind and run the Pingora server
 //! - `explain` `strangler explain`: why a request goes where it goes
+//! - `suggest` `strangler suggest`: the routes that put a capability in shadow
 //!
 //! A request's path:
 //! ```text
@@ -39,6 +41,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod diff;
+pub mod discovery;
 pub mod explain;
 pub mod fallback;
 pub mod headers;
@@ -54,4 +57,5 @@ pub mod rules;
 pub mod server;
 pub mod shadow;
 pub mod stats;
+pub mod suggest;
 pub mod tls;

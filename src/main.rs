@@ -1,4 +1,4 @@
-//! The `strangler` command line: run | check | explain | demo.
+//! The `strangler` command line: run | check | explain | endpoints | suggest | demo.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +86,32 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// List the endpoints the running proxy has seen, busiest first, with their migration state.
+    Endpoints {
+        /// The running proxy's admin address.
+        #[arg(long, default_value = server::DEFAULT_ADMIN)]
+        admin: String,
+        /// Only endpoints in this state: legacy, shadow, canary or migrated.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only endpoints of this capability.
+        #[arg(long)]
+        capability: Option<String>,
+    },
+    /// Print the rules.yaml routes that put a capability in shadow on a service.
+    Suggest {
+        /// The capability to move, as `strangler endpoints` shows it (e.g. payments).
+        capability: String,
+        /// The upstream that will serve it (a name under `upstreams:`).
+        #[arg(long)]
+        service: String,
+        /// The running proxy's admin address.
+        #[arg(long, default_value = server::DEFAULT_ADMIN)]
+        admin: String,
+        /// The rules file the routes are meant for.
+        #[arg(long, short, default_value = "rules.yaml")]
+        config: PathBuf,
+    },
     /// Start the bundled shop (monolith + new services) and the proxy in front of it.
     Demo {
         #[arg(long, short, default_value = "rules.yaml")]
@@ -97,6 +123,63 @@ enum Command {
         #[arg(long)]
         traffic: bool,
     },
+}
+
+/// `GET /api/endpoints` from a running proxy.
+fn fetch_endpoints(admin: &str, query: &[(&str, String)]) -> anyhow::Result<serde_json::Value> {
+    let url = reqwest::Url::parse_with_params(&format!("http://{admin}/api/endpoints"), query)
+        .with_context(|| format!("bad admin address {admin}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let resp = reqwest::get(url.clone()).await.with_context(|| {
+            format!("can't reach the proxy's admin API at {admin}; is `strangler run` up? (--admin ADDR)")
+        })?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.with_context(|| format!("{url}: not JSON"))?;
+        anyhow::ensure!(status.is_success(), "{url}: {status}: {body}");
+        Ok(body)
+    })
+}
+
+/// The endpoint map as a table, busiest first.
+fn endpoints_table(map: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let rows: Vec<&serde_json::Value> = map["endpoints"].as_array().into_iter().flatten().collect();
+    let mut out = String::new();
+    let width = rows
+        .iter()
+        .map(|e| e["template"].as_str().unwrap_or("").len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let _ = writeln!(
+        out,
+        "{:<7} {:<width$} {:<14} {:<9} {:>9} {:>7} {:>6}  ROUTE",
+        "METHOD", "TEMPLATE", "CAPABILITY", "STATE", "REQUESTS", "RATE/S", "NEW%"
+    );
+    for e in rows {
+        let _ = writeln!(
+            out,
+            "{:<7} {:<width$} {:<14} {:<9} {:>9} {:>7.2} {:>5.0}%  {}",
+            e["method"].as_str().unwrap_or(""),
+            e["template"].as_str().unwrap_or(""),
+            e["capability"].as_str().unwrap_or(""),
+            e["state"].as_str().unwrap_or(""),
+            e["requests"].as_u64().unwrap_or(0),
+            e["rate_per_s"].as_f64().unwrap_or(0.0),
+            e["new_share"].as_f64().unwrap_or(0.0) * 100.0,
+            e["route"].as_str().unwrap_or("-"),
+        );
+    }
+    let p = &map["progress"];
+    let _ = writeln!(
+        out,
+        "progress: {:.1}% of the last hour's requests on new services; {:.1}% of endpoints migrated ({:.1}% weighted by requests)",
+        p["by_requests"].as_f64().unwrap_or(0.0) * 100.0,
+        p["by_endpoints"].as_f64().unwrap_or(0.0) * 100.0,
+        p["by_endpoints_weighted"].as_f64().unwrap_or(0.0) * 100.0,
+    );
+    out
 }
 
 fn main() -> ExitCode {
@@ -182,6 +265,74 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let rules = strangler::rules::load(&config)?.rules;
             let text = strangler::explain::explain(&rules, &method, &path, &headers).map_err(anyhow::Error::msg)?;
             print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Endpoints {
+            admin,
+            state,
+            capability,
+        } => {
+            let mut query = Vec::new();
+            query.extend(state.map(|s| ("state", s)));
+            query.extend(capability.map(|c| ("capability", c)));
+            let map = fetch_endpoints(&admin, &query)?;
+            print!("{}", endpoints_table(&map));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Suggest {
+            capability,
+            service,
+            admin,
+            config,
+        } => {
+            let rules = strangler::rules::load(&config)?.rules;
+            if rules.upstream_id(&service).is_none() {
+                let known: Vec<&str> = rules.upstreams.iter().map(|u| u.name.as_str()).collect();
+                anyhow::bail!(
+                    "{}: unknown upstream \"{service}\" (known: {})",
+                    config.display(),
+                    known.join(", ")
+                );
+            }
+            let map = fetch_endpoints(&admin, &[])?;
+            let seen: Vec<strangler::suggest::Seen> = map["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| strangler::suggest::Seen {
+                    method: e["method"].as_str().unwrap_or_default().to_string(),
+                    template: e["template"].as_str().unwrap_or_default().to_string(),
+                    capability: e["capability"].as_str().unwrap_or_default().to_string(),
+                    state: e["state"].as_str().unwrap_or_default().to_string(),
+                })
+                .collect();
+            if !seen.iter().any(|e| e.capability == capability) {
+                let mut known: Vec<&str> = seen.iter().map(|e| e.capability.as_str()).collect();
+                known.sort();
+                known.dedup();
+                anyhow::bail!(
+                    "no endpoint of capability \"{capability}\" seen yet (seen: {})",
+                    known.join(", ")
+                );
+            }
+            let s = strangler::suggest::suggest(&seen, &rules, &capability, &service);
+            for edit in &s.edits {
+                println!("# {edit}");
+            }
+            if s.moving > 0 {
+                println!(
+                    "# {} endpoint(s) of {capability} already move (shadow, canary or migrated): left as they are",
+                    s.moving
+                );
+            }
+            if s.routes > 0 {
+                println!(
+                    "# Paste under `routes:` in {}, then run `strangler check {}`.",
+                    config.display(),
+                    config.display()
+                );
+                print!("{}", s.yaml);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

@@ -5,8 +5,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::config::Mode;
@@ -48,6 +48,9 @@ pub struct Metrics {
     reloads: IntCounterVec,
     generation: IntGauge,
     config_info: IntGaugeVec,
+    endpoints: IntGaugeVec,
+    progress: GaugeVec,
+    capability_requests: IntCounterVec,
     /// `strangler_rejected_requests_total` by reason, resolved once for every known reason.
     rejected_by: HashMap<&'static str, IntCounter>,
     last_reload_ok: IntGauge,
@@ -219,6 +222,29 @@ impl Metrics {
                 &["hash"],
             ),
             rejected_by: HashMap::new(),
+            endpoints: gauges(
+                &r,
+                "strangler_endpoints",
+                "Endpoints in the migration map, by state (legacy, shadow, canary, migrated).",
+                &["state"],
+            ),
+            progress: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "strangler_migration_progress_ratio",
+                        "Migration progress, 0..1: by=requests (last hour's requests served by new services), by=endpoints (endpoints migrated), by=endpoints_weighted (weighted by requests).",
+                    ),
+                    &["by"],
+                )
+                .expect("valid metric"),
+            ),
+            capability_requests: counters(
+                &r,
+                "strangler_capability_requests_total",
+                "Requests by capability (the capabilities the rules name; the rest are (other)) and side.",
+                &["capability", "side"],
+            ),
             last_reload_ok: register(
                 &r,
                 IntGauge::new(
@@ -369,6 +395,27 @@ impl Metrics {
             Some(c) => c.inc(),
             None => self.rejected.with_label_values(&[reason]).inc(),
         }
+    }
+
+    /// Publish the endpoint map's gauges: endpoints by state and the progress ratios.
+    pub fn endpoint_map(&self, states: &[(&str, i64)], by_requests: f64, by_endpoints: f64, weighted: f64) {
+        for (state, n) in states {
+            self.endpoints.with_label_values(&[state]).set(*n);
+        }
+        for (by, v) in [
+            ("requests", by_requests),
+            ("endpoints", by_endpoints),
+            ("endpoints_weighted", weighted),
+        ] {
+            self.progress.with_label_values(&[by]).set(v);
+        }
+    }
+
+    /// Count `n` requests of a capability on a side (off the request path, by the map's folder).
+    pub fn capability_requests(&self, capability: &str, side: Side, n: u64) {
+        self.capability_requests
+            .with_label_values(&[capability, side.as_str()])
+            .inc_by(n);
     }
 
     /// Publish the hash of the rules file in force as `strangler_config_info{hash}`.

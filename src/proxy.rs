@@ -517,6 +517,17 @@ impl ProxyHttp for Strangler {
         }
         if let Some(live) = ctx.live.as_ref() {
             live.handles.route(ctx.route).side(ctx.side).observe(status, seconds);
+            if live.rules.discovery.enabled {
+                let req = session.req_header();
+                crate::discovery::observe(crate::discovery::Sample {
+                    method: req.method.clone(),
+                    uri: req.uri.clone(),
+                    route: ctx.route.map(|id| live.route_headers[id].clone()),
+                    side: ctx.side,
+                    status,
+                    seconds,
+                });
+            }
         }
     }
 }

@@ -216,7 +216,18 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     let live = Arc::new(ArcSwap::from_pointee(Live::first(rules, hash, &metrics)));
     let live_for_health = live.clone();
     let live_for_stats = live.clone();
+    let live_for_map = live.clone();
     let stats = Arc::new(Stats::default());
+    let map = {
+        let d = &live.load().rules.discovery;
+        Arc::new(crate::discovery::Map::open(
+            Some(&d.state_dir),
+            crate::discovery::Settings {
+                max_endpoints: d.max_endpoints,
+                fold_after: d.fold_after,
+            },
+        ))
+    };
     let shadower = Arc::new(Shadower::default());
     let reloader = Arc::new(
         Reloader::new(
@@ -293,7 +304,8 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         listener: Mutex::new(Some(admin_listener)),
         state: AdminState {
             live,
-            metrics,
+            metrics: metrics.clone(),
+            map: map.clone(),
             reloader: reloader.clone(),
             shadower,
             stats: stats.clone(),
@@ -308,6 +320,14 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         },
     ));
     server.add_service(background_service("strangler admin", admin_service));
+    server.add_service(background_service(
+        "strangler endpoint map",
+        crate::discovery::MapService {
+            map: map.clone(),
+            live: live_for_map,
+            metrics: metrics.clone(),
+        },
+    ));
     server.add_service(background_service(
         "strangler reload",
         ReloadService {

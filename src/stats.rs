@@ -128,7 +128,7 @@ fn buckets(h: &Histogram) -> Vec<(f64, u64)> {
 }
 
 /// Linear interpolation inside the bucket that holds the quantile, like PromQL's histogram_quantile.
-fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+pub fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
     let total = buckets.last()?.1;
     if total == 0 {
         return None;

@@ -27,6 +27,7 @@ pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
     let (exact, templates, prefixes) = c.index(&routes);
     let trusted_proxies = c.trusted_proxies(raw);
     let settings = c.settings(raw);
+    let discovery = c.discovery(raw, &routes);
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -40,6 +41,7 @@ pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
         allow_semicolons: raw.allow_semicolons,
         preserve_header_case: raw.preserve_header_case,
         response_headers: raw.response_headers,
+        discovery,
         legacy,
         upstreams,
         routes,
@@ -233,6 +235,68 @@ impl Compiler<'_> {
         nets
     }
 
+    /// `discovery:` and `state_dir:`.
+    fn discovery(&mut self, raw: &RulesFile, routes: &[Route]) -> Discovery {
+        let d = raw.discovery.as_ref().map(|d| &d.value);
+        let max_endpoints = self.count(
+            &d.and_then(|d| d.max_endpoints.clone()),
+            "discovery.max_endpoints",
+            1..=100_000,
+            DEFAULT_MAX_ENDPOINTS as u64,
+        ) as usize;
+        let fold_after = self.count(
+            &d.and_then(|d| d.fold_after.clone()),
+            "discovery.fold_after",
+            2..=10_000,
+            DEFAULT_FOLD_AFTER as u64,
+        ) as usize;
+        let mut templates = matchit::Router::new();
+        for t in d.and_then(|d| d.templates.as_ref()).into_iter().flatten() {
+            let v = t.value.trim();
+            let bad = if !v.starts_with('/') {
+                Some("must start with '/'".to_string())
+            } else if v.contains("{*") {
+                Some("can't hold a catch-all {*param}".to_string())
+            } else {
+                templates.insert(v, v.to_string()).err().map(|e| e.to_string())
+            };
+            if let Some(why) = bad {
+                self.err(&t.referenced, None, format!("discovery.templates: \"{v}\" {why}"));
+            }
+        }
+        let state_dir = match &raw.state_dir {
+            Some(dir) if dir.value.trim().is_empty() => {
+                self.err(
+                    &dir.referenced,
+                    None,
+                    "state_dir is empty; give a directory, or remove it for the default .strangler/ beside this file"
+                        .into(),
+                );
+                PathBuf::new()
+            }
+            Some(dir) => relative_to(self.file, &dir.value),
+            None => relative_to(self.file, ".strangler"),
+        };
+        let mut capabilities: std::collections::HashSet<String> = routes
+            .iter()
+            .map(|r| {
+                r.capability.clone().unwrap_or_else(|| {
+                    let (PathMatch::Literal(p) | PathMatch::Template(p) | PathMatch::Prefix(p)) = &r.path;
+                    default_capability(p)
+                })
+            })
+            .collect();
+        capabilities.remove("(other)");
+        Discovery {
+            enabled: d.and_then(|d| d.enabled).unwrap_or(true),
+            max_endpoints,
+            fold_after,
+            templates,
+            state_dir,
+            capabilities,
+        }
+    }
+
     /// The process settings: listeners, admin token, client TLS and limits.
     fn settings(&mut self, raw: &RulesFile) -> Settings {
         let listen_tls = raw.listen_tls.as_ref().map(|t| {
@@ -380,6 +444,21 @@ impl Compiler<'_> {
         let timeout = self.duration_in(&f.timeout, n, "timeout", DEFAULT_ROUTE_TIMEOUT);
         let max_body = f.max_body.as_ref().map(|_| self.size(&f.max_body, n, "max_body", 0));
         let shadow = self.route_shadow(f, n);
+        let capability = f.capability.as_ref().and_then(|c| {
+            let v = c.value.trim();
+            let ok = !v.is_empty() && v.len() <= 64 && !v.contains(['/', '{', '}']) && !v.chars().any(char::is_control);
+            if !ok {
+                self.err(
+                    &c.referenced,
+                    n,
+                    format!(
+                        "capability \"{}\" must be a short name (like orders), without '/' or braces",
+                        c.value
+                    ),
+                );
+            }
+            ok.then(|| v.to_string())
+        });
 
         if self.errors.len() > errors_before {
             return None;
@@ -391,6 +470,7 @@ impl Compiler<'_> {
             timeout,
             shadow,
             max_body,
+            capability,
             name,
             line: r.referenced.line(),
             match_at: f.matcher.referenced,

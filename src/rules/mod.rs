@@ -38,9 +38,11 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 pub const DEFAULT_FALLBACK_ON: [u16; 3] = [502, 503, 504];
+pub const DEFAULT_MAX_ENDPOINTS: usize = 2000;
+pub const DEFAULT_FOLD_AFTER: usize = 25;
 
 /// Which side of the migration serves a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     Legacy,
     New,
@@ -194,6 +196,8 @@ pub struct Route {
     pub shadow: Option<Arc<ShadowSpec>>,
     /// Request body limit set on this route; `None`: `limits.max_body`.
     pub max_body: Option<u64>,
+    /// `capability:` as written; `None`: from the path.
+    pub capability: Option<String>,
 }
 
 /// A route's compiled `shadow:` block.
@@ -299,6 +303,7 @@ pub struct RuleSet {
     pub allow_semicolons: bool,
     pub preserve_header_case: bool,
     pub response_headers: bool,
+    pub discovery: Discovery,
     pub legacy: UpstreamId,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
@@ -482,6 +487,49 @@ impl RuleSet {
             n[Mode::ALL.iter().position(|m| *m == r.mode).unwrap_or(0)] += 1;
         }
         n
+    }
+}
+
+/// The capability of a template: the first segment after `/api` and a version segment (`v1`),
+/// or the first segment of any other path; `/` is `home`.
+pub fn default_capability(template: &str) -> String {
+    let mut segs = template.split('/').filter(|s| !s.is_empty()).peekable();
+    if segs.peek() == Some(&"api") {
+        segs.next();
+    }
+    let is_version = |s: &str| {
+        let b = s.as_bytes();
+        b.len() >= 2 && (b[0] == b'v' || b[0] == b'V') && b[1..].iter().all(u8::is_ascii_digit)
+    };
+    while segs.peek().is_some_and(|s| is_version(s)) {
+        segs.next();
+    }
+    match segs.next() {
+        Some(s) if !s.starts_with('{') => s.to_string(),
+        Some(_) => "(other)".to_string(),
+        None => "home".to_string(),
+    }
+}
+
+/// The migration map's settings (`discovery:`), compiled.
+#[derive(Debug)]
+pub struct Discovery {
+    pub enabled: bool,
+    pub max_endpoints: usize,
+    pub fold_after: usize,
+    /// `discovery.templates`, as a router: used before a learned template.
+    templates: matchit::Router<String>,
+    /// Where the map is kept: `state_dir`, or `.strangler/` beside the rules file.
+    pub state_dir: PathBuf,
+    /// The capabilities the rules name (a route's `capability:`, or its path's): the only
+    /// capability label values a metric may carry.
+    pub capabilities: std::collections::HashSet<String>,
+}
+
+impl Discovery {
+    /// The template written in `discovery.templates` that this path matches, if any.
+    pub fn written_template(&self, path: &str) -> Option<&str> {
+        self.templates.at(path).ok().map(|m| m.value.as_str())
     }
 }
 

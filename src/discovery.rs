@@ -1,0 +1,813 @@
+//! The migration map: every request folded into an endpoint (method + template), with its
+//! traffic, latency, route and state, and the migration's progress by requests and by endpoints.
+//!
+//! The request path only pushes a `Sample` (reference-counted clones, no lock shared between
+//! workers) into its own thread's buffer. `MapService` drains the buffers every second, folds
+//! paths into templates (`template::Folder`), keeps the busiest `max_endpoints` (the rest count
+//! as `(other)`), publishes the gauges, and snapshots the map to `state_dir` every minute and at
+//! shutdown.
+
+pub mod template;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::{HeaderValue, Method, Uri};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::config::Mode;
+use crate::live::Live;
+use crate::metrics::Metrics;
+use crate::rules::{PathMatch, Route, RuleSet, Side};
+use template::Folder;
+
+/// Samples a worker holds between folds; past it they are counted as dropped.
+const BUFFER: usize = 1 << 16;
+/// How often the buffers are folded, and how often the map is written to `state_dir`.
+pub const FOLD_EVERY: Duration = Duration::from_secs(1);
+pub const SAVE_EVERY: Duration = Duration::from_secs(60);
+/// Capabilities tracked for progress; the rest count as `(other)`.
+const MAX_CAPABILITIES: usize = 256;
+/// The snapshot's file name in `state_dir`.
+pub const SNAPSHOT: &str = "endpoints.json";
+/// Latency buckets, in seconds (the last is everything slower).
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// The last minute, in 5-second slots; the last hour, in 1-minute slots.
+const MINUTE_SLOTS: usize = 12;
+const HOUR_SLOTS: usize = 60;
+
+/// One served request, as the request path hands it over.
+pub struct Sample {
+    pub method: Method,
+    pub uri: Uri,
+    /// The route that took it (its `x-strangler-route` value), if any.
+    pub route: Option<HeaderValue>,
+    pub side: Side,
+    pub status: u16,
+    pub seconds: f64,
+}
+
+type Buffer = Arc<Mutex<Vec<Sample>>>;
+
+/// Every worker thread's buffer, registered on its first sample.
+static BUFFERS: Mutex<Vec<Buffer>> = Mutex::new(Vec::new());
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    static MINE: Buffer = {
+        let b: Buffer = Arc::new(Mutex::new(Vec::with_capacity(256)));
+        BUFFERS.lock().unwrap_or_else(|p| p.into_inner()).push(b.clone());
+        b
+    };
+}
+
+/// Hand one request to the map. The lock is this thread's own; the folder takes it once a second.
+pub fn observe(sample: Sample) {
+    MINE.with(|b| {
+        let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
+        if b.len() < BUFFER {
+            b.push(sample);
+        } else {
+            DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+}
+
+fn drain() -> Vec<Sample> {
+    let buffers = BUFFERS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut all = Vec::new();
+    for b in buffers {
+        let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
+        if all.is_empty() {
+            all = std::mem::take(&mut *b);
+        } else {
+            all.append(&mut b);
+        }
+    }
+    all
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A latency histogram of one side.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Latency {
+    counts: [u64; 16],
+}
+
+impl Latency {
+    fn observe(&mut self, seconds: f64) {
+        let i = LATENCY_BUCKETS.iter().position(|&le| seconds <= le).unwrap_or(15);
+        self.counts[i] += 1;
+    }
+
+    fn add(&mut self, other: &Latency) {
+        self.counts.iter_mut().zip(other.counts).for_each(|(a, b)| *a += b);
+    }
+
+    /// The `q` quantile in milliseconds, interpolated inside its bucket.
+    fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts)
+            .map(|(le, n)| {
+                cumulative += n;
+                (le, cumulative)
+            })
+            .collect();
+        crate::stats::quantile(&buckets, q).map(|s| {
+            if s.is_finite() {
+                s * 1e3
+            } else {
+                LATENCY_BUCKETS[14] * 1e3
+            }
+        })
+    }
+}
+
+/// Rolling counts in fixed slots: `slot` is the current slot's number since the epoch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Window {
+    slots: Vec<u64>,
+    at: u64,
+}
+
+impl Window {
+    fn add(&mut self, slot: u64, n: u64, len: usize) {
+        self.advance(slot, len);
+        let i = (slot % len as u64) as usize;
+        self.slots[i] += n;
+    }
+
+    fn advance(&mut self, slot: u64, len: usize) {
+        if self.slots.len() != len {
+            self.slots = vec![0; len];
+            self.at = slot;
+        }
+        if slot <= self.at {
+            return;
+        }
+        for s in (self.at + 1)..=slot.min(self.at + len as u64) {
+            self.slots[(s % len as u64) as usize] = 0;
+        }
+        self.at = slot;
+    }
+
+    /// The counts of the `len` slots up to `now`.
+    fn sum(&self, now: u64, len: usize) -> u64 {
+        if self.slots.len() != len {
+            return 0;
+        }
+        let from = (now + 1).saturating_sub(len as u64);
+        let to = now.min(self.at);
+        if to < from {
+            return 0;
+        }
+        (from..=to).map(|s| self.slots[(s % len as u64) as usize]).sum()
+    }
+}
+
+/// What the map knows of one endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub method: String,
+    pub template: String,
+    pub capability: String,
+    /// The route that last took it, if any.
+    pub route: Option<String>,
+    pub requests: u64,
+    /// 1xx..5xx.
+    pub status: [u64; 5],
+    /// Requests served by the monolith and by a new service.
+    pub sides: [u64; 2],
+    pub latency: [Latency; 2],
+    pub first_seen: f64,
+    pub last_seen: f64,
+    /// The last minute, in 5-second slots.
+    recent: Window,
+    /// Learned from traffic (false: written in rules.yaml).
+    pub learned: bool,
+}
+
+impl Endpoint {
+    fn new(method: &str, template: String, capability: String, learned: bool, now: f64) -> Endpoint {
+        Endpoint {
+            method: method.to_string(),
+            template,
+            capability,
+            route: None,
+            requests: 0,
+            status: [0; 5],
+            sides: [0; 2],
+            latency: [Latency::default(), Latency::default()],
+            first_seen: now,
+            last_seen: now,
+            recent: Window::default(),
+            learned,
+        }
+    }
+
+    fn merge(&mut self, other: Endpoint) {
+        self.requests += other.requests;
+        self.status.iter_mut().zip(other.status).for_each(|(a, b)| *a += b);
+        self.sides.iter_mut().zip(other.sides).for_each(|(a, b)| *a += b);
+        self.latency[0].add(&other.latency[0]);
+        self.latency[1].add(&other.latency[1]);
+        self.first_seen = self.first_seen.min(other.first_seen);
+        if other.last_seen > self.last_seen {
+            self.last_seen = other.last_seen;
+            self.route = other.route.or(self.route.take());
+        }
+    }
+}
+
+/// Requests per capability and side over the last hour, for progress by requests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct CapabilityTraffic {
+    sides: [Window; 2],
+}
+
+/// Which settings the map folds with (from rules.yaml's `discovery:`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_endpoints: usize,
+    pub fold_after: usize,
+}
+
+/// The map itself. Only the folder and the admin API lock it, never the request path.
+pub struct Map {
+    state: Mutex<State>,
+    /// Where the snapshot is written; `None`: memory only.
+    dir: Option<PathBuf>,
+}
+
+struct State {
+    settings: Settings,
+    folder: Folder,
+    endpoints: HashMap<(String, String), Endpoint>,
+    other: Endpoint,
+    capabilities: HashMap<String, CapabilityTraffic>,
+}
+
+/// What is written to `state_dir`.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    endpoints: Vec<Endpoint>,
+    other: Endpoint,
+    capabilities: HashMap<String, CapabilityTraffic>,
+}
+
+impl Map {
+    /// An empty map, or the one saved in `dir`. `dir` is tried for writing: without a writable
+    /// directory the map lives in memory only, and says so once.
+    pub fn open(dir: Option<&Path>, settings: Settings) -> Map {
+        let dir = dir.and_then(|d| match std::fs::create_dir_all(d).and_then(|_| probe_write(d)) {
+            Ok(()) => Some(d.to_path_buf()),
+            Err(e) => {
+                tracing::warn!(
+                    "state_dir {} is not writable ({e}): the endpoint map lives in memory only; set state_dir to a writable directory to keep it across restarts",
+                    d.display()
+                );
+                None
+            }
+        });
+        let max_positions = settings.max_endpoints * 2;
+        let mut state = State {
+            folder: Folder::new(settings.fold_after, max_positions),
+            settings,
+            endpoints: HashMap::new(),
+            other: Endpoint::new("*", "(other)".into(), "(other)".into(), true, now_unix()),
+            capabilities: HashMap::new(),
+        };
+        if let Some(d) = &dir {
+            match load(&d.join(SNAPSHOT)) {
+                Ok(Some(s)) => {
+                    let n = s.endpoints.len();
+                    for e in s.endpoints {
+                        state.endpoints.insert((e.method.clone(), e.template.clone()), e);
+                    }
+                    state.other = s.other;
+                    state.capabilities = s.capabilities;
+                    tracing::info!("endpoint map: {n} endpoints loaded from {}", d.join(SNAPSHOT).display());
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("endpoint map not loaded, starting empty: {e}"),
+            }
+        }
+        Map {
+            state: Mutex::new(state),
+            dir,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fold the samples gathered since the last call. Returns the requests per capability
+    /// label (a capability the rules name, else `(other)`) and side, for the counters.
+    pub fn fold(&self, rules: &RuleSet, samples: Vec<Sample>) -> HashMap<(String, Side), u64> {
+        let mut counted: HashMap<(String, Side), u64> = HashMap::new();
+        if samples.is_empty() {
+            return counted;
+        }
+        let now = now_unix();
+        let (five_s, minute) = ((now / 5.0) as u64, (now / 60.0) as u64);
+        let mut st = self.lock();
+        st.settings.max_endpoints = rules.discovery.max_endpoints;
+        let routes: HashMap<&str, &Route> = rules.routes.iter().map(|r| (r.name.as_str(), r)).collect();
+        let mut renamed = Vec::new();
+        for s in samples {
+            let route = s
+                .route
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|n| routes.get(n).copied());
+            let (template, learned) = endpoint_template(rules, route, &s.uri, &mut st.folder, &mut renamed);
+            let capability = route
+                .and_then(|r| r.capability.clone())
+                .unwrap_or_else(|| crate::rules::default_capability(&template));
+            let method = s.method.as_str().to_string();
+            let key = (method.clone(), template);
+            let st = &mut *st;
+            let e = match st.endpoints.get_mut(&key) {
+                Some(e) => e,
+                None => {
+                    let e = Endpoint::new(&method, key.1.clone(), capability.clone(), learned, now);
+                    st.endpoints.entry(key.clone()).or_insert(e)
+                }
+            };
+            let side = usize::from(s.side == Side::New);
+            e.requests += 1;
+            e.status[(s.status / 100).clamp(1, 5) as usize - 1] += 1;
+            e.sides[side] += 1;
+            e.latency[side].observe(s.seconds);
+            e.last_seen = now;
+            e.route = route.map(|r| r.name.clone());
+            e.recent.add(five_s, 1, MINUTE_SLOTS);
+            let cap_key = if st.capabilities.contains_key(&capability) || st.capabilities.len() < MAX_CAPABILITIES {
+                capability
+            } else {
+                "(other)".to_string()
+            };
+            let label = if rules.discovery.capabilities.contains(&cap_key) {
+                cap_key.clone()
+            } else {
+                "(other)".to_string()
+            };
+            *counted.entry((label, s.side)).or_default() += 1;
+            st.capabilities.entry(cap_key).or_default().sides[side].add(minute, 1, HOUR_SLOTS);
+        }
+        for r in renamed {
+            st.rename(&r);
+        }
+        st.evict();
+        counted
+    }
+
+    /// The map as `GET /api/endpoints` shows it, filtered by state and capability.
+    pub fn view(&self, rules: &RuleSet, state: Option<&str>, capability: Option<&str>) -> Value {
+        let now = now_unix();
+        let five_s = (now / 5.0) as u64;
+        let minute = (now / 60.0) as u64;
+        let st = self.lock();
+        let routes: HashMap<&str, &Route> = rules.routes.iter().map(|r| (r.name.as_str(), r)).collect();
+        let mut list: Vec<(&Endpoint, &'static str, Option<&Route>)> = st
+            .endpoints
+            .values()
+            .map(|e| {
+                let route = e.route.as_deref().and_then(|n| routes.get(n).copied());
+                (e, state_of(route), route)
+            })
+            .collect();
+        list.sort_by(|a, b| {
+            b.0.requests
+                .cmp(&a.0.requests)
+                .then_with(|| a.0.template.cmp(&b.0.template))
+        });
+        let progress = progress(&list, &st.capabilities, minute);
+        let endpoints: Vec<Value> = list
+            .iter()
+            .filter(|(e, s, _)| state.is_none_or(|want| want == *s) && capability.is_none_or(|c| c == e.capability))
+            .map(|(e, s, route)| {
+                json!({
+                    "method": e.method,
+                    "template": e.template,
+                    "capability": e.capability,
+                    "requests": e.requests,
+                    "rate_per_s": e.recent.sum(five_s, MINUTE_SLOTS) as f64 / 60.0,
+                    "status": {"1xx": e.status[0], "2xx": e.status[1], "3xx": e.status[2], "4xx": e.status[3], "5xx": e.status[4]},
+                    "latency_ms": {
+                        "legacy": {"p50": e.latency[0].quantile_ms(0.5), "p99": e.latency[0].quantile_ms(0.99)},
+                        "new": {"p50": e.latency[1].quantile_ms(0.5), "p99": e.latency[1].quantile_ms(0.99)},
+                    },
+                    "first_seen": e.first_seen,
+                    "last_seen": e.last_seen,
+                    "state": s,
+                    "route": route.map(|r| r.name.as_str()),
+                    "mode": route.map(|r| r.mode.as_str()),
+                    "service": route.and_then(|r| r.service).map(|id| rules.upstreams[id].name.as_str()),
+                    "new_share": if e.requests > 0 { e.sides[1] as f64 / e.requests as f64 } else { 0.0 },
+                    "learned": e.learned,
+                })
+            })
+            .collect();
+        json!({
+            "endpoints": endpoints,
+            "other": {"requests": st.other.requests},
+            "dropped_samples": DROPPED.load(std::sync::atomic::Ordering::Relaxed),
+            "progress": progress,
+        })
+    }
+
+    /// Publish `strangler_endpoints{state}` and `strangler_migration_progress_ratio{by}`.
+    fn publish(&self, rules: &RuleSet, metrics: &Metrics) {
+        let view = self.view(rules, None, None);
+        let mut counts = [0i64; 4];
+        for e in view["endpoints"].as_array().into_iter().flatten() {
+            if let Some(i) = STATES.iter().position(|s| e["state"] == *s) {
+                counts[i] += 1;
+            }
+        }
+        let p = &view["progress"];
+        metrics.endpoint_map(
+            STATES.iter().copied().zip(counts).collect::<Vec<_>>().as_slice(),
+            p["by_requests"].as_f64().unwrap_or(0.0),
+            p["by_endpoints"].as_f64().unwrap_or(0.0),
+            p["by_endpoints_weighted"].as_f64().unwrap_or(0.0),
+        );
+    }
+
+    /// Write the map to `state_dir` (a temporary file, then a rename).
+    pub fn save(&self) {
+        let Some(dir) = &self.dir else { return };
+        let text = {
+            let st = self.lock();
+            let snapshot = Snapshot {
+                version: 1,
+                endpoints: st.endpoints.values().cloned().collect(),
+                other: st.other.clone(),
+                capabilities: st.capabilities.clone(),
+            };
+            match serde_json::to_vec(&snapshot) {
+                Ok(t) => t,
+                Err(e) => return tracing::warn!("endpoint map not saved: {e}"),
+            }
+        };
+        let path = dir.join(SNAPSHOT);
+        let tmp = dir.join(format!(".{SNAPSHOT}.{}", std::process::id()));
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!("endpoint map not saved to {}: {e}", path.display());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl State {
+    /// Endpoints learned under names that are now `{param}` merge into the new name.
+    fn rename(&mut self, r: &template::Renamed) {
+        let moved: Vec<(String, String)> = self
+            .endpoints
+            .keys()
+            .filter(|(_, t)| template::rename(t, r).is_some())
+            .cloned()
+            .collect();
+        for key in moved {
+            let Some(mut e) = self.endpoints.remove(&key) else {
+                continue;
+            };
+            if !e.learned {
+                self.endpoints.insert(key, e);
+                continue;
+            }
+            let Some(new) = template::rename(&e.template, r) else {
+                continue;
+            };
+            e.template = new.clone();
+            match self.endpoints.get_mut(&(key.0.clone(), new.clone())) {
+                Some(existing) => existing.merge(e),
+                None => {
+                    self.endpoints.insert((key.0, new), e);
+                }
+            }
+        }
+    }
+
+    /// Keep the busiest `max_endpoints`; the others' counts go to `(other)`.
+    fn evict(&mut self) {
+        while self.endpoints.len() > self.settings.max_endpoints {
+            let Some(key) = self
+                .endpoints
+                .iter()
+                .filter(|(_, e)| e.learned)
+                .min_by(|a, b| {
+                    a.1.requests
+                        .cmp(&b.1.requests)
+                        .then(a.1.last_seen.total_cmp(&b.1.last_seen))
+                })
+                .map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            if let Some(e) = self.endpoints.remove(&key) {
+                self.other.merge(e);
+            }
+        }
+    }
+}
+
+const STATES: [&str; 4] = ["legacy", "shadow", "canary", "migrated"];
+
+/// An endpoint's stage: its route's mode, or `legacy` when no route takes it.
+fn state_of(route: Option<&Route>) -> &'static str {
+    match route.map(|r| r.mode) {
+        Some(Mode::Shadow) => "shadow",
+        Some(Mode::Canary) => "canary",
+        Some(Mode::Migrated) => "migrated",
+        Some(Mode::Legacy) | None => "legacy",
+    }
+}
+
+/// The template of a request: the route's own path when the route names one (a literal or a
+/// template), then a template written in `discovery.templates`, else one learned from the path.
+fn endpoint_template(
+    rules: &RuleSet,
+    route: Option<&Route>,
+    uri: &Uri,
+    folder: &mut Folder,
+    renamed: &mut Vec<template::Renamed>,
+) -> (String, bool) {
+    match route.map(|r| &r.path) {
+        Some(PathMatch::Literal(p)) | Some(PathMatch::Template(p)) => return (p.clone(), false),
+        _ => {}
+    }
+    let path =
+        crate::path::normalize_with(uri.path(), rules.allow_semicolons).unwrap_or(std::borrow::Cow::Borrowed("/"));
+    if let Some(t) = rules.discovery.written_template(&path) {
+        return (t.to_string(), false);
+    }
+    (folder.template(&path, renamed), true)
+}
+
+/// Progress by requests (the last hour) and by endpoints, overall and per capability.
+fn progress(
+    list: &[(&Endpoint, &'static str, Option<&Route>)],
+    traffic: &HashMap<String, CapabilityTraffic>,
+    minute: u64,
+) -> Value {
+    #[derive(Default)]
+    struct Tally {
+        endpoints: u64,
+        migrated: u64,
+        requests: u64,
+        migrated_requests: u64,
+        states: [u64; 4],
+        hour: [u64; 2],
+    }
+    let mut all = Tally::default();
+    let mut per: std::collections::BTreeMap<&str, Tally> = std::collections::BTreeMap::new();
+    for (e, state, _) in list {
+        let migrated = *state == "migrated";
+        let i = STATES.iter().position(|s| s == state).unwrap_or(0);
+        for t in [&mut all, per.entry(e.capability.as_str()).or_default()] {
+            t.endpoints += 1;
+            t.requests += e.requests;
+            t.states[i] += 1;
+            if migrated {
+                t.migrated += 1;
+                t.migrated_requests += e.requests;
+            }
+        }
+    }
+    for (name, t) in traffic {
+        let hour = [0, 1].map(|s| t.sides[s].sum(minute, HOUR_SLOTS));
+        for tally in [&mut all, per.entry(name.as_str()).or_default()] {
+            tally.hour[0] += hour[0];
+            tally.hour[1] += hour[1];
+        }
+    }
+    let ratio = |a: u64, b: u64| if b > 0 { a as f64 / b as f64 } else { 0.0 };
+    let show = |t: &Tally| {
+        json!({
+            "by_requests": ratio(t.hour[1], t.hour[0] + t.hour[1]),
+            "by_endpoints": ratio(t.migrated, t.endpoints),
+            "by_endpoints_weighted": ratio(t.migrated_requests, t.requests),
+            "endpoints": t.endpoints,
+            "requests_last_hour": t.hour[0] + t.hour[1],
+            "states": {"legacy": t.states[0], "shadow": t.states[1], "canary": t.states[2], "migrated": t.states[3]},
+        })
+    };
+    let mut out = show(&all);
+    out["capabilities"] = per.iter().map(|(name, t)| (name.to_string(), show(t))).collect();
+    out
+}
+
+fn probe_write(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".probe.{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+fn load(path: &Path) -> Result<Option<Snapshot>, String> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("can't read {}: {e}", path.display())),
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| format!("{} is not an endpoint map ({e}); it will be replaced", path.display()))
+}
+
+/// Folds the workers' samples every second, and saves the map every minute and at shutdown.
+pub struct MapService {
+    pub map: Arc<Map>,
+    pub live: Arc<ArcSwap<Live>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl MapService {
+    fn fold_now(&self) {
+        let live = self.live.load();
+        for ((capability, side), n) in self.map.fold(&live.rules, drain()) {
+            self.metrics.capability_requests(&capability, side, n);
+        }
+        self.map.publish(&live.rules, &self.metrics);
+    }
+}
+
+#[async_trait]
+impl BackgroundService for MapService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut fold = tokio::time::interval(FOLD_EVERY);
+        let mut save = tokio::time::interval(SAVE_EVERY);
+        save.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.fold_now();
+                    self.map.save();
+                    return;
+                }
+                _ = fold.tick() => self.fold_now(),
+                _ = save.tick() => self.map.save(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_counts_only_its_span() {
+        let mut w = Window::default();
+        w.add(100, 3, 12);
+        w.add(101, 2, 12);
+        assert_eq!(w.sum(101, 12), 5);
+        assert_eq!(w.sum(111, 12), 5);
+        assert_eq!(w.sum(112, 12), 2);
+        assert_eq!(w.sum(113, 12), 0);
+        w.add(130, 1, 12);
+        assert_eq!(w.sum(130, 12), 1);
+    }
+
+    fn rules() -> RuleSet {
+        let text = "legacy: mono\nupstreams:\n  mono: { url: \"http://127.0.0.1:1\" }\n  svc: { url: \"http://127.0.0.1:2\" }\nroutes:\n  - { name: orders, match: { path: \"/api/orders/{order}\" }, mode: shadow, service: svc }\n";
+        let file = Path::new("rules.yaml");
+        crate::rules::compile(file, &crate::config::parse(file, text).unwrap()).unwrap()
+    }
+
+    fn sample(path: &str, route: Option<&'static str>) -> Sample {
+        Sample {
+            method: Method::GET,
+            uri: path.parse().unwrap(),
+            route: route.map(HeaderValue::from_static),
+            side: Side::Legacy,
+            status: 200,
+            seconds: 0.002,
+        }
+    }
+
+    fn templates(map: &Map) -> Vec<String> {
+        let mut t: Vec<String> = map.lock().endpoints.keys().map(|(_, t)| t.clone()).collect();
+        t.sort();
+        t
+    }
+
+    #[test]
+    fn a_hundred_thousand_ids_make_one_template() {
+        let rules = rules();
+        let map = Map::open(
+            None,
+            Settings {
+                max_endpoints: 100,
+                fold_after: 25,
+            },
+        );
+        map.fold(
+            &rules,
+            (0..100_000)
+                .map(|i| sample(&format!("/api/users/{i}/cart"), None))
+                .collect(),
+        );
+        assert_eq!(templates(&map), ["/api/users/{id}/cart"]);
+        assert_eq!(map.lock().endpoints.values().next().unwrap().requests, 100_000);
+    }
+
+    #[test]
+    fn a_hundred_thousand_junk_paths_leave_the_real_endpoints_in_a_bounded_map() {
+        let rules = rules();
+        let map = Map::open(
+            None,
+            Settings {
+                max_endpoints: 50,
+                fold_after: 25,
+            },
+        );
+        let real = ["/api/catalog/products", "/products/7", "/account/3", "/"];
+        let mut samples = Vec::new();
+        for round in 0..200 {
+            for p in real {
+                samples.push(sample(p, None));
+            }
+            samples.push(sample(&format!("/api/orders/{round}"), Some("orders")));
+        }
+        map.fold(&rules, samples);
+        // Random junk: letters only (no identifier), up to three segments deep.
+        let mut seed = 7u64;
+        let mut word = || {
+            (0..8)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (b'a' + (seed >> 33) as u8 % 26) as char
+                })
+                .collect::<String>()
+        };
+        for _ in 0..10 {
+            let junk: Vec<Sample> = (0..10_000)
+                .map(|i| {
+                    let depth = 1 + i % 3;
+                    let path: String = (0..depth).map(|_| format!("/{}", word())).collect();
+                    sample(&path, None)
+                })
+                .collect();
+            map.fold(&rules, junk);
+        }
+        let t = templates(&map);
+        for want in [
+            "/",
+            "/account/{id}",
+            "/api/catalog/products",
+            "/api/orders/{order}",
+            "/products/{id}",
+        ] {
+            assert!(t.contains(&want.to_string()), "{want} was pushed out: {t:?}");
+        }
+        let st = map.lock();
+        assert!(st.endpoints.len() <= 50, "{} endpoints", st.endpoints.len());
+        // The stated bound: at most 2 x max_endpoints parents tracked, each with at most
+        // fold_after + 1 names.
+        assert!(st.folder.positions() <= 100, "{} positions", st.folder.positions());
+        assert!(st.other.requests + st.endpoints.values().map(|e| e.requests).sum::<u64>() == 101_000);
+    }
+
+    #[test]
+    fn latency_quantiles() {
+        let mut l = Latency::default();
+        for _ in 0..99 {
+            l.observe(0.002);
+        }
+        l.observe(2.0);
+        let p50 = l.quantile_ms(0.5).unwrap();
+        assert!((1.0..=2.5).contains(&p50), "{p50}");
+        assert!(l.quantile_ms(0.999).unwrap() > 1000.0);
+        assert_eq!(Latency::default().quantile_ms(0.5), None);
+    }
+}
