@@ -102,9 +102,10 @@ start_backends() {
 # directory of their own: the reload watcher wakes for every write in the rules file's directory,
 # and the proxies' logs are written to $WORK.
 rules() {
-  local n="$1" f="$WORK/rules/rules-$1.yaml"
+  local n="$1" map="${2:-on}" f="$WORK/rules/rules-$1-map-${2:-on}.yaml"
   mkdir -p "$WORK/rules"
   { echo "legacy: other"; echo "limits: { max_connections: 16000 }"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
+    [ "$map" = on ] || echo "discovery: { enabled: false }"
     echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders }"
     for i in $(seq 1 $((n - 1))); do
       case $((i % 3)) in

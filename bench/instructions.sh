@@ -10,6 +10,7 @@
 #   CACHE=1 bench/instructions.sh    # also simulate the caches: L1 instruction and data misses
 #   PGO=1 bench/instructions.sh      # profile-guided builds of both proxies (bench/pgo.sh)
 #   CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_TARGET_DIR=/tmp/opt-s bench/instructions.sh  # another build
+#   BEFORE=/tmp/strangler-7c63c8b bench/instructions.sh  # also an earlier strangler binary, same rules
 #
 # Setup: the backend of bench/compare.sh (nginx, a fixed 150-byte JSON answer on two ports); the
 # proxy runs one worker under callgrind; wrk warms it up for 3 s, the counters are zeroed, wrk
@@ -27,7 +28,7 @@ cargo build --release --bin strangler --example bare_pingora 2>&1 | tail -1
 start_backends
 
 # The rules of bench/compare.sh: a migrated /api/orders route among 20, and the shadow pair.
-R20="$(rules 20)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
+R20="$(rules 20)" R20_NO_MAP="$(rules 20 off)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
 
 # measure NAME PORT CMD...: prints "NAME instructions-per-request".
 measure() {
@@ -55,6 +56,12 @@ STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
 results="$WORK/results"
 measure bare-pingora 8482 "$BIN/examples/bare_pingora" 127.0.0.1:8482 "$B1" "$B2" >> "$results"
 measure strangler 8483 "${STRANGLER[@]}" --config "$R20" >> "$results"
+# The migration map (issue 23) switched off: what every request pays for it is the difference.
+measure strangler-map-off 8483 "${STRANGLER[@]}" --config "$R20_NO_MAP" >> "$results"
+if [ -n "${BEFORE:-}" ]; then
+  # An earlier build, on the same rules (it has no map to switch off).
+  measure strangler-before 8483 "$BEFORE" "${STRANGLER[@]:1}" --config "$R20" >> "$results"
+fi
 # The access log as shipped: a text line per request, to stderr (a file here).
 RUST_LOG=info measure strangler-access-log 8483 "${STRANGLER_RUN[@]}" --config "$R20" >> "$results"
 measure strangler-shadow-0 8483 "${STRANGLER[@]}" --config "$S0" >> "$results"
@@ -66,6 +73,12 @@ awk '{printf "%-20s %10d  (%d requests)", $1, $2, $3; for (i = 4; i <= NF; i++) 
 ir() { awk -v n="$1" '$1 == n {print $2}' "$results"; }
 awk -v s="$(ir strangler)" -v b="$(ir bare-pingora)" 'BEGIN {printf "strangler / bare-pingora: %.2fx\n", s / b}'
 awk -v a="$(ir strangler-access-log)" -v b="$(ir strangler)" 'BEGIN {printf "access log on / off: %.2fx\n", a / b}'
+awk -v a="$(ir strangler)" -v b="$(ir strangler-map-off)" 'BEGIN {printf "migration map on / off: %.3fx\n", a / b}'
+if [ -n "${BEFORE:-}" ]; then
+  awk -v a="$(ir strangler-map-off)" -v b="$(ir strangler-before)" 'BEGIN {printf "map off / the earlier build: %.3fx\n", a / b}'
+  awk -v a="$(ir strangler)" -v b="$(ir strangler-before)" 'BEGIN {printf "map on / the earlier build: %.3fx\n", a / b}'
+  awk -v s="$(ir strangler-before)" -v b="$(ir bare-pingora)" 'BEGIN {printf "the earlier build / bare-pingora: %.2fx\n", s / b}'
+fi
 awk -v a="$(ir strangler-shadow-1)" -v b="$(ir strangler-shadow-0)" 'BEGIN {printf "shadow, every request copied and compared / none: %.2fx\n", a / b}'
 if [ -n "${CACHE:-}" ]; then
   ev() { awk -v n="$1" -v e="$2" '$1 == n {for (i = 4; i <= NF; i++) {split($i, kv, "="); if (kv[1] == e) print kv[2]}}' "$results"; }
