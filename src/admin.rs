@@ -32,6 +32,7 @@ pub struct AdminState {
     pub shadower: Arc<Shadower>,
     pub stats: Arc<Stats>,
     pub map: Arc<crate::discovery::Map>,
+    pub autopilot: Arc<crate::autopilot::Autopilot>,
     /// When set, every POST needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
 }
@@ -80,13 +81,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/config", get(config))
         .route("/api/mismatches", get(mismatches))
         .route("/api/endpoints", get(endpoints))
+        .route("/api/autopilot", get(autopilot))
+        .route("/api/autopilot/{route}/{action}", post(autopilot_act))
         .route("/api/reload", post(reload))
         .route("/", get(dashboard))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                Json(json!({"error": "not_found", "see": ["/healthz", "/readyz", "/metrics", "/api/routes", "/api/config", "/api/mismatches", "/api/endpoints", "POST /api/reload"]})),
+                Json(json!({"error": "not_found", "see": ["/healthz", "/readyz", "/metrics", "/api/routes", "/api/config", "/api/mismatches", "/api/endpoints", "/api/autopilot", "POST /api/reload", "POST /api/autopilot/ROUTE/{pause,resume,promote,rollback}"]})),
             )
         })
         .with_state(state)
@@ -161,6 +164,41 @@ async fn config(State(s): State<AdminState>) -> Json<serde_json::Value> {
         "last_success_unix": status.last_success_unix,
         "rules": rules_json(&live),
     }))
+}
+
+/// `GET /api/autopilot`: each rollout's step, gates, next decision and last transition.
+async fn autopilot(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    Json(s.autopilot.view())
+}
+
+/// `POST /api/autopilot/ROUTE/ACTION`: pause, resume, promote or rollback, by editing the file.
+async fn autopilot_act(
+    State(s): State<AdminState>,
+    axum::extract::Path((route, action)): axum::extract::Path<(String, String)>,
+) -> Response {
+    use crate::autopilot::{ActError, Action};
+    let Some(action) = Action::parse(&action) else {
+        let body =
+            json!({"error": "unknown_action", "action": action, "allowed": ["pause", "resume", "promote", "rollback"]});
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
+    };
+    let autopilot = s.autopilot.clone();
+    match tokio::task::spawn_blocking(move || autopilot.act(&route, action)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => {
+            let status = match e {
+                ActError::NoRollout(_) => StatusCode::NOT_FOUND,
+                ActError::FileAhead | ActError::Write(_) => StatusCode::CONFLICT,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (status, Json(json!({"error": e.to_string()}))).into_response()
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "autopilot task failed"})),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -42,6 +42,8 @@ pub struct RulesFile {
     pub state_dir: Option<Spanned<String>>,
     /// The migration map: endpoints learned from traffic.
     pub discovery: Option<Spanned<DiscoveryFile>>,
+    /// The autopilot: moves routes with a `rollout` through their steps on evidence.
+    pub autopilot: Option<Spanned<AutopilotFile>>,
     /// `routes:` left empty (null) means no routes, like an absent key.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub routes: Vec<Spanned<RouteFile>>,
@@ -188,6 +190,58 @@ pub struct RouteFile {
     pub max_body: Option<Spanned<String>>,
     /// The business capability this route belongs to (the migration map's unit). Default: from the path.
     pub capability: Option<Spanned<String>>,
+    /// Steps the autopilot moves this route through, and the evidence each needs.
+    pub rollout: Option<Spanned<RolloutFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutopilotFile {
+    /// Act on routes with a `rollout`. Default true once `autopilot:` is present.
+    pub enabled: Option<bool>,
+    /// `in_process` (default): each `strangler run` decides from its own figures. `external`:
+    /// `strangler autopilot --prometheus URL` decides for the fleet, and replicas only serve.
+    pub controller: Option<Spanned<String>>,
+    /// How often routes are judged. Default 1s.
+    pub interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutFile {
+    /// `legacy`, `shadow`, canary percents (numbers), `migrated`, in order.
+    pub steps: Spanned<Vec<Spanned<StepFile>>>,
+    /// Least time at each step. Default 10m.
+    pub hold: Option<Spanned<String>>,
+    #[serde(default)]
+    pub gates: GatesFile,
+    /// `rollback` (default) or `pause`.
+    pub on_failure: Option<Spanned<String>>,
+    /// A person stopped the rollout (or the autopilot did, after a rollback).
+    pub paused: Option<Spanned<bool>>,
+}
+
+/// A rollout step: a mode name or a canary percent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StepFile {
+    Percent(f64),
+    Name(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatesFile {
+    /// Evidence needed at a step: compared copies in shadow, new-side requests in canary. Default 500.
+    pub min_requests: Option<Spanned<u64>>,
+    /// Shadow: least share of compared copies that matched, e.g. `99.5%`. Default 99%.
+    pub match_rate: Option<Spanned<String>>,
+    /// How much the new side's 5xx rate may exceed the monolith's, e.g. `+0.5%`. Default +1%.
+    pub error_rate: Option<Spanned<String>>,
+    /// The new side's p99 latency at most this times the monolith's, e.g. `1.25x`. Default 1.5x.
+    pub p99: Option<Spanned<String>>,
+    /// Most share of new-side requests that fell back, e.g. `1%`. Default 1%.
+    pub fallback_rate: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,7 @@
 //! - `client`  one HTTP/1.1 exchange off the proxied path (copies, health probes)
 //! - `shadow`  the shadow copy's life: capture, send, judge; `shadow::mismatch` the stored record
 //! - `diff`    compare two answers (pure); `diff::fast` its byte-level fast path
+//! - `autopilot` moves routes through their rollout steps on evidence, by editing rules.yaml
 //! - `discovery` the migration map: endpoints learned from traffic, progress, kept in `state_dir`
 //! - `access`  the access log line
 //! - `metrics` every Prometheus metric; per-route handles built at load
@@ -38,6 +39,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod autopilot;
 pub mod client;
 pub mod config;
 pub mod diff;

@@ -48,6 +48,9 @@ pub struct Metrics {
     reloads: IntCounterVec,
     generation: IntGauge,
     config_info: IntGaugeVec,
+    rollout_step: IntGaugeVec,
+    rollout_paused: IntGaugeVec,
+    rollout_transitions: IntCounterVec,
     endpoints: IntGaugeVec,
     progress: GaugeVec,
     capability_requests: IntCounterVec,
@@ -222,6 +225,24 @@ impl Metrics {
                 &["hash"],
             ),
             rejected_by: HashMap::new(),
+            rollout_step: gauges(
+                &r,
+                "strangler_rollout_step",
+                "The rollout step a route is at (0 = its first step; -1 = not one of its steps).",
+                &["route"],
+            ),
+            rollout_paused: gauges(
+                &r,
+                "strangler_rollout_paused",
+                "1 while a route's rollout is paused (by a person, or after a rollback).",
+                &["route"],
+            ),
+            rollout_transitions: counters(
+                &r,
+                "strangler_rollout_transitions_total",
+                "Rollout moves by route, direction (promote, rollback, pause, resume, adopt) and reason.",
+                &["route", "direction", "reason"],
+            ),
             endpoints: gauges(
                 &r,
                 "strangler_endpoints",
@@ -395,6 +416,18 @@ impl Metrics {
             Some(c) => c.inc(),
             None => self.rejected.with_label_values(&[reason]).inc(),
         }
+    }
+
+    /// A route's rollout step and whether it is paused.
+    pub fn rollout_state(&self, route: &str, step: i64, paused: bool) {
+        self.rollout_step.with_label_values(&[route]).set(step);
+        self.rollout_paused.with_label_values(&[route]).set(i64::from(paused));
+    }
+
+    pub fn rollout_transition(&self, route: &str, direction: &str, reason: &str) {
+        self.rollout_transitions
+            .with_label_values(&[route, direction, reason])
+            .inc();
     }
 
     /// Publish the endpoint map's gauges: endpoints by state and the progress ratios.

@@ -31,6 +31,8 @@ pub enum Trigger {
     Watch,
     Signal,
     Api,
+    /// The autopilot edited the file.
+    Autopilot,
 }
 
 /// What a reload did.

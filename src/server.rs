@@ -240,6 +240,11 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         )
         .with_certs(certs.clone()),
     );
+    let autopilot = Arc::new(crate::autopilot::Autopilot::new(
+        live.clone(),
+        reloader.clone(),
+        metrics.clone(),
+    ));
 
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -306,6 +311,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
             live,
             metrics: metrics.clone(),
             map: map.clone(),
+            autopilot: autopilot.clone(),
             reloader: reloader.clone(),
             shadower,
             stats: stats.clone(),
@@ -320,6 +326,10 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         },
     ));
     server.add_service(background_service("strangler admin", admin_service));
+    server.add_service(background_service(
+        "strangler autopilot",
+        crate::autopilot::AutopilotService { autopilot },
+    ));
     server.add_service(background_service(
         "strangler endpoint map",
         crate::discovery::MapService {

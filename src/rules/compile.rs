@@ -28,6 +28,7 @@ pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
     let trusted_proxies = c.trusted_proxies(raw);
     let settings = c.settings(raw);
     let discovery = c.discovery(raw, &routes);
+    let autopilot = c.autopilot(raw);
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -42,6 +43,7 @@ pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
         preserve_header_case: raw.preserve_header_case,
         response_headers: raw.response_headers,
         discovery,
+        autopilot,
         legacy,
         upstreams,
         routes,
@@ -373,7 +375,7 @@ impl Compiler<'_> {
         self.duration_in(v, None, what, default)
     }
 
-    fn duration_in(
+    pub(super) fn duration_in(
         &mut self,
         v: &Option<Spanned<String>>,
         route: Option<&str>,
@@ -444,6 +446,7 @@ impl Compiler<'_> {
         let timeout = self.duration_in(&f.timeout, n, "timeout", DEFAULT_ROUTE_TIMEOUT);
         let max_body = f.max_body.as_ref().map(|_| self.size(&f.max_body, n, "max_body", 0));
         let shadow = self.route_shadow(f, n);
+        let rollout = self.rollout(f, n);
         let capability = f.capability.as_ref().and_then(|c| {
             let v = c.value.trim();
             let ok = !v.is_empty() && v.len() <= 64 && !v.contains(['/', '{', '}']) && !v.chars().any(char::is_control);
@@ -471,6 +474,7 @@ impl Compiler<'_> {
             shadow,
             max_body,
             capability,
+            rollout,
             name,
             line: r.referenced.line(),
             match_at: f.matcher.referenced,
@@ -681,7 +685,8 @@ impl Compiler<'_> {
     ) -> Option<UpstreamId> {
         let mode = f.mode.value;
         match (&f.service, mode) {
-            (Some(s), Mode::Legacy) => {
+            // A route with a rollout keeps its service at every step, legacy included.
+            (Some(s), Mode::Legacy) if f.rollout.is_none() => {
                 self.err(
                     &s.referenced,
                     n,
@@ -717,6 +722,11 @@ impl Compiler<'_> {
         let mode = f.mode.value;
         match (&f.canary, mode) {
             (Some(c), Mode::Canary) => self.canary(c, n),
+            // The autopilot leaves the entry in place between canary steps: checked, unused.
+            (Some(c), _) if f.rollout.is_some() => {
+                self.canary(c, n);
+                None
+            }
             (Some(c), m) => {
                 self.err(
                     &c.referenced,
@@ -765,6 +775,11 @@ impl Compiler<'_> {
         match (&f.shadow, mode) {
             (Some(sh), Mode::Shadow | Mode::Canary) => self.shadow(Some(sh), n).map(Arc::new),
             (None, Mode::Shadow) => self.shadow(None, n).map(Arc::new),
+            // Kept for the shadow and canary steps of a rollout: checked, unused at this one.
+            (Some(sh), _) if f.rollout.is_some() => {
+                self.shadow(Some(sh), n);
+                None
+            }
             (Some(sh), m) => {
                 self.err(
                     &sh.referenced,

@@ -6,6 +6,7 @@
 //! within one pattern the first rule in the file whose methods and headers match wins.
 
 mod compile;
+mod rollout;
 mod upstreams;
 
 use std::collections::HashMap;
@@ -198,6 +199,8 @@ pub struct Route {
     pub max_body: Option<u64>,
     /// `capability:` as written; `None`: from the path.
     pub capability: Option<String>,
+    /// The steps the autopilot moves this route through.
+    pub rollout: Option<Rollout>,
 }
 
 /// A route's compiled `shadow:` block.
@@ -304,6 +307,7 @@ pub struct RuleSet {
     pub preserve_header_case: bool,
     pub response_headers: bool,
     pub discovery: Discovery,
+    pub autopilot: Autopilot,
     pub legacy: UpstreamId,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
@@ -530,6 +534,119 @@ impl Discovery {
     /// The template written in `discovery.templates` that this path matches, if any.
     pub fn written_template(&self, path: &str) -> Option<&str> {
         self.templates.at(path).ok().map(|m| m.value.as_str())
+    }
+}
+
+/// One step of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Step {
+    Legacy,
+    Shadow,
+    /// A canary percent, 0 < p < 100.
+    Canary(f64),
+    Migrated,
+}
+
+impl Step {
+    /// Steps go forward in this order.
+    pub fn order(self) -> f64 {
+        match self {
+            Step::Legacy => -2.0,
+            Step::Shadow => -1.0,
+            Step::Canary(p) => p,
+            Step::Migrated => 101.0,
+        }
+    }
+
+    pub fn mode(self) -> Mode {
+        match self {
+            Step::Legacy => Mode::Legacy,
+            Step::Shadow => Mode::Shadow,
+            Step::Canary(_) => Mode::Canary,
+            Step::Migrated => Mode::Migrated,
+        }
+    }
+
+    /// As written in `steps`: `shadow`, `5`, `migrated`.
+    pub fn label(self) -> String {
+        match self {
+            Step::Canary(p) => format!("{p}"),
+            other => other.mode().as_str().to_string(),
+        }
+    }
+}
+
+/// The evidence a rollout step needs before the route moves on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gates {
+    /// Compared copies (shadow) or new-side requests (canary, migrated) needed at a step.
+    pub min_requests: u64,
+    /// Shadow: least share of compared copies that matched.
+    pub match_rate: f64,
+    /// Most the new side's 5xx rate may exceed the monolith's.
+    pub error_rate: f64,
+    /// Most the new side's p99 latency may be, as a multiple of the monolith's.
+    pub p99: f64,
+    /// Most share of the new side's requests that fell back.
+    pub fallback_rate: f64,
+}
+
+impl Default for Gates {
+    fn default() -> Gates {
+        Gates {
+            min_requests: 500,
+            match_rate: 0.99,
+            error_rate: 0.01,
+            p99: 1.5,
+            fallback_rate: 0.01,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Back to the first step, and paused until a person resumes.
+    Rollback,
+    /// Stay at the step, paused.
+    Pause,
+}
+
+/// A route's `rollout:`, compiled.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    pub steps: Vec<Step>,
+    pub hold: Duration,
+    pub gates: Gates,
+    pub on_failure: OnFailure,
+    pub paused: bool,
+}
+
+impl Rollout {
+    /// The step the route is at now (its mode and canary percent), if it is one of the steps.
+    pub fn current(&self, route: &Route) -> Option<usize> {
+        self.steps.iter().position(|s| match (s, route.mode) {
+            (Step::Canary(p), Mode::Canary) => route.canary.as_ref().is_some_and(|c| (c.percent - p).abs() < 1e-9),
+            (s, m) => s.mode() == m && m != Mode::Canary,
+        })
+    }
+}
+
+/// `autopilot:`, compiled.
+#[derive(Debug, Clone)]
+pub struct Autopilot {
+    pub enabled: bool,
+    /// `controller: external`: the replicas don't act; `strangler autopilot` does.
+    pub external: bool,
+    pub interval: Duration,
+}
+
+impl Default for Autopilot {
+    fn default() -> Autopilot {
+        Autopilot {
+            enabled: true,
+            external: false,
+            interval: Duration::from_secs(1),
+        }
     }
 }
 
