@@ -56,7 +56,7 @@ pub struct Transition {
 
 /// Counter readings of a route at one moment; a step's evidence is now minus its entry reading.
 #[derive(Debug, Clone, Default)]
-struct Reading {
+pub struct Reading {
     requests: [u64; 2],
     errors_5xx: [u64; 2],
     latency: [Vec<(f64, u64)>; 2],
@@ -135,6 +135,85 @@ impl Reading {
     }
 }
 
+/// The figures of a route as Prometheus sums them over every replica it scrapes. The metric
+/// names are the contract between the proxies and this controller (CONTROL-PLANE.md).
+pub async fn prometheus_reading(client: &reqwest::Client, base: &str, route: &str) -> Result<Reading, String> {
+    let r = route.replace('\\', "\\\\").replace('"', "\\\"");
+    let scalar = |q: String| async move { query(client, base, &q).await.map(|v| first_value(&v)) };
+    let histogram = |metric: &'static str, side: &'static str| {
+        let q = format!("sum by (le) ({metric}_bucket{{route=\"{r}\",side=\"{side}\"}})");
+        async move { query(client, base, &q).await.map(|v| bucket_values(&v)) }
+    };
+    let requests =
+        |side: &str, status: &str| format!("sum(strangler_requests_total{{route=\"{r}\",side=\"{side}\"{status}}})");
+    Ok(Reading {
+        requests: [
+            scalar(requests("legacy", "")).await?,
+            scalar(requests("new", "")).await?,
+        ],
+        errors_5xx: [
+            scalar(requests("legacy", ",status=\"5xx\"")).await?,
+            scalar(requests("new", ",status=\"5xx\"")).await?,
+        ],
+        latency: [
+            histogram("strangler_request_duration_seconds", "legacy").await?,
+            histogram("strangler_request_duration_seconds", "new").await?,
+        ],
+        fallbacks: scalar(format!("sum(strangler_fallbacks_total{{route=\"{r}\"}})")).await?,
+        compared: [
+            scalar(format!("sum(strangler_shadow_total{{route=\"{r}\",result=\"match\"}})")).await?,
+            scalar(format!(
+                "sum(strangler_shadow_total{{route=\"{r}\",result=\"mismatch\"}})"
+            ))
+            .await?,
+        ],
+        shadow_latency: [
+            histogram("strangler_shadow_latency_seconds", "legacy").await?,
+            histogram("strangler_shadow_latency_seconds", "new").await?,
+        ],
+    })
+}
+
+async fn query(client: &reqwest::Client, base: &str, q: &str) -> Result<Value, String> {
+    let url = reqwest::Url::parse_with_params(&format!("{}/api/v1/query", base.trim_end_matches('/')), &[("query", q)])
+        .map_err(|e| format!("bad Prometheus URL {base}: {e}"))?;
+    let resp = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| format!("can't reach Prometheus at {base}: {e}"))?;
+    let v: Value = resp.json().await.map_err(|e| format!("{url}: not JSON: {e}"))?;
+    if v["status"] != "success" {
+        return Err(format!("{url}: {q}: {}", v["error"]));
+    }
+    Ok(v)
+}
+
+/// The value of a one-series (or empty) instant vector, as a count.
+fn first_value(v: &Value) -> u64 {
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map_or(0, |f| f.max(0.0).round() as u64)
+}
+
+/// `sum by (le)` of a histogram as cumulative buckets, sorted by bound.
+fn bucket_values(v: &Value) -> Vec<(f64, u64)> {
+    let mut out: Vec<(f64, u64)> = v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let le = s["metric"]["le"].as_str()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let n = s["value"][1].as_str()?.parse::<f64>().ok()?;
+            Some((le, n.max(0.0).round() as u64))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
 /// What the autopilot knows of one route between decisions.
 struct Track {
     /// The step the route was at when last seen (`None`: not one of its steps).
@@ -151,7 +230,13 @@ struct Track {
 /// The autopilot of one process: its view of each route, and what it needs to act.
 pub struct Autopilot {
     live: Arc<ArcSwap<Live>>,
-    reloader: Arc<Reloader>,
+    /// In a proxy: applies each edit at once. `None` in the external controller, whose
+    /// replicas pick the edit up by watching the file.
+    reloader: Option<Arc<Reloader>>,
+    /// The rules file.
+    path: PathBuf,
+    /// In the external controller: decide (it has no proxy of its own to decide for).
+    external: bool,
     metrics: Arc<Metrics>,
     /// `state_dir/autopilot.jsonl`; `None` when `state_dir` is not writable.
     journal: Option<PathBuf>,
@@ -199,7 +284,27 @@ pub enum ActError {
 }
 
 impl Autopilot {
+    /// The autopilot of a proxy: its own figures, its own reloader.
     pub fn new(live: Arc<ArcSwap<Live>>, reloader: Arc<Reloader>, metrics: Arc<Metrics>) -> Autopilot {
+        let path = reloader.path().to_path_buf();
+        Autopilot::build(live, Some(reloader), path, false, metrics)
+    }
+
+    /// The external controller's: the figures come from Prometheus (`tick_with`), and the file
+    /// is re-read every decision.
+    pub fn external(path: PathBuf, metrics: Arc<Metrics>) -> Result<Autopilot, crate::config::ConfigErrors> {
+        let loaded = crate::rules::load(&path)?;
+        let live = Arc::new(ArcSwap::from_pointee(Live::first(loaded.rules, loaded.hash, &metrics)));
+        Ok(Autopilot::build(live, None, path, true, metrics))
+    }
+
+    fn build(
+        live: Arc<ArcSwap<Live>>,
+        reloader: Option<Arc<Reloader>>,
+        path: PathBuf,
+        external: bool,
+        metrics: Arc<Metrics>,
+    ) -> Autopilot {
         let dir = live.load().rules.discovery.state_dir.clone();
         let journal = match std::fs::create_dir_all(&dir) {
             Ok(()) => Some(dir.join(JOURNAL)),
@@ -214,6 +319,8 @@ impl Autopilot {
         Autopilot {
             live,
             reloader,
+            path,
+            external,
             metrics,
             journal,
             routes: Mutex::new(HashMap::new()),
@@ -224,11 +331,40 @@ impl Autopilot {
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Judge every route with a rollout once, and move those whose evidence says so.
+    /// The rules in force (in the external controller: re-read from the file when it changed).
+    pub fn rules(&self) -> Arc<Live> {
+        if self.external {
+            let live = self.live.load_full();
+            match crate::rules::load(&self.path) {
+                Ok(l) if l.hash != live.config_hash => {
+                    self.live
+                        .store(Arc::new(Live::replace(&live, l.rules, l.hash, &self.metrics)));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("{}: not acting on a file that does not load: {e}", self.path.display()),
+            }
+        }
+        self.live.load_full()
+    }
+
+    /// Judge every route with a rollout once from this process's own figures.
     pub fn tick(&self) {
         let live = self.live.load_full();
+        let readings = live
+            .rules
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.rollout.is_some())
+            .map(|(id, r)| (r.name.clone(), Reading::of(live.handles.route(Some(id)))))
+            .collect();
+        self.tick_with(&live, readings);
+    }
+
+    /// Judge every route with a rollout once on these readings, and move those whose evidence says so.
+    pub fn tick_with(&self, live: &Live, mut readings: HashMap<String, Reading>) {
         let auto = &live.rules.autopilot;
-        let acting = auto.enabled && !auto.external;
+        let acting = auto.enabled && auto.external == self.external;
         let mut moves: Vec<(String, Step, &'static str, &'static str, String, bool, Vec<Gate>)> = Vec::new();
         let mut adopted: Vec<Transition> = Vec::new();
         {
@@ -236,7 +372,10 @@ impl Autopilot {
             tracks.retain(|name, _| live.rules.routes.iter().any(|r| &r.name == name && r.rollout.is_some()));
             for (id, route) in live.rules.routes.iter().enumerate() {
                 let Some(rollout) = &route.rollout else { continue };
-                let reading = Reading::of(live.handles.route(Some(id)));
+                let _ = id;
+                let Some(reading) = readings.remove(&route.name) else {
+                    continue;
+                };
                 let step = rollout.current(route);
                 let track = tracks.entry(route.name.clone()).or_insert_with(|| Track {
                     step,
@@ -299,10 +438,12 @@ impl Autopilot {
                     continue;
                 }
                 if !acting {
-                    track.verdict = if auto.external {
-                        "decided by the external controller".into()
-                    } else {
-                        "autopilot disabled".into()
+                    track.verdict = match (auto.enabled, auto.external) {
+                        (false, _) => "autopilot disabled".into(),
+                        (true, true) => "decided by the external controller (strangler autopilot)".into(),
+                        (true, false) => {
+                            "decided in process by the proxies (set autopilot.controller: external)".into()
+                        }
                     };
                     continue;
                 }
@@ -362,7 +503,7 @@ impl Autopilot {
         gates: Vec<Gate>,
     ) -> Result<(), ActError> {
         let live = self.live.load_full();
-        let path = self.reloader.path().to_path_buf();
+        let path = self.path.clone();
         let route = live
             .rules
             .routes
@@ -405,9 +546,15 @@ impl Autopilot {
             t.paused_why = pause.then(|| transition.detail.clone());
             t.last = Some(transition);
         }
-        match self.reloader.reload(Trigger::Autopilot) {
-            Outcome::Refused(e) => Err(ActError::Refused(e.to_string())),
-            _ => Ok(()),
+        match &self.reloader {
+            Some(r) => match r.reload(Trigger::Autopilot) {
+                Outcome::Refused(e) => Err(ActError::Refused(e.to_string())),
+                _ => Ok(()),
+            },
+            None => {
+                self.rules();
+                Ok(())
+            }
         }
     }
 

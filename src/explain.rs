@@ -156,6 +156,29 @@ pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) 
             }
         );
     }
+    if let Some(ro) = &r.rollout {
+        let steps: Vec<String> = ro.steps.iter().map(|s| s.label()).collect();
+        let at = ro.current(r).map_or("not one of its steps".to_string(), |i| {
+            format!("at {} (step {} of {})", ro.steps[i].label(), i + 1, ro.steps.len())
+        });
+        let g = &ro.gates;
+        let _ = writeln!(
+            out,
+            "rollout:     [{}], {at}{}; hold {:?}\n             gates: {} requests, match rate >= {}%, 5xx rate <= the monolith's +{}%, p99 <= {}x, fallbacks <= {}%; on failure {}",
+            steps.join(", "),
+            if ro.paused { ", paused" } else { "" },
+            ro.hold,
+            g.min_requests,
+            g.match_rate * 100.0,
+            g.error_rate * 100.0,
+            g.p99,
+            g.fallback_rate * 100.0,
+            match ro.on_failure {
+                crate::rules::OnFailure::Rollback => "roll back to the first step and pause",
+                crate::rules::OnFailure::Pause => "pause",
+            }
+        );
+    }
     Ok(out)
 }
 

@@ -112,6 +112,18 @@ enum Command {
         #[arg(long, short, default_value = "rules.yaml")]
         config: PathBuf,
     },
+    /// The fleet's autopilot: decide every rollout from Prometheus's sums over all replicas, and
+    /// edit the rules file they all read (needs `autopilot: { controller: external }`).
+    Autopilot {
+        #[arg(long, short, default_value = "rules.yaml")]
+        config: PathBuf,
+        /// The Prometheus server that scrapes every replica, e.g. http://prometheus:9090.
+        #[arg(long)]
+        prometheus: String,
+        /// Decide once and exit (for cron jobs and tests).
+        #[arg(long)]
+        once: bool,
+    },
     /// Start the bundled shop (monolith + new services) and the proxy in front of it.
     Demo {
         #[arg(long, short, default_value = "rules.yaml")]
@@ -123,6 +135,43 @@ enum Command {
         #[arg(long)]
         traffic: bool,
     },
+}
+
+/// `strangler autopilot`: the external controller's loop.
+fn run_controller(config: PathBuf, prometheus: String, once: bool) -> anyhow::Result<ExitCode> {
+    use strangler::autopilot::{prometheus_reading, Autopilot};
+    let metrics = std::sync::Arc::new(strangler::metrics::Metrics::new());
+    let autopilot = Autopilot::external(config.clone(), metrics).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let live = autopilot.rules();
+    if !live.rules.autopilot.external {
+        anyhow::bail!(
+            "{}: set `autopilot: {{ controller: external }}` first, so the replicas stop deciding on their own",
+            config.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = reqwest::Client::new();
+    tracing::info!("autopilot: deciding for {} from {prometheus}", config.display());
+    runtime.block_on(async {
+        loop {
+            let live = autopilot.rules();
+            let mut readings = std::collections::HashMap::new();
+            for r in live.rules.routes.iter().filter(|r| r.rollout.is_some()) {
+                match prometheus_reading(&client, &prometheus, &r.name).await {
+                    Ok(reading) => {
+                        readings.insert(r.name.clone(), reading);
+                    }
+                    Err(e) => tracing::warn!(route = %r.name, "autopilot: no figures: {e}"),
+                }
+            }
+            autopilot.tick_with(&live, readings);
+            if once {
+                println!("{}", serde_json::to_string_pretty(&autopilot.view())?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            tokio::time::sleep(live.rules.autopilot.interval).await;
+        }
+    })
 }
 
 /// `GET /api/endpoints` from a running proxy.
@@ -335,6 +384,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Autopilot {
+            config,
+            prometheus,
+            once,
+        } => run_controller(config, prometheus, once),
         Command::Demo {
             config,
             data_dir,
