@@ -203,6 +203,9 @@ pub struct Endpoint {
     recent: Window,
     /// Learned from traffic (false: written in rules.yaml).
     pub learned: bool,
+    /// Requests by side folded in this round, not yet counted per capability.
+    #[serde(skip)]
+    pending: [u64; 2],
 }
 
 impl Endpoint {
@@ -220,6 +223,7 @@ impl Endpoint {
             last_seen: now,
             recent: Window::default(),
             learned,
+            pending: [0; 2],
         }
     }
 
@@ -260,7 +264,8 @@ pub struct Map {
 struct State {
     settings: Settings,
     folder: Folder,
-    endpoints: HashMap<(String, String), Endpoint>,
+    /// Keyed by "METHOD template".
+    endpoints: HashMap<String, Endpoint>,
     other: Endpoint,
     capabilities: HashMap<String, CapabilityTraffic>,
 }
@@ -301,7 +306,7 @@ impl Map {
                 Ok(Some(s)) => {
                     let n = s.endpoints.len();
                     for e in s.endpoints {
-                        state.endpoints.insert((e.method.clone(), e.template.clone()), e);
+                        state.endpoints.insert(format!("{} {}", e.method, e.template), e);
                     }
                     state.other = s.other;
                     state.capabilities = s.capabilities;
@@ -323,6 +328,10 @@ impl Map {
 
     /// Fold the samples gathered since the last call. Returns the requests per capability
     /// label (a capability the rules name, else `(other)`) and side, for the counters.
+    ///
+    /// A sample of a known endpoint allocates nothing: its key ("METHOD template") is built in
+    /// one reused buffer and looked up borrowed; per-capability counts are settled once per
+    /// endpoint touched, after the loop.
     pub fn fold(&self, rules: &RuleSet, samples: Vec<Sample>) -> HashMap<(String, Side), u64> {
         let mut counted: HashMap<(String, Side), u64> = HashMap::new();
         if samples.is_empty() {
@@ -330,27 +339,30 @@ impl Map {
         }
         let now = now_unix();
         let (five_s, minute) = ((now / 5.0) as u64, (now / 60.0) as u64);
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         st.settings.max_endpoints = rules.discovery.max_endpoints;
         let routes: HashMap<&str, &Route> = rules.routes.iter().map(|r| (r.name.as_str(), r)).collect();
         let mut renamed = Vec::new();
+        let mut key = String::with_capacity(128);
         for s in samples {
             let route = s
                 .route
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .and_then(|n| routes.get(n).copied());
-            let (template, learned) = endpoint_template(rules, route, &s.uri, &mut st.folder, &mut renamed);
-            let capability = route
-                .and_then(|r| r.capability.clone())
-                .unwrap_or_else(|| crate::rules::default_capability(&template));
-            let method = s.method.as_str().to_string();
-            let key = (method.clone(), template);
-            let st = &mut *st;
-            let e = match st.endpoints.get_mut(&key) {
+            key.clear();
+            key.push_str(s.method.as_str());
+            key.push(' ');
+            let learned = endpoint_template(rules, route, &s.uri, &mut st.folder, &mut renamed, &mut key);
+            let e = match st.endpoints.get_mut(key.as_str()) {
                 Some(e) => e,
                 None => {
-                    let e = Endpoint::new(&method, key.1.clone(), capability.clone(), learned, now);
+                    let template = key[s.method.as_str().len() + 1..].to_string();
+                    let capability = route
+                        .and_then(|r| r.capability.clone())
+                        .unwrap_or_else(|| crate::rules::default_capability(&template));
+                    let e = Endpoint::new(s.method.as_str(), template, capability, learned, now);
                     st.endpoints.entry(key.clone()).or_insert(e)
                 }
             };
@@ -358,22 +370,38 @@ impl Map {
             e.requests += 1;
             e.status[(s.status / 100).clamp(1, 5) as usize - 1] += 1;
             e.sides[side] += 1;
+            e.pending[side] += 1;
             e.latency[side].observe(s.seconds);
             e.last_seen = now;
-            e.route = route.map(|r| r.name.clone());
+            let name = route.map(|r| r.name.as_str());
+            if e.route.as_deref() != name {
+                e.route = name.map(str::to_string);
+            }
             e.recent.add(five_s, 1, MINUTE_SLOTS);
-            let cap_key = if st.capabilities.contains_key(&capability) || st.capabilities.len() < MAX_CAPABILITIES {
-                capability
+        }
+        // Per capability, once per endpoint touched.
+        for e in st.endpoints.values_mut().filter(|e| e.pending != [0, 0]) {
+            let pending = std::mem::take(&mut e.pending);
+            let known = st.capabilities.contains_key(&e.capability);
+            let cap_key = if known || st.capabilities.len() < MAX_CAPABILITIES {
+                e.capability.as_str()
             } else {
-                "(other)".to_string()
+                "(other)"
             };
-            let label = if rules.discovery.capabilities.contains(&cap_key) {
-                cap_key.clone()
+            let label = if rules.discovery.capabilities.contains(cap_key) {
+                cap_key
             } else {
-                "(other)".to_string()
+                "(other)"
             };
-            *counted.entry((label, s.side)).or_default() += 1;
-            st.capabilities.entry(cap_key).or_default().sides[side].add(minute, 1, HOUR_SLOTS);
+            let traffic = match st.capabilities.get_mut(cap_key) {
+                Some(t) => t,
+                None => st.capabilities.entry(cap_key.to_string()).or_default(),
+            };
+            for (side, n) in pending.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+                traffic.sides[side].add(minute, n, HOUR_SLOTS);
+                let side = if side == 1 { Side::New } else { Side::Legacy };
+                *counted.entry((label.to_string(), side)).or_default() += n;
+            }
         }
         for r in renamed {
             st.rename(&r);
@@ -491,28 +519,25 @@ impl Map {
 impl State {
     /// Endpoints learned under names that are now `{param}` merge into the new name.
     fn rename(&mut self, r: &template::Renamed) {
-        let moved: Vec<(String, String)> = self
+        let moved: Vec<String> = self
             .endpoints
-            .keys()
-            .filter(|(_, t)| template::rename(t, r).is_some())
-            .cloned()
+            .iter()
+            .filter(|(_, e)| e.learned && template::rename(&e.template, r).is_some())
+            .map(|(k, _)| k.clone())
             .collect();
         for key in moved {
             let Some(mut e) = self.endpoints.remove(&key) else {
                 continue;
             };
-            if !e.learned {
-                self.endpoints.insert(key, e);
-                continue;
-            }
             let Some(new) = template::rename(&e.template, r) else {
                 continue;
             };
-            e.template = new.clone();
-            match self.endpoints.get_mut(&(key.0.clone(), new.clone())) {
+            let new_key = format!("{} {new}", e.method);
+            e.template = new;
+            match self.endpoints.get_mut(&new_key) {
                 Some(existing) => existing.merge(e),
                 None => {
-                    self.endpoints.insert((key.0, new), e);
+                    self.endpoints.insert(new_key, e);
                 }
             }
         }
@@ -553,25 +578,29 @@ fn state_of(route: Option<&Route>) -> &'static str {
     }
 }
 
-/// The template of a request: the route's own path when the route names one (a literal or a
-/// template), then a template written in `discovery.templates`, else one learned from the path.
+/// Append the template of a request to `out`: the route's own path when the route names one (a
+/// literal or a template), then a template written in `discovery.templates`, else one learned
+/// from the path. True when learned.
 fn endpoint_template(
     rules: &RuleSet,
     route: Option<&Route>,
     uri: &Uri,
     folder: &mut Folder,
     renamed: &mut Vec<template::Renamed>,
-) -> (String, bool) {
-    match route.map(|r| &r.path) {
-        Some(PathMatch::Literal(p)) | Some(PathMatch::Template(p)) => return (p.clone(), false),
-        _ => {}
+    out: &mut String,
+) -> bool {
+    if let Some(PathMatch::Literal(p) | PathMatch::Template(p)) = route.map(|r| &r.path) {
+        out.push_str(p);
+        return false;
     }
     let path =
         crate::path::normalize_with(uri.path(), rules.allow_semicolons).unwrap_or(std::borrow::Cow::Borrowed("/"));
     if let Some(t) = rules.discovery.written_template(&path) {
-        return (t.to_string(), false);
+        out.push_str(t);
+        return false;
     }
-    (folder.template(&path, renamed), true)
+    folder.template_into(&path, renamed, out);
+    true
 }
 
 /// Progress by requests (the last hour) and by endpoints, overall and per capability.
@@ -716,7 +745,7 @@ mod tests {
     }
 
     fn templates(map: &Map) -> Vec<String> {
-        let mut t: Vec<String> = map.lock().endpoints.keys().map(|(_, t)| t.clone()).collect();
+        let mut t: Vec<String> = map.lock().endpoints.values().map(|e| e.template.clone()).collect();
         t.sort();
         t
     }

@@ -92,9 +92,17 @@ impl Folder {
     /// endpoints learned earlier under the old names can be merged.
     pub fn template(&mut self, path: &str, renamed: &mut Vec<Renamed>) -> String {
         let mut out = String::with_capacity(path.len());
+        self.template_into(path, renamed, &mut out);
+        out
+    }
+
+    /// [`Folder::template`], appended to `out` (a reused buffer: no allocation once it is big enough).
+    pub fn template_into(&mut self, path: &str, renamed: &mut Vec<Renamed>, out: &mut String) {
+        let base = out.len();
         let mut segments = path.split('/').skip(1).filter(|s| !s.is_empty()).peekable();
         if segments.peek().is_none() {
-            return "/".into();
+            out.push('/');
+            return;
         }
         for (depth, seg) in segments.enumerate() {
             if depth == MAX_DEPTH {
@@ -104,15 +112,14 @@ impl Folder {
             let part = if is_identifier(seg) {
                 "{id}"
             } else {
-                self.literal(&out, seg, renamed)
+                self.literal(&out[base..], seg, renamed)
             };
             out.push('/');
             out.push_str(part);
         }
-        if path.ends_with('/') && out != "/" {
+        if path.ends_with('/') && &out[base..] != "/" {
             out.push('/');
         }
-        out
     }
 
     /// `seg` itself, or `{param}` when the position under `parent` is folded and `seg` not kept.
@@ -130,7 +137,13 @@ impl Folder {
         if pos.folded {
             return if pos.literals.contains_key(seg) { seg } else { "{param}" };
         }
-        *pos.literals.entry(seg.into()).or_default() += 1;
+        // Looked up borrowed: a name seen before costs no allocation.
+        match pos.literals.get_mut(seg) {
+            Some(n) => *n += 1,
+            None => {
+                pos.literals.insert(seg.into(), 1);
+            }
+        }
         if pos.literals.len() <= fold_after {
             return seg;
         }
