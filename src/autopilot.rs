@@ -448,7 +448,10 @@ impl Autopilot {
                     continue;
                 }
                 match verdict {
-                    Verdict::Wait(why) => track.verdict = why,
+                    Verdict::Wait(why) => {
+                        tracing::debug!(target: "autopilot", route = %route.name, step = %current.label(), "waiting: {why}");
+                        track.verdict = why;
+                    }
                     Verdict::Promote => {
                         track.verdict = "promoting".into();
                         let detail = format!(
