@@ -214,6 +214,17 @@ fn bucket_values(v: &Value) -> Vec<(f64, u64)> {
     out
 }
 
+/// A move decided in one round, made after the round's lock is released.
+struct Move {
+    route: String,
+    to: Step,
+    direction: &'static str,
+    reason: &'static str,
+    detail: String,
+    pause: bool,
+    gates: Vec<Gate>,
+}
+
 /// What the autopilot knows of one route between decisions.
 struct Track {
     /// The step the route was at when last seen (`None`: not one of its steps).
@@ -365,7 +376,7 @@ impl Autopilot {
     pub fn tick_with(&self, live: &Live, mut readings: HashMap<String, Reading>) {
         let auto = &live.rules.autopilot;
         let acting = auto.enabled && auto.external == self.external;
-        let mut moves: Vec<(String, Step, &'static str, &'static str, String, bool, Vec<Gate>)> = Vec::new();
+        let mut moves: Vec<Move> = Vec::new();
         let mut adopted: Vec<Transition> = Vec::new();
         {
             let mut tracks = self.lock();
@@ -459,15 +470,15 @@ impl Autopilot {
                             rollout.hold.as_secs(),
                             gates::evidence_count(current, &ev)
                         );
-                        moves.push((
-                            route.name.clone(),
-                            rollout.steps[at + 1],
-                            "promote",
-                            "gates_held",
+                        moves.push(Move {
+                            route: route.name.clone(),
+                            to: rollout.steps[at + 1],
+                            direction: "promote",
+                            reason: "gates_held",
                             detail,
-                            false,
+                            pause: false,
                             gates,
-                        ));
+                        });
                     }
                     Verdict::Fail { gate, why } => {
                         track.verdict = format!("failing: {why}");
@@ -475,7 +486,15 @@ impl Autopilot {
                             OnFailure::Rollback => (rollout.steps[0], "rollback"),
                             OnFailure::Pause => (current, "pause"),
                         };
-                        moves.push((route.name.clone(), to, direction, gate, why, true, gates));
+                        moves.push(Move {
+                            route: route.name.clone(),
+                            to,
+                            direction,
+                            reason: gate,
+                            detail: why,
+                            pause: true,
+                            gates,
+                        });
                     }
                 }
             }
@@ -483,8 +502,9 @@ impl Autopilot {
         for t in &adopted {
             self.record(t);
         }
-        for (name, to, direction, reason, detail, pause, gates) in moves {
-            if let Err(e) = self.apply(&name, to, pause, direction, reason, detail, gates) {
+        for m in moves {
+            let (name, direction) = (m.route.clone(), m.direction);
+            if let Err(e) = self.apply(&m.route, m.to, m.pause, m.direction, m.reason, m.detail, m.gates) {
                 tracing::warn!(route = %name, "autopilot: {direction} not done: {e}");
                 if let Some(t) = self.lock().get_mut(&name) {
                     t.verdict = format!("{direction} not done: {e}");

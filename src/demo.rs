@@ -27,6 +27,13 @@ impl ShutdownSignalWatch for StopOnSignal {
 }
 
 pub fn run(config: &Path, data_dir: &Path, traffic: bool) -> anyhow::Result<()> {
+    // The autopilot edits the rules it runs on: the demo works on a fresh copy in the data
+    // directory, so the repository's rules.yaml stays as it is.
+    std::fs::create_dir_all(data_dir).with_context(|| format!("can't create {}", data_dir.display()))?;
+    let copy = data_dir.join("rules.yaml");
+    std::fs::copy(config, &copy).with_context(|| format!("can't copy {} to {}", config.display(), copy.display()))?;
+    let source = config;
+    let config = copy.as_path();
     let rules = strangler::rules::load(config)?.rules;
     let addr = |name: &str| {
         rules
@@ -97,10 +104,11 @@ pub fn run(config: &Path, data_dir: &Path, traffic: bool) -> anyhow::Result<()> 
          \x20 metrics:                     http://{admin}/metrics\n\
          \x20 routes in force:             http://{admin}/api/routes\n\
          \x20 behind it:                   monolith http://{mono}  inventory http://{inv}  orders http://{ord}\n\
-         \x20 rules:                       {} (strangler check / strangler explain GET /api/orders/1)\n\
+         \x20 rules:                       {} (a copy of {}; the autopilot edits it: GET /api/autopilot)\n\
          \x20 traffic:                     {}\n\
          Ctrl-C stops everything.\n",
         config.display(),
+        source.display(),
         if traffic {
             "a steady mix of shop requests is flowing"
         } else {

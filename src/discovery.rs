@@ -533,6 +533,10 @@ impl State {
                 continue;
             };
             let new_key = format!("{} {new}", e.method);
+            // A capability taken from the old name follows the new one; a route's own stays.
+            if e.capability == crate::rules::default_capability(&e.template) {
+                e.capability = crate::rules::default_capability(&new);
+            }
             e.template = new;
             match self.endpoints.get_mut(&new_key) {
                 Some(existing) => existing.merge(e),

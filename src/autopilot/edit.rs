@@ -91,6 +91,9 @@ fn percent(p: f64) -> String {
     }
 }
 
+/// One change to the text, at a byte offset (changes are made from the end backwards).
+type Edit = (usize, Box<dyn Fn(&mut String) -> Option<()>>);
+
 /// `text` with route `name` moved to `step`. The result is checked by parsing it again.
 pub fn set_step(path: &Path, text: &str, name: &str, step: Step) -> Result<String, EditError> {
     let file = parse(path, text)?;
@@ -99,7 +102,7 @@ pub fn set_step(path: &Path, text: &str, name: &str, step: Step) -> Result<Strin
     // Edit from the end of the file backwards, so earlier offsets stay right.
     let mode_at = r.mode.referenced;
     let percent_at = r.canary.as_ref().map(|c| c.value.percent.referenced);
-    let mut edits: Vec<(usize, Box<dyn Fn(&mut String) -> Option<()>>)> = Vec::new();
+    let mut edits: Vec<Edit> = Vec::new();
     let mode = step.mode().as_str();
     edits.push((
         range(&mode_at).map_or(0, |r| r.0),

@@ -148,11 +148,14 @@ impl Folder {
             return seg;
         }
         // Too many names at one position: they are values. Keep only the literals that carry a
-        // real share of the parent's traffic (the `/api` among a scanner's junk).
-        let keep_at = pos.hits.div_ceil(fold_after as u64);
+        // real share of the parent's traffic (the `/api` and `/products` among a scanner's
+        // junk). The share is taken without the busiest name, so one dominant name (`/api`)
+        // doesn't raise the bar for the others; a name seen fewer than three times is a value.
+        let busiest = pos.literals.values().copied().max().unwrap_or(0);
+        let keep_at = (pos.hits - busiest).div_ceil(fold_after as u64).max(3);
         let mut dropped: Vec<String> = Vec::new();
         pos.literals.retain(|name, hits| {
-            let keep = *hits >= keep_at && *hits > 1;
+            let keep = *hits >= keep_at;
             if !keep {
                 dropped.push(name.to_string());
             }
@@ -294,6 +297,34 @@ mod tests {
         assert_eq!(f.template("/products/9", &mut renamed), "/products/{id}");
         assert_eq!(f.template(&junk(5000), &mut renamed), "/{param}");
         assert!(f.positions() <= 1000);
+    }
+
+    #[test]
+    fn a_dominant_name_does_not_push_the_smaller_real_ones_out() {
+        let mut f = Folder::new(25, 1000);
+        let mut renamed = Vec::new();
+        for i in 0..1000 {
+            f.template(&format!("/api/things/{i}"), &mut renamed);
+        }
+        for i in 0..30 {
+            f.template(&format!("/products/{i}"), &mut renamed);
+            f.template(&format!("/account/{i}"), &mut renamed);
+        }
+        let junk = |i: usize| {
+            format!(
+                "/x{}",
+                (0..5)
+                    .map(|k| (b'a' + (i / 26usize.pow(k) % 26) as u8) as char)
+                    .collect::<String>()
+            )
+        };
+        for i in 0..100 {
+            f.template(&junk(i), &mut renamed);
+        }
+        assert_eq!(f.template("/products/7", &mut renamed), "/products/{id}");
+        assert_eq!(f.template("/account/7", &mut renamed), "/account/{id}");
+        assert_eq!(f.template("/api/things/7", &mut renamed), "/api/things/{id}");
+        assert_eq!(f.template(&junk(500), &mut renamed), "/{param}");
     }
 
     #[test]
