@@ -381,9 +381,8 @@ impl Autopilot {
         {
             let mut tracks = self.lock();
             tracks.retain(|name, _| live.rules.routes.iter().any(|r| &r.name == name && r.rollout.is_some()));
-            for (id, route) in live.rules.routes.iter().enumerate() {
+            for route in &live.rules.routes {
                 let Some(rollout) = &route.rollout else { continue };
-                let _ = id;
                 let Some(reading) = readings.remove(&route.name) else {
                     continue;
                 };
@@ -554,6 +553,10 @@ impl Autopilot {
             return Ok(());
         }
         edit::write_if_unchanged(&path, &bytes, &new)?;
+        if let Some(rollout) = &route.rollout {
+            let step = rollout.steps.iter().position(|s| *s == to).map_or(-1, |i| i as i64);
+            self.metrics.rollout_state(name, step, pause);
+        }
         let transition = Transition {
             at: now_unix(),
             route: name.to_string(),

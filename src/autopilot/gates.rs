@@ -74,16 +74,17 @@ pub fn evidence_count(step: Step, ev: &Evidence) -> u64 {
 }
 
 /// Judge a step. `last`: there is no step after it (nothing to promote to, failures still count).
+/// Which breach a rollback names when several gates fail at once.
+const BREACH_ORDER: [&str; 4] = ["error_rate", "fallback_rate", "match_rate", "p99"];
+
 pub fn judge(step: Step, last: bool, g: &Gates, ev: &Evidence, held: Duration, hold: Duration) -> (Verdict, Vec<Gate>) {
     let n = evidence_count(step, ev);
     // Enough requests that one unlucky error doesn't decide.
     let clear = n >= (g.min_requests / 5).max(20).min(g.min_requests);
     let full = n >= g.min_requests;
     let mut gates = Vec::new();
-    let mut failed: Option<(&'static str, String)> = None;
-    let mut fail = |gate: &'static str, why: String| {
-        failed.get_or_insert((gate, why));
-    };
+    let mut failed: Vec<(&'static str, String)> = Vec::new();
+    let mut fail = |gate: &'static str, why: String| failed.push((gate, why));
 
     let compared_gate = step == Step::Shadow || ev.compared > 0 && matches!(step, Step::Canary(_));
     if compared_gate {
@@ -165,13 +166,19 @@ pub fn judge(step: Step, last: bool, g: &Gates, ev: &Evidence, held: Duration, h
         });
     }
 
-    if let Some((gate, why)) = failed {
+    // A service that errors or falls back also answers differently: name the cause, not the symptom.
+    let first = |name| failed.iter().position(|(gate, _)| *gate == name);
+    if let Some(i) = BREACH_ORDER.iter().find_map(|name| first(*name)) {
+        let (gate, why) = failed.swap_remove(i);
         return (Verdict::Fail { gate, why }, gates);
     }
     let verdict = if last {
         Verdict::Wait("the last step: nothing to promote to".into())
     } else if held < hold {
-        Verdict::Wait(format!("holding: {}s of {}s", held.as_secs(), hold.as_secs()))
+        Verdict::Wait(format!(
+            "holding: {:?} of {hold:?}",
+            Duration::from_millis(held.as_millis() as u64 / 100 * 100)
+        ))
     } else if !full {
         Verdict::Wait(format!("evidence: {n} of {}", g.min_requests))
     } else if let Some(g) = gates.iter().find(|g| g.ok != Some(true)) {
@@ -283,6 +290,30 @@ mod tests {
                 Step::Canary(25.0),
                 false,
                 canary(20, 0, 20),
+                HOLD,
+                "fail fallback_rate",
+            ),
+            (
+                "canary failing and so answering differently names the errors",
+                Step::Canary(25.0),
+                false,
+                Evidence {
+                    compared: 40,
+                    matched: 10,
+                    ..canary(30, 30, 0)
+                },
+                HOLD,
+                "fail error_rate",
+            ),
+            (
+                "canary falling back and mismatching names the fallbacks",
+                Step::Canary(25.0),
+                false,
+                Evidence {
+                    compared: 40,
+                    matched: 10,
+                    ..canary(20, 0, 20)
+                },
                 HOLD,
                 "fail fallback_rate",
             ),
