@@ -1,5 +1,7 @@
 //! The dashboard page in a real browser (Debian's Chromium, headless) while demo-like traffic runs
-//! on the repo's rules.yaml: every route of the demo rules shows with non-zero figures, no script error occurs, the page fits
+//! on the repo's rules.yaml: every route of the demo rules shows with non-zero figures, the
+//! what's-left section has a row per capability and per busy legacy endpoint as `/api/endpoints`
+//! has them, no script error occurs, the page fits
 //! a 1280 px wide window without scrolling sideways, and a screenshot at that size is saved to
 //! target/test-artifacts/dashboard.png.
 
@@ -7,7 +9,7 @@ mod common;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
 use common::shop::start_shop;
@@ -95,6 +97,23 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
         _ => format!("/api/payments/order/{}", i % 100 + 1),
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The migration map folds once a second: wait until every endpoint of that traffic is in it
+    // (two reads a fold apart agree), so the page and the API are read from the same map.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut before = whats_left(&proxy).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let now = whats_left(&proxy).await;
+        let settled = now.same_as(&before) && !now.capabilities.is_empty() && !now.legacy.is_empty();
+        before = now;
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the migration map did not settle: {before:?}"
+        );
+    }
 
     let profile = tempfile::tempdir().unwrap();
     let url = proxy.admin_url("/");
@@ -147,6 +166,38 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
     }
     assert!(html.contains(" of 7"), "migration progress is shown");
 
+    // What's left: a row per capability and one per busy legacy endpoint, as the API has them.
+    let left = whats_left(&proxy).await;
+    let count = |name: &str| -> usize {
+        attr(&html, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("the page did not report {name}:\n{html}"))
+    };
+    assert_eq!(
+        count("data-left-capabilities"),
+        left.capabilities.len(),
+        "capability rows on the page, against /api/endpoints's {:?}",
+        left.capabilities
+    );
+    assert_eq!(
+        count("data-left-legacy"),
+        left.legacy.len().min(10),
+        "legacy endpoint rows on the page, against /api/endpoints's {:?}",
+        left.legacy
+    );
+    for capability in &left.capabilities {
+        assert!(
+            html.contains(&format!("data-capability=\"{capability}\"")),
+            "no row for capability {capability}:\n{html}"
+        );
+    }
+    for endpoint in left.legacy.iter().take(10) {
+        assert!(
+            html.contains(&format!("data-endpoint=\"{endpoint}\"")),
+            "no row for legacy endpoint {endpoint}:\n{html}"
+        );
+    }
+
     // No sideways scrolling, and no column of the route table past the window's edge. The page
     // writes its layout, as the browser computed it, onto <body> after each refresh.
     let px = |name: &str| -> u32 {
@@ -154,7 +205,12 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("the page did not report {name}:\n{html}"))
     };
-    let (inner, scroll, table) = (px("data-inner-width"), px("data-scroll-width"), px("data-table-right"));
+    let (inner, scroll, table, left) = (
+        px("data-inner-width"),
+        px("data-scroll-width"),
+        px("data-table-right"),
+        px("data-left-right"),
+    );
     assert_eq!(inner, WINDOW.0, "the browser window is {} px wide", WINDOW.0);
     assert!(
         scroll <= inner,
@@ -167,10 +223,53 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
         shot.display()
     );
     assert!(
+        left <= inner,
+        "the what's-left section ends at {left} px, past the {inner} px window (screenshot: {})",
+        shot.display()
+    );
+    assert!(
         png.status.success() && std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0) > 10_000,
         "screenshot at {}",
         shot.display()
     );
+}
+
+/// What `/api/endpoints` says is left: every capability (by name), and the endpoints still in
+/// state legacy (busiest first, as the page lists them).
+#[derive(Debug)]
+struct Left {
+    capabilities: Vec<String>,
+    legacy: Vec<String>,
+}
+
+async fn whats_left(proxy: &Proxy) -> Left {
+    let map = proxy.admin_json("/api/endpoints?state=legacy").await;
+    let mut capabilities: Vec<String> = map["progress"]["capabilities"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no progress.capabilities: {map}"))
+        .keys()
+        .cloned()
+        .collect();
+    capabilities.sort();
+    let legacy: Vec<String> = map["endpoints"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no endpoints: {map}"))
+        .iter()
+        .map(|e| format!("{} {}", e["method"].as_str().unwrap(), e["template"].as_str().unwrap()))
+        .collect();
+    Left { capabilities, legacy }
+}
+
+impl Left {
+    /// The same capabilities and legacy endpoints, in whatever order (equal traffic may swap two).
+    fn same_as(&self, other: &Left) -> bool {
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        self.capabilities == other.capabilities && sorted(&self.legacy) == sorted(&other.legacy)
+    }
 }
 
 /// The value of the first `name="..."` attribute in `html`.
