@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # strangler next to nginx, HAProxy and a bare Pingora proxy, on this machine, in one run.
 #
-#   bench/compare.sh            # DURATION=10 ROUNDS=2 RATE_ROUNDS=3 by default
+#   bench/compare.sh            # DURATION=10 ROUNDS=2 RATE_ROUNDS=5 by default
 #   PGO=1 bench/compare.sh      # profile-guided builds of strangler and bare Pingora (bench/pgo.sh)
+#   BEFORE=/tmp/strangler-OLD bench/compare.sh  # also an earlier strangler binary, same rules
+#   ROUNDS=5 bench/compare.sh   # CPU ratios such as the map's few percent need more rounds
 #
 # Setup (the one described in issue 8): the backend is nginx answering a fixed 200 on two ports,
 # pinned with wrk to CPU 0. Each proxy runs one worker pinned to CPU 1 and routes /api/orders/ to
@@ -21,10 +23,12 @@ export RUST_LOG=warn
 bench_work
 install_missing compare nginx haproxy wrk curl cmake
 pgo_if_asked
-cargo build --release --bin strangler --example bare_pingora --example loadgen 2>&1 | tail -1
-BIN="${CARGO_TARGET_DIR:-target}/release"
+# BIN=DIR: binaries built earlier (strangler and examples/), e.g. copied aside so that a build
+# running meanwhile cannot swap them mid-run.
+[ -n "${BIN:-}" ] || { cargo build --release --bin strangler --example bare_pingora --example loadgen 2>&1 | tail -1; }
+BIN="${BIN:-${CARGO_TARGET_DIR:-target}/release}"
 LOADGEN="$BIN/examples/loadgen"
-RATE="${RATE:-5000}" IDLE="${IDLE:-10000}" RATE_ROUNDS="${RATE_ROUNDS:-3}"
+RATE="${RATE:-5000}" IDLE="${IDLE:-10000}" RATE_ROUNDS="${RATE_ROUNDS:-5}"
 
 mkdir -p "$WORK/nginx-proxy" "$WORK/nginx-proxy-log" "$WORK/rules"
 cat > "$WORK/nginx-proxy/nginx.conf" <<EOF
@@ -118,7 +122,7 @@ compared_copies() {
 }
 
 results="$WORK/results"
-R20="$(rules 20)" R1K="$(rules 1000)" R10K="$(rules 10000)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
+R20="$(rules 20)" R20_NO_MAP="$(rules 20 off)" R1K="$(rules 1000)" R10K="$(rules 10000)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
 strangler_run "$BIN"
 STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
 # Access log on, as shipped (one line per request at info level, to stderr: a file here).
@@ -129,6 +133,10 @@ for round in $(seq 1 "$ROUNDS"); do
   run haproxy 8481 haproxy -f "$WORK/haproxy.cfg" >> "$results"
   run bare-pingora 8482 "$BIN/examples/bare_pingora" 127.0.0.1:8482 "$B1" "$B2" >> "$results"
   run strangler 8483 "${STRANGLER[@]}" --config "$R20" >> "$results"
+  # The migration map (issue 23) switched off: what every request pays for it is the difference.
+  run strangler-map-off 8483 "${STRANGLER[@]}" --config "$R20_NO_MAP" >> "$results"
+  # An earlier build on the same rules (BEFORE=PATH): the cost of a round's changes.
+  [ -z "${BEFORE:-}" ] || run strangler-before 8483 "$BEFORE" "${STRANGLER[@]:1}" --config "$R20" >> "$results"
   run strangler-1k-routes 8483 "${STRANGLER[@]}" --config "$R1K" >> "$results"
   run strangler-10k-routes 8483 "${STRANGLER[@]}" --config "$R10K" >> "$results"
   run nginx-access-log 8480 nginx -c "$WORK/nginx-proxy-log/nginx.conf" -p "$WORK/nginx-proxy-log" >> "$results"
@@ -143,7 +151,7 @@ echo
 echo "medians of $ROUNDS rounds (p50 and p99: first round), ${DURATION}s each, $CONNS connections, proxy on CPU 1 with one worker:"
 printf "%-22s %12s %10s %10s %14s %8s %8s %9s\n" proxy "requests/s" p50 p99 "CPU µs/req" user system compared
 declare -A cpu user system
-for name in nginx haproxy bare-pingora strangler strangler-1k-routes strangler-10k-routes nginx-access-log strangler-access-log strangler-shadow-0 strangler-shadow-1 strangler-shadow-0-10k strangler-shadow-1-10k; do
+for name in nginx haproxy bare-pingora strangler strangler-map-off ${BEFORE:+strangler-before} strangler-1k-routes strangler-10k-routes nginx-access-log strangler-access-log strangler-shadow-0 strangler-shadow-1 strangler-shadow-0-10k strangler-shadow-1-10k; do
   rps="$(awk -v n="$name" '$1 == n {print $2}' "$results" | median)"
   p50="$(awk -v n="$name" '$1 == n {print $3}' "$results" | head -1)"
   p99="$(awk -v n="$name" '$1 == n {print $4}' "$results" | head -1)"
@@ -160,6 +168,9 @@ for base in nginx haproxy bare-pingora; do
 done
 awk -v su="${user[strangler]}" -v ss="${system[strangler]}" -v bu="${user[bare-pingora]}" -v bs="${system[bare-pingora]}" \
   'BEGIN {printf "strangler / bare-pingora  %.2fx user time, %.2fx system time per request\n", su / bu, ss / bs}'
+awk -v a="${cpu[strangler]}" -v s="${cpu[strangler-map-off]}" 'BEGIN {printf "migration map on / off: %.3fx CPU per request\n", a / s}'
+[ -z "${BEFORE:-}" ] || awk -v a="${cpu[strangler-map-off]}" -v b="${cpu[strangler-before]}" -v c="${cpu[strangler]}" \
+  'BEGIN {printf "map off / the earlier build: %.3fx, map on / the earlier build: %.3fx CPU per request\n", a / b, c / b}'
 awk -v a="${cpu[strangler-10k-routes]}" -v s="${cpu[strangler]}" 'BEGIN {printf "strangler 10k routes / 20 routes: %.2fx\n", a / s}'
 awk -v a="${cpu[strangler-access-log]}" -v s="${cpu[strangler]}" -v n="${cpu[nginx-access-log]}" -v m="${cpu[nginx]}" \
   'BEGIN {printf "access log on / off: strangler %.2fx, nginx %.2fx CPU per request\n", a / s, n / m}'
@@ -167,7 +178,7 @@ awk -v a="${cpu[strangler-shadow-1]}" -v s="${cpu[strangler-shadow-0]}" 'BEGIN {
 awk -v a="${cpu[strangler-shadow-1-10k]}" -v s="${cpu[strangler-shadow-0-10k]}" 'BEGIN {printf "the same with 10 KiB answers: %.2fx CPU per request\n", a / s}'
 
 # p99 at a fixed, moderate rate (open loop, latency counted from when each request was due):
-# RATE_ROUNDS runs each (default 3), proxies interleaved, medians reported (one run's p99 moves a
+# RATE_ROUNDS runs each (default 5), proxies interleaved, medians reported (one run's p99 moves a
 # lot). Then memory
 # with IDLE idle keep-alive client connections, once each.
 echo

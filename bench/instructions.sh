@@ -23,7 +23,9 @@ DURATION="${DURATION:-8}"
 bench_work
 install_missing instructions nginx wrk curl valgrind cmake
 pgo_if_asked
-cargo build --release --bin strangler --example bare_pingora 2>&1 | tail -1
+# BIN=DIR: binaries built earlier (strangler and examples/), e.g. copied aside so that a build
+# running meanwhile cannot swap them mid-run.
+[ -n "${BIN:-}" ] || { cargo build --release --bin strangler --example bare_pingora 2>&1 | tail -1; }
 
 start_backends
 
@@ -50,7 +52,7 @@ measure() {
 }
 
 export RUST_LOG=warn
-BIN="${CARGO_TARGET_DIR:-target}/release"
+BIN="${BIN:-${CARGO_TARGET_DIR:-target}/release}"
 strangler_run "$BIN"
 STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
 results="$WORK/results"

@@ -9,7 +9,9 @@
 
 pub mod template;
 
-use std::collections::HashMap;
+// Seeded per process and several times faster than SipHash on these short keys; the maps are
+// bounded, so a flood of crafted paths can only fill them, not grow them.
+use foldhash::{HashMap, HashMapExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

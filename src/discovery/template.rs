@@ -3,7 +3,9 @@
 //!
 //! Pure and single-threaded: the folder owns one `Folder` and feeds it paths off the request path.
 
-use std::collections::HashMap;
+// Seeded per process and several times faster than SipHash on these short keys; the maps are
+// bounded, so a flood of crafted paths can only fill them, not grow them.
+use foldhash::{HashMap, HashMapExt};
 
 /// Segments kept per path; deeper ones are folded into the last as `{rest}`.
 pub const MAX_DEPTH: usize = 12;
@@ -124,59 +126,72 @@ impl Folder {
 
     /// `seg` itself, or `{param}` when the position under `parent` is folded and `seg` not kept.
     fn literal<'s>(&mut self, parent: &str, seg: &'s str, renamed: &mut Vec<Renamed>) -> &'s str {
-        if !self.positions.contains_key(parent) {
-            if self.positions.len() >= self.max_positions {
-                // Full: an unknown parent's literals can't be told apart from values.
-                return "{param}";
-            }
-            self.positions.insert(parent.to_string(), Position::default());
-        }
         let fold_after = self.fold_after;
-        let pos = self.positions.get_mut(parent).expect("inserted above");
-        pos.hits += 1;
-        if pos.folded {
-            return if pos.literals.contains_key(seg) { seg } else { "{param}" };
+        if let Some(pos) = self.positions.get_mut(parent) {
+            return pos.see(parent, seg, fold_after, renamed);
+        }
+        if self.positions.len() >= self.max_positions {
+            // Full: an unknown parent's literals can't be told apart from values.
+            return "{param}";
+        }
+        self.positions
+            .entry(parent.to_string())
+            .or_default()
+            .see(parent, seg, fold_after, renamed)
+    }
+
+    /// Parents tracked now (for the memory bound).
+    pub fn positions(&self) -> usize {
+        self.positions.len()
+    }
+}
+
+impl Position {
+    /// Count `seg` at this position (under `parent`): `seg` itself, or `{param}` once folded.
+    fn see<'s>(&mut self, parent: &str, seg: &'s str, fold_after: usize, renamed: &mut Vec<Renamed>) -> &'s str {
+        self.hits += 1;
+        if self.folded {
+            return if self.literals.contains_key(seg) {
+                seg
+            } else {
+                "{param}"
+            };
         }
         // Looked up borrowed: a name seen before costs no allocation.
-        match pos.literals.get_mut(seg) {
+        match self.literals.get_mut(seg) {
             Some(n) => *n += 1,
             None => {
-                pos.literals.insert(seg.into(), 1);
+                self.literals.insert(seg.into(), 1);
             }
         }
-        if pos.literals.len() <= fold_after {
+        if self.literals.len() <= fold_after {
             return seg;
         }
         // Too many names at one position: they are values. Keep only the literals that carry a
         // real share of the parent's traffic (the `/api` and `/products` among a scanner's
         // junk). The share is taken without the busiest name, so one dominant name (`/api`)
         // doesn't raise the bar for the others; a name seen fewer than three times is a value.
-        let busiest = pos.literals.values().copied().max().unwrap_or(0);
-        let keep_at = (pos.hits - busiest).div_ceil(fold_after as u64).max(3);
+        let busiest = self.literals.values().copied().max().unwrap_or(0);
+        let keep_at = (self.hits - busiest).div_ceil(fold_after as u64).max(3);
         let mut dropped: Vec<String> = Vec::new();
-        pos.literals.retain(|name, hits| {
+        self.literals.retain(|name, hits| {
             let keep = *hits >= keep_at;
             if !keep {
                 dropped.push(name.to_string());
             }
             keep
         });
-        pos.folded = true;
+        self.folded = true;
         dropped.sort();
         renamed.push(Renamed {
             parent: parent.to_string(),
             literals: dropped,
         });
-        if pos.literals.contains_key(seg) {
+        if self.literals.contains_key(seg) {
             seg
         } else {
             "{param}"
         }
-    }
-
-    /// Parents tracked now (for the memory bound).
-    pub fn positions(&self) -> usize {
-        self.positions.len()
     }
 }
 
