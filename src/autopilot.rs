@@ -9,7 +9,7 @@
 pub mod edit;
 pub mod gates;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,9 @@ use gates::{Evidence, Gate, Verdict};
 
 /// The journal's file name in `state_dir`.
 pub const JOURNAL: &str = "autopilot.jsonl";
+
+/// How many of the latest transitions `GET /api/autopilot` shows (the journal keeps them all).
+const RECENT: usize = 20;
 
 fn now_unix() -> f64 {
     SystemTime::now()
@@ -232,6 +235,8 @@ struct Track {
     since: Instant,
     since_unix: f64,
     entry: Reading,
+    /// The evidence counted at this step so far (`gates::evidence_count`).
+    evidence: u64,
     gates: Vec<Gate>,
     verdict: String,
     last: Option<Transition>,
@@ -252,6 +257,8 @@ pub struct Autopilot {
     /// `state_dir/autopilot.jsonl`; `None` when `state_dir` is not writable.
     journal: Option<PathBuf>,
     routes: Mutex<HashMap<String, Track>>,
+    /// The latest transitions, oldest first, for the dashboard's timeline.
+    recent: Mutex<VecDeque<Transition>>,
 }
 
 /// What an admin action asks for.
@@ -335,6 +342,7 @@ impl Autopilot {
             metrics,
             journal,
             routes: Mutex::new(HashMap::new()),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
         }
     }
 
@@ -392,6 +400,7 @@ impl Autopilot {
                     since: Instant::now(),
                     since_unix: now_unix(),
                     entry: reading.clone(),
+                    evidence: 0,
                     gates: Vec::new(),
                     verdict: String::new(),
                     last: None,
@@ -420,6 +429,7 @@ impl Autopilot {
                     track.since = Instant::now();
                     track.since_unix = now_unix();
                     track.entry = reading.clone();
+                    track.evidence = 0;
                     track.gates.clear();
                 }
                 if !rollout.paused {
@@ -436,6 +446,7 @@ impl Autopilot {
                 };
                 let current = rollout.steps[at];
                 let ev = reading.since(&track.entry, current);
+                track.evidence = gates::evidence_count(current, &ev);
                 let last = at + 1 == rollout.steps.len();
                 let (verdict, gates) =
                     gates::judge(current, last, &rollout.gates, &ev, track.since.elapsed(), rollout.hold);
@@ -584,7 +595,7 @@ impl Autopilot {
         }
     }
 
-    /// Journal, log and count a transition.
+    /// Journal, log, count and remember a transition.
     fn record(&self, t: &Transition) {
         tracing::info!(
             target: "autopilot",
@@ -597,6 +608,13 @@ impl Autopilot {
             t.detail
         );
         self.metrics.rollout_transition(&t.route, t.direction, t.reason);
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(t.clone());
+        }
         let Some(path) = &self.journal else { return };
         let line = match serde_json::to_string(t) {
             Ok(l) => l,
@@ -655,8 +673,9 @@ impl Autopilot {
         Ok(json!({"route": name, "action": direction, "step": to.label(), "paused": pause}))
     }
 
-    /// `GET /api/autopilot`: each route's step, since when, its gates, what comes next, the last
-    /// transition and whether it is paused.
+    /// `GET /api/autopilot`: each route's step, since when, its progress toward the next (time
+    /// held, evidence counted), its gates, the last transition and whether it is paused; and the
+    /// latest transitions of every route, newest first.
     pub fn view(&self) -> Value {
         let live = self.live.load_full();
         let auto = &live.rules.autopilot;
@@ -677,9 +696,11 @@ impl Autopilot {
                     "mode": r.mode.as_str(),
                     "steps": rollout.steps.iter().map(|s| s.label()).collect::<Vec<_>>(),
                     "since": since,
+                    "held_s": t.map_or(0.0, |t| t.since.elapsed().as_secs_f64()),
                     "hold_s": rollout.hold.as_secs_f64(),
                     "next_decision_at": since + rollout.hold.as_secs_f64(),
                     "gates": t.map(|t| t.gates.clone()).unwrap_or_default(),
+                    "evidence": t.map_or(0, |t| t.evidence),
                     "min_requests": rollout.gates.min_requests,
                     "status": t.map_or(String::new(), |t| t.verdict.clone()),
                     "paused": rollout.paused,
@@ -688,11 +709,21 @@ impl Autopilot {
                 })
             })
             .collect();
+        drop(tracks);
+        let recent: Vec<Transition> = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .cloned()
+            .collect();
         json!({
             "enabled": auto.enabled,
             "controller": if auto.external { "external" } else { "in_process" },
             "interval_s": auto.interval.as_secs_f64(),
             "routes": routes,
+            "transitions": recent,
         })
     }
 }

@@ -1,9 +1,11 @@
 //! The dashboard page in a real browser (Debian's Chromium, headless) while demo-like traffic runs
 //! on the repo's rules.yaml: every route of the demo rules shows with non-zero figures, the
 //! what's-left section has a row per capability and per busy legacy endpoint as `/api/endpoints`
-//! has them, no script error occurs, the page fits
-//! a 1280 px wide window without scrolling sideways, and a screenshot at that size is saved to
-//! target/test-artifacts/dashboard.png.
+//! has them, the rollouts section shows each rollout's current step and what holds it back (the
+//! demo's orders route paused in shadow by data drift) and the move in its timeline as
+//! `/api/autopilot` has them, no script error occurs, the page fits a 1280 px wide window without
+//! scrolling sideways, and a screenshot at that size is saved to target/test-artifacts/dashboard.png.
+//! With the autopilot off, the rollouts section says so in one line.
 
 mod common;
 
@@ -87,6 +89,20 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
             .unwrap();
         assert!(!r.status().is_server_error(), "{}", r.status()); // 409: that SKU is out of stock
     }
+    // Data drift, as in the demo: orders paid through the monolith (payments stay on it) are paid
+    // there only, so the orders service's answers for them differ and orders-read stays in shadow.
+    let mut paid = 0;
+    for order in (1..=100).step_by(3) {
+        let r = client
+            .post(proxy.url("/api/payments"))
+            .json(&serde_json::json!({"order_id": order}))
+            .send()
+            .await
+            .unwrap();
+        assert!(!r.status().is_server_error(), "{}", r.status()); // 409: already paid in the seed
+        paid += u32::from(r.status().is_success());
+    }
+    assert!(paid >= 5, "only {paid} orders were paid: too little drift");
 
     // Steady traffic over every route while the browser looks.
     let traffic = Traffic::start(proxy.clone(), Duration::from_millis(5), |i| match i % 5 {
@@ -114,6 +130,25 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
             "the migration map did not settle: {before:?}"
         );
     }
+
+    // The autopilot sees the drift: orders-read is rolled back to its first step and paused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let drifted = loop {
+        let v = proxy.admin_json("/api/autopilot").await;
+        let orders = rollout(&v, "orders-read");
+        if orders["paused"] == true
+            && orders["status"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("paused: match rate"))
+        {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orders-read was not paused by its drift: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
 
     let profile = tempfile::tempdir().unwrap();
     let url = proxy.admin_url("/");
@@ -198,6 +233,85 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
         );
     }
 
+    // Rollouts: a card per route with a rollout, its current step marked, the verdict that holds
+    // it back and the breached gate, as /api/autopilot has them; the move in the timeline.
+    let autopilot = proxy.admin_json("/api/autopilot").await;
+    let routes = autopilot["routes"].as_array().unwrap();
+    assert_eq!(
+        attr(&html, "data-rollouts"),
+        Some(routes.len().to_string().as_str()),
+        "rollout cards on the page, against /api/autopilot's {autopilot}"
+    );
+    for r in routes {
+        let name = r["route"].as_str().unwrap();
+        let card = between(
+            &html,
+            &format!("data-rollout=\"{name}\""),
+            &["data-rollout=\"", "id=\"rollout-timeline\""],
+        )
+        .unwrap_or_else(|| panic!("no rollout card for {name}:\n{html}"));
+        let current = between(card, "aria-current=\"step\">", &["<"])
+            .unwrap_or_else(|| panic!("no current step for {name}:\n{card}"));
+        assert_eq!(current, step_label(&r["step"]), "{name}'s current step, against {r}");
+    }
+    let orders = rollout(&autopilot, "orders-read");
+    assert_eq!(orders["step"], "shadow", "{orders}");
+    let status = orders["status"].as_str().unwrap();
+    assert_eq!(
+        status,
+        rollout(&drifted, "orders-read")["status"],
+        "orders-read's verdict moved while the browser looked"
+    );
+    let card = between(
+        &html,
+        "data-rollout=\"orders-read\"",
+        &["data-rollout=\"", "id=\"rollout-timeline\""],
+    )
+    .unwrap();
+    assert!(
+        card.contains("data-paused=\"true\"") && card.contains(&format!(">{}<", escape(status))),
+        "the page does not say why orders-read is held back ({status:?}):\n{card}"
+    );
+    let gate =
+        between(card, "data-gate=\"match_rate\"", &["</tr>"]).unwrap_or_else(|| panic!("no match_rate gate:\n{card}"));
+    assert!(
+        gate.contains("holds it back"),
+        "the breached gate is not marked:\n{gate}"
+    );
+
+    let transitions = autopilot["transitions"].as_array().unwrap();
+    let shown: usize = attr(&html, "data-transitions")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        shown >= 1 && shown <= transitions.len(),
+        "{shown} transitions on the page, against /api/autopilot's {transitions:?}"
+    );
+    let moved = transitions
+        .iter()
+        .find(|t| t["route"] == "orders-read")
+        .unwrap_or_else(|| panic!("no move of orders-read in /api/autopilot: {autopilot}"));
+    let row = between(
+        &html,
+        &format!(
+            "data-transition=\"orders-read {}\"",
+            moved["direction"].as_str().unwrap()
+        ),
+        &["</tr>"],
+    )
+    .unwrap_or_else(|| panic!("orders-read's move is not in the timeline:\n{html}"));
+    for text in [
+        format!("{} → {}", step_label(&moved["from"]), step_label(&moved["to"])),
+        moved["direction"].as_str().unwrap().to_string(),
+        moved["reason"].as_str().unwrap().to_string(),
+        moved["detail"].as_str().unwrap().to_string(),
+    ] {
+        assert!(
+            row.contains(&format!(">{}<", escape(&text))),
+            "the timeline row lacks {text:?}:\n{row}"
+        );
+    }
+
     // No sideways scrolling, and no column of the route table past the window's edge. The page
     // writes its layout, as the browser computed it, onto <body> after each refresh.
     let px = |name: &str| -> u32 {
@@ -205,11 +319,12 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("the page did not report {name}:\n{html}"))
     };
-    let (inner, scroll, table, left) = (
+    let (inner, scroll, table, left, rollouts) = (
         px("data-inner-width"),
         px("data-scroll-width"),
         px("data-table-right"),
         px("data-left-right"),
+        px("data-rollouts-right"),
     );
     assert_eq!(inner, WINDOW.0, "the browser window is {} px wide", WINDOW.0);
     assert!(
@@ -228,10 +343,91 @@ async fn the_dashboard_shows_every_route_in_a_real_browser() {
         shot.display()
     );
     assert!(
+        rollouts <= inner,
+        "the rollouts section ends at {rollouts} px, past the {inner} px window (screenshot: {})",
+        shot.display()
+    );
+    assert!(
         png.status.success() && std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0) > 10_000,
         "screenshot at {}",
         shot.display()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_autopilot_off_the_rollouts_section_says_so_in_one_line() {
+    let Some(bin) = common::tools::require("chromium") else {
+        return;
+    };
+    let shop = start_shop().await;
+    let proxy = Proxy::start(&format!("{}autopilot: {{ enabled: false }}\n", demo_rules(&shop))).await;
+    let autopilot = proxy.admin_json("/api/autopilot").await;
+    assert_eq!(autopilot["enabled"], false, "{autopilot}");
+    let rollouts = autopilot["routes"].as_array().unwrap().len();
+    assert!(rollouts >= 2, "the demo rules have rollouts: {autopilot}");
+
+    let profile = tempfile::tempdir().unwrap();
+    let mut c = chromium(&bin, profile.path());
+    c.args([
+        &format!("--window-size={},{}", WINDOW.0, WINDOW.1),
+        "--dump-dom",
+        &proxy.admin_url("/"),
+    ]);
+    let dom = tokio::task::spawn_blocking(move || c.output())
+        .await
+        .unwrap()
+        .expect("run chromium");
+    let html = String::from_utf8_lossy(&dom.stdout).to_string();
+    assert!(
+        html.contains("data-js-errors=\"0\""),
+        "a script error on the page:\n{html}"
+    );
+    assert!(
+        attr(&html, "data-refreshes").is_some_and(|n| n != "0"),
+        "the page never loaded its data:\n{html}"
+    );
+    let line = format!(
+        "the autopilot is off (autopilot.enabled: false): {rollouts} routes with a rollout stay where rules.yaml puts them"
+    );
+    assert!(
+        html.contains(&format!("id=\"rollouts-summary\">{}<", escape(&line))),
+        "no one-line word that the autopilot is off:\n{html}"
+    );
+    assert!(
+        attr(&html, "data-rollouts") == Some("0") && !html.contains("data-rollout=\""),
+        "rollout cards for an autopilot that does not act:\n{html}"
+    );
+}
+
+/// A route's entry in `GET /api/autopilot`.
+fn rollout<'a>(autopilot: &'a serde_json::Value, route: &str) -> &'a serde_json::Value {
+    autopilot["routes"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["route"] == route))
+        .unwrap_or_else(|| panic!("no {route} in /api/autopilot: {autopilot}"))
+}
+
+/// A step as the page writes it: `shadow`, `25%`, `migrated`.
+fn step_label(step: &serde_json::Value) -> String {
+    let s = step.as_str().unwrap_or("off its steps");
+    if s.parse::<f64>().is_ok() {
+        format!("{s}%")
+    } else {
+        s.to_string()
+    }
+}
+
+/// Text as the browser's serialized DOM writes it.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// What follows the first `start` in `html`, up to the first of `ends` after it (or the end).
+fn between<'a>(html: &'a str, start: &str, ends: &[&str]) -> Option<&'a str> {
+    let from = html.find(start)? + start.len();
+    let rest = &html[from..];
+    let to = ends.iter().filter_map(|e| rest.find(e)).min().unwrap_or(rest.len());
+    Some(&rest[..to])
 }
 
 /// What `/api/endpoints` says is left: every capability (by name), and the endpoints still in

@@ -1,7 +1,8 @@
 //! A real Prometheus server scrapes the proxy while traffic runs. Every PromQL expression of the
 //! Grafana dashboard and the alert rules is evaluated through Prometheus's HTTP API, those of the
-//! Migration progress row return data, the traffic-share panel shows the canary split, and
-//! promtool accepts the rules and the metrics.
+//! Migration progress and Rollouts rows return data, the traffic-share panel shows the canary
+//! split, the Rollouts panels show the autopilot's step and every move it made, and promtool
+//! accepts the rules and the metrics.
 
 mod common;
 
@@ -15,7 +16,7 @@ use common::traffic::Traffic;
 use serde_json::Value;
 
 const ROUTES: &str = "  - { name: stock, match: { prefix: /api/inventory }, mode: canary, service: inventory, canary: { percent: 30, sticky: \"header:x-user-id\" } }\n\
-                      \x20 - { name: orders-read, match: { path: \"/api/orders/{id}\", methods: [GET] }, mode: shadow, service: orders, shadow: { ignore: [\"$.served_at\"] } }\n\
+                      \x20 - { name: orders-read, match: { path: \"/api/orders/{id}\", methods: [GET] }, mode: shadow, service: orders, shadow: { ignore: [\"$.served_at\"] }, rollout: { steps: [shadow, 50], hold: 1s, gates: { min_requests: 20, match_rate: 99%, p99: 100x } } }\n\
                       \x20 - { name: catalog, match: { prefix: /api/catalog }, mode: legacy }\n";
 
 fn repo(path: &str) -> std::path::PathBuf {
@@ -95,7 +96,14 @@ async fn prometheus_evaluates_every_dashboard_and_alert_expression() {
         ("inventory", shop.inventory),
         ("orders", shop.orders),
     ];
-    let proxy = Arc::new(Proxy::start(&rules(&ups, ROUTES)).await);
+    // The autopilot decides often, so orders-read (whose answers match) is promoted within seconds.
+    let proxy = Arc::new(
+        Proxy::start(&format!(
+            "autopilot: {{ enabled: true, interval: 100ms }}\n{}",
+            rules(&ups, ROUTES)
+        ))
+        .await,
+    );
 
     // promtool check metrics reports nothing on our exposition.
     let text = proxy.metrics().await;
@@ -178,18 +186,20 @@ async fn prometheus_evaluates_every_dashboard_and_alert_expression() {
         let (expr, v) = query(expr).await;
         assert_eq!(v["status"], "success", "{expr}: {v}");
     }
-    // The migration map's panels have data once the traffic is folded: a misspelt metric or
-    // label would evaluate too, to nothing.
-    let progress: Vec<String> = dashboard_expressions()
-        .into_iter()
-        .filter(|(row, _)| row == "Migration progress")
-        .map(|(_, e)| e)
-        .collect();
-    assert!(progress.len() >= 4, "the Migration progress row: {progress:?}");
-    for expr in progress {
-        let (expr, v) = query(expr).await;
-        let series = v["data"]["result"].as_array().map_or(0, Vec::len);
-        assert!(series > 0, "{expr} has no data: {v}");
+    // The migration map's panels have data once the traffic is folded, the rollouts' once the
+    // autopilot has judged and moved: a misspelt metric or label would evaluate too, to nothing.
+    for (row, least) in [("Migration progress", 4), ("Rollouts", 3)] {
+        let exprs: Vec<String> = dashboard_expressions()
+            .into_iter()
+            .filter(|(r, _)| r == row)
+            .map(|(_, e)| e)
+            .collect();
+        assert!(exprs.len() >= least, "the {row} row: {exprs:?}");
+        for expr in exprs {
+            let (expr, v) = query(expr).await;
+            let series = v["data"]["result"].as_array().map_or(0, Vec::len);
+            assert!(series > 0, "{expr} has no data: {v}");
+        }
     }
 
     // What the proxy itself counted on the canary route, by side.
@@ -245,6 +255,60 @@ async fn prometheus_evaluates_every_dashboard_and_alert_expression() {
         (rated - own_share).abs() < 0.05,
         "the rate of the canary route's share is {rated}, the proxy counted {own_share}"
     );
+
+    // The autopilot promoted orders-read to its last step, and the Rollouts panels agree with the
+    // proxy: the step it is at, and each of its moves (a counter born at 1 by its first move
+    // counts too, which increase() alone would read as 0).
+    let autopilot = proxy.admin_json("/api/autopilot").await;
+    assert!(
+        autopilot["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["route"] == "orders-read" && r["step"] == "50"),
+        "orders-read was not promoted: {autopilot}"
+    );
+    let own_sum = |metric: &str| -> f64 {
+        own.lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains("route=\"orders-read\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (own_step, own_moves) = (
+        own_sum("strangler_rollout_step"),
+        own_sum("strangler_rollout_transitions_total"),
+    );
+    assert!(
+        own_step == 1.0 && own_moves >= 1.0,
+        "the proxy counted step {own_step} and {own_moves} moves for orders-read"
+    );
+    let panel_sum = |title: &'static str| {
+        let expr = dash["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("the dashboard has a panel {title:?}"))["targets"][0]["expr"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let query = &query;
+        async move {
+            let (expr, v) = query(expr).await;
+            let sum: f64 = v["data"]["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["metric"]["route"] == "orders-read")
+                .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+                .sum();
+            (expr, sum)
+        }
+    };
+    let (expr, step) = panel_sum("Rollout step per route").await;
+    assert_eq!(step, own_step, "{expr}: orders-read's step");
+    let (expr, moves) = panel_sum("Rollout transitions by direction and reason (15 min)").await;
+    assert_eq!(moves, own_moves, "{expr}: orders-read's moves");
     let _ = server.kill();
     let _ = server.wait();
 }
