@@ -1,4 +1,5 @@
-//! Hot reload of rules.yaml: three triggers (file watch, SIGHUP, `POST /api/reload`), one path.
+//! Hot reload of rules.yaml: its triggers (file watch, a poll for edits no event reports, SIGHUP,
+//! `POST /api/reload`, the autopilot) share one path.
 //!
 //! A reload reads, validates and compiles the whole file off the request path, then swaps the
 //! new `Live` in with one `ArcSwap::store`. A bad file changes nothing: the rules in force keep
@@ -24,6 +25,11 @@ use crate::tls::CertStore;
 /// Events closer together than this are one edit (editors write several times per save).
 pub const COALESCE: Duration = Duration::from_millis(100);
 
+/// How often the rules file is read back, for an edit no watch event reported: on a network
+/// file system (NFS, a ReadWriteMany volume), another node's write makes no inotify event here.
+/// A look reads the file; only bytes other than those in force, and than those last refused, compile.
+pub const POLL: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
@@ -33,6 +39,8 @@ pub enum Trigger {
     Api,
     /// The autopilot edited the file.
     Autopilot,
+    /// The file's bytes changed with no event seen (a network file system, say).
+    Poll,
 }
 
 /// What a reload did.
@@ -87,6 +95,10 @@ pub struct Status {
     pub errors: Vec<ErrorView>,
     #[serde(skip)]
     applied_text: String,
+    /// The hash of the bytes last refused: a watch event or a poll that finds them again tries
+    /// nothing and logs nothing (the refusal stands).
+    #[serde(skip)]
+    refused: Option<u64>,
 }
 
 pub struct Reloader {
@@ -144,6 +156,7 @@ impl Reloader {
                 last_result: "success",
                 errors: Vec::new(),
                 applied_text,
+                refused: None,
             }),
             listen,
             admin,
@@ -220,16 +233,29 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         self.reload_certs();
+        // A watch event or a poll: bytes in force, or refused already, change nothing. A person's
+        // ask (SIGHUP, the API) and the autopilot always try.
+        let mut seen = None;
+        if matches!(trigger, Trigger::Watch | Trigger::Poll) {
+            if let Ok(bytes) = std::fs::read(&self.path) {
+                let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+                if bytes == st.applied_text.as_bytes() || st.refused == Some(hash) {
+                    return Outcome::Unchanged {
+                        generation: st.generation,
+                    };
+                }
+                seen = Some(hash);
+            }
+        }
         let Loaded { rules, text, hash } = match rules::load(&self.path) {
             Ok(loaded) => loaded,
             // A watch event can land between an editor's delete and its write; the next event retries.
-            Err(errors) => return self.refuse(&mut st, trigger, errors),
+            Err(errors) => {
+                st.refused = seen;
+                return self.refuse(&mut st, trigger, errors);
+            }
         };
-        if trigger == Trigger::Watch && text == st.applied_text {
-            return Outcome::Unchanged {
-                generation: st.generation,
-            };
-        }
+        st.refused = None;
         for (what, now, bound) in self.fixed_at_start(&rules) {
             tracing::warn!(
                 "{}: `{what}: {now}` takes effect only after a restart; still {bound}. The rest of the edit is applied",
@@ -296,7 +322,7 @@ impl EarlyHangup {
     }
 }
 
-/// Watches the rules file's directory and SIGHUP, and reloads on either.
+/// Watches the rules file's directory and SIGHUP, polls the file, and reloads on any of them.
 pub struct ReloadService {
     pub reloader: Arc<Reloader>,
     /// Taken when the service starts listening for SIGHUP itself.
@@ -338,9 +364,12 @@ impl BackgroundService for ReloadService {
             let reloader = self.reloader.clone();
             let _ = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal)).await;
         }
+        let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + POLL, POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let trigger = tokio::select! {
                 _ = shutdown.changed() => return,
+                _ = poll.tick() => Trigger::Poll,
                 Some(()) = rx.recv() => {
                     // Coalesce the burst of events one save makes.
                     tokio::time::sleep(COALESCE).await;

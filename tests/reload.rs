@@ -91,6 +91,61 @@ async fn every_way_of_writing_the_file_reloads() {
     assert_eq!(config["last_reload"]["trigger"], "watch");
 }
 
+/// An edit no watch event reports (another node's write on a network file system) is picked up
+/// by the poll: here rules.yaml is a symlink into a directory nobody watches, and its target is
+/// replaced there. A broken edit there is refused once, not again at every poll.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_no_event_reports_is_found_by_the_poll_and_a_broken_one_refused_once() {
+    use std::os::unix::fs::symlink;
+    let shop = start_shop().await;
+    let (mono, inv) = (shop.monolith, shop.inventory);
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("rules.yaml");
+    std::fs::write(&target, flip(mono, inv, false)).unwrap();
+    let path = dir.path().join("rules.yaml");
+    symlink(&target, &path).unwrap();
+    let proxy = Proxy::start_file(dir, path, &[]).await;
+    let client = reqwest::Client::new();
+    assert_eq!(upstream(&client, &proxy).await, "monolith");
+
+    // Start-up's own writes beside the rules (the state directory) are events in the watched
+    // directory: let them pass, so that only the poll can find the edit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Written whole (a rename), so that no look can catch it half written.
+    write_and_rename(&target, &flip(mono, inv, true));
+    // The poll looks every 5 s; allow three looks.
+    let deadline = Instant::now() + Duration::from_secs(16);
+    while upstream(&client, &proxy).await != "inventory" {
+        assert!(
+            Instant::now() < deadline,
+            "the edit was never picked up; proxy log:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let config = proxy.config().await;
+    assert_eq!(config["last_reload"]["trigger"], "poll", "{config}");
+    assert_eq!(config["generation"], 1, "{config}");
+
+    write_and_rename(&target, "routes: [ this is not yaml\n");
+    let deadline = Instant::now() + Duration::from_secs(16);
+    while proxy.config().await["last_reload"]["result"] != "failure" {
+        assert!(
+            Instant::now() < deadline,
+            "the broken edit was never tried; {}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two more looks at the same broken bytes: no second attempt, and the rules in force serve.
+    let tried = proxy.config().await["last_reload"]["at_unix"].clone();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let config = proxy.config().await;
+    assert_eq!(config["last_reload"]["at_unix"], tried, "{config}");
+    assert_eq!(upstream(&client, &proxy).await, "inventory");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_configmap_symlink_swap_reloads() {
     use std::os::unix::fs::symlink;
