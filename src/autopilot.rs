@@ -28,6 +28,7 @@ use crate::live::Live;
 use crate::metrics::{Metrics, RouteMetric};
 use crate::reload::{Outcome, Reloader, Trigger};
 use crate::rules::{OnFailure, Rollout, Route, Step};
+use crate::state::StateDir;
 use gates::{Evidence, Gate, Verdict};
 
 /// The journal's file name in `state_dir`.
@@ -303,9 +304,14 @@ pub enum ActError {
 
 impl Autopilot {
     /// The autopilot of a proxy: its own figures, its own reloader.
-    pub fn new(live: Arc<ArcSwap<Live>>, reloader: Arc<Reloader>, metrics: Arc<Metrics>) -> Autopilot {
+    pub fn new(
+        live: Arc<ArcSwap<Live>>,
+        reloader: Arc<Reloader>,
+        metrics: Arc<Metrics>,
+        state: &StateDir,
+    ) -> Autopilot {
         let path = reloader.path().to_path_buf();
-        Autopilot::build(live, Some(reloader), path, false, metrics)
+        Autopilot::build(live, Some(reloader), path, false, metrics, state)
     }
 
     /// The external controller's: the figures come from Prometheus (`tick_with`), and the file
@@ -313,7 +319,8 @@ impl Autopilot {
     pub fn external(path: PathBuf, metrics: Arc<Metrics>) -> Result<Autopilot, crate::config::ConfigErrors> {
         let loaded = crate::rules::load(&path)?;
         let live = Arc::new(ArcSwap::from_pointee(Live::first(loaded.rules, loaded.hash, &metrics)));
-        Ok(Autopilot::build(live, None, path, true, metrics))
+        let state = StateDir::open(&live.load().rules.discovery.state_dir);
+        Ok(Autopilot::build(live, None, path, true, metrics, &state))
     }
 
     fn build(
@@ -322,18 +329,9 @@ impl Autopilot {
         path: PathBuf,
         external: bool,
         metrics: Arc<Metrics>,
+        state: &StateDir,
     ) -> Autopilot {
-        let dir = live.load().rules.discovery.state_dir.clone();
-        let journal = match std::fs::create_dir_all(&dir) {
-            Ok(()) => Some(dir.join(JOURNAL)),
-            Err(e) => {
-                tracing::warn!(
-                    "state_dir {} is not writable ({e}): the autopilot journal goes to the log only",
-                    dir.display()
-                );
-                None
-            }
-        };
+        let journal = state.path(JOURNAL);
         Autopilot {
             live,
             reloader,

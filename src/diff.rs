@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod fast;
@@ -301,8 +301,9 @@ pub fn read_headers(from: &HeaderMap, compared: &[HeaderName]) -> HeaderMap {
     kept
 }
 
-/// A difference: where, and both values (`None`: absent on that side).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A difference: where, and both values (`None`: absent on that side). Read back (a mismatch
+/// kept in `state_dir`), the skipped fields are empty: only a fresh comparison uses them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Difference {
     pub path: String,
     /// The path with indices as `[*]`.

@@ -12,7 +12,6 @@ pub mod template;
 // Seeded per process and several times faster than SipHash on these short keys; the maps are
 // bounded, so a flood of crafted paths can only fill them, not grow them.
 use foldhash::{HashMap, HashMapExt};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,13 +27,14 @@ use crate::config::Mode;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::rules::{PathMatch, Route, RuleSet, Side};
+use crate::state::StateDir;
 use template::Folder;
 
 /// Samples a worker holds between folds; past it they are counted as dropped.
 const BUFFER: usize = 1 << 16;
 /// How often the buffers are folded, and how often the map is written to `state_dir`.
 pub const FOLD_EVERY: Duration = Duration::from_secs(1);
-pub const SAVE_EVERY: Duration = Duration::from_secs(60);
+pub const SAVE_EVERY: Duration = crate::state::SAVE_EVERY;
 /// Capabilities tracked for progress; the rest count as `(other)`.
 const MAX_CAPABILITIES: usize = 256;
 /// The snapshot's file name in `state_dir`.
@@ -259,8 +259,8 @@ pub struct Settings {
 /// The map itself. Only the folder and the admin API lock it, never the request path.
 pub struct Map {
     state: Mutex<State>,
-    /// Where the snapshot is written; `None`: memory only.
-    dir: Option<PathBuf>,
+    /// Where the snapshot is written (or memory only).
+    keep: StateDir,
 }
 
 struct State {
@@ -282,45 +282,29 @@ struct Snapshot {
 }
 
 impl Map {
-    /// An empty map, or the one saved in `dir`. `dir` is tried for writing: without a writable
-    /// directory the map lives in memory only, and says so once.
-    pub fn open(dir: Option<&Path>, settings: Settings) -> Map {
-        let dir = dir.and_then(|d| match std::fs::create_dir_all(d).and_then(|_| probe_write(d)) {
-            Ok(()) => Some(d.to_path_buf()),
-            Err(e) => {
-                tracing::warn!(
-                    "state_dir {} is not writable ({e}): the endpoint map lives in memory only; set state_dir to a writable directory to keep it across restarts",
-                    d.display()
-                );
-                None
-            }
-        });
+    /// An empty map, or the one saved in `state` (memory only when `state` is).
+    pub fn open(state: &StateDir, settings: Settings) -> Map {
         let max_positions = settings.max_endpoints * 2;
-        let mut state = State {
+        let mut st = State {
             folder: Folder::new(settings.fold_after, max_positions),
             settings,
             endpoints: HashMap::new(),
             other: Endpoint::new("*", "(other)".into(), "(other)".into(), true, now_unix()),
             capabilities: HashMap::new(),
         };
-        if let Some(d) = &dir {
-            match load(&d.join(SNAPSHOT)) {
-                Ok(Some(s)) => {
-                    let n = s.endpoints.len();
-                    for e in s.endpoints {
-                        state.endpoints.insert(format!("{} {}", e.method, e.template), e);
-                    }
-                    state.other = s.other;
-                    state.capabilities = s.capabilities;
-                    tracing::info!("endpoint map: {n} endpoints loaded from {}", d.join(SNAPSHOT).display());
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!("endpoint map not loaded, starting empty: {e}"),
+        if let Some(s) = state.read_json::<Snapshot>(SNAPSHOT, "an endpoint map") {
+            let n = s.endpoints.len();
+            for e in s.endpoints {
+                st.endpoints.insert(format!("{} {}", e.method, e.template), e);
             }
+            st.other = s.other;
+            st.capabilities = s.capabilities;
+            let dir = state.dir().map(|d| d.display().to_string()).unwrap_or_default();
+            tracing::info!("endpoint map: {n} endpoints loaded from {dir}/{SNAPSHOT}");
         }
         Map {
-            state: Mutex::new(state),
-            dir,
+            state: Mutex::new(st),
+            keep: state.clone(),
         }
     }
 
@@ -485,9 +469,11 @@ impl Map {
         );
     }
 
-    /// Write the map to `state_dir` (a temporary file, then a rename).
+    /// Write the map to `state_dir` (atomically: `StateDir::write`).
     pub fn save(&self) {
-        let Some(dir) = &self.dir else { return };
+        if self.keep.dir().is_none() {
+            return;
+        }
         let text = {
             let st = self.lock();
             let snapshot = Snapshot {
@@ -501,11 +487,8 @@ impl Map {
                 Err(e) => return tracing::warn!("endpoint map not saved: {e}"),
             }
         };
-        let path = dir.join(SNAPSHOT);
-        let tmp = dir.join(format!(".{SNAPSHOT}.{}", std::process::id()));
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
-            let _ = std::fs::remove_file(&tmp);
-            tracing::warn!("endpoint map not saved to {}: {e}", path.display());
+        if let Err(e) = self.keep.write(SNAPSHOT, &text) {
+            tracing::warn!("endpoint map not saved to {SNAPSHOT} in state_dir: {e}");
         }
     }
 
@@ -662,23 +645,6 @@ fn progress(
     out
 }
 
-fn probe_write(dir: &Path) -> std::io::Result<()> {
-    let probe = dir.join(format!(".probe.{}", std::process::id()));
-    std::fs::write(&probe, b"")?;
-    std::fs::remove_file(&probe)
-}
-
-fn load(path: &Path) -> Result<Option<Snapshot>, String> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("can't read {}: {e}", path.display())),
-    };
-    serde_json::from_slice(&text)
-        .map(Some)
-        .map_err(|e| format!("{} is not an endpoint map ({e}); it will be replaced", path.display()))
-}
-
 /// Folds the workers' samples every second, and saves the map every minute and at shutdown.
 pub struct MapService {
     pub map: Arc<Map>,
@@ -719,6 +685,7 @@ impl BackgroundService for MapService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn a_window_counts_only_its_span() {
@@ -760,7 +727,7 @@ mod tests {
     fn a_hundred_thousand_ids_make_one_template() {
         let rules = rules();
         let map = Map::open(
-            None,
+            &StateDir::memory(),
             Settings {
                 max_endpoints: 100,
                 fold_after: 25,
@@ -780,7 +747,7 @@ mod tests {
     fn a_hundred_thousand_junk_paths_leave_the_real_endpoints_in_a_bounded_map() {
         let rules = rules();
         let map = Map::open(
-            None,
+            &StateDir::memory(),
             Settings {
                 max_endpoints: 50,
                 fold_after: 25,

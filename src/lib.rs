@@ -13,10 +13,12 @@
 //! - `resilience` circuit breaker, bulkhead, backoff, health state (atomics, injected clock)
 //! - `health`  active health checks of every upstream
 //! - `client`  one HTTP/1.1 exchange off the proxied path (copies, health probes)
-//! - `shadow`  the shadow copy's life: capture, send, judge; `shadow::mismatch` the stored record
+//! - `shadow`  the shadow copy's life: capture, send, judge; `shadow::mismatch` the stored record;
+//!   `shadow::saved` learned noise and mismatches in `state_dir`
 //! - `diff`    compare two answers (pure); `diff::fast` its byte-level fast path
 //! - `autopilot` moves routes through their rollout steps on evidence, by editing rules.yaml
 //! - `discovery` the migration map: endpoints learned from traffic, progress, kept in `state_dir`
+//! - `state`   the state directory: opened once, atomic writes, corrupt files set aside
 //! - `access`  the access log line
 //! - `metrics` every Prometheus metric; per-route handles built at load
 //! - `reload`  hot reload: file watch, SIGHUP, POST /api/reload; keep the last good rules
@@ -58,6 +60,7 @@ pub mod resilience;
 pub mod rules;
 pub mod server;
 pub mod shadow;
+pub mod state;
 pub mod stats;
 pub mod suggest;
 pub mod tls;

@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Strangler;
 use crate::reload::{ReloadService, Reloader};
 use crate::shadow::Shadower;
+use crate::state::{SaveService, StateDir};
 use crate::stats::{Stats, StatsService};
 use crate::tls::CertStore;
 
@@ -218,16 +219,27 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     let live_for_stats = live.clone();
     let live_for_map = live.clone();
     let stats = Arc::new(Stats::default());
+    // Opened once: every owner of learned state shares it, and one warning covers them all.
+    let state = StateDir::open(&live.load().rules.discovery.state_dir);
     let map = {
         let d = &live.load().rules.discovery;
         Arc::new(crate::discovery::Map::open(
-            Some(&d.state_dir),
+            &state,
             crate::discovery::Settings {
                 max_endpoints: d.max_endpoints,
                 fold_after: d.fold_after,
             },
         ))
     };
+    let shadow_state = {
+        let first = live.load();
+        Arc::new(crate::shadow::saved::Store::open(
+            state.clone(),
+            &first.rules,
+            &first.shadow_states,
+        ))
+    };
+    let live_for_shadow_state = live.clone();
     let shadower = Arc::new(Shadower::default());
     let reloader = Arc::new(
         Reloader::new(
@@ -244,6 +256,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         live.clone(),
         reloader.clone(),
         metrics.clone(),
+        &state,
     ));
 
     let threads = if opts.threads == 0 {
@@ -336,6 +349,16 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
             map: map.clone(),
             live: live_for_map,
             metrics: metrics.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "strangler shadow state",
+        SaveService {
+            every: crate::state::SAVE_EVERY,
+            save: Box::new(move || {
+                let live = live_for_shadow_state.load();
+                shadow_state.save(&live.rules, &live.shadow_states);
+            }),
         },
     ));
     server.add_service(background_service(

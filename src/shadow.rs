@@ -23,6 +23,7 @@ use crate::resilience::{BreakerConfig, UpstreamState};
 use crate::rules::{ShadowSpec, UpstreamPeer};
 
 mod mismatch;
+pub mod saved;
 
 pub use mismatch::{Mismatch, RequestParts, RING as MISMATCHES_KEPT};
 

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::diff::{Answer, Difference};
@@ -24,8 +24,8 @@ const ALWAYS_REDACTED: [HeaderName; 4] = [
     http::header::PROXY_AUTHORIZATION,
 ];
 
-/// One stored mismatch.
-#[derive(Debug, Clone, Serialize)]
+/// One stored mismatch (as `GET /api/mismatches` shows it, and as `state_dir` keeps it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Mismatch {
     pub at_unix: f64,
     pub route: String,

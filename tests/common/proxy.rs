@@ -53,8 +53,13 @@ fn port_range() -> (u32, u32) {
     }
 }
 
+/// The binary under test: this build's, or `STRANGLER_BIN` to run a test against another one
+/// (an earlier build, to see a test fail without a fix).
 pub fn strangler() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_strangler"))
+    match std::env::var_os("STRANGLER_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_strangler")),
+    }
 }
 
 /// A rules file with the given upstreams (the first is `legacy`) and the routes block.
