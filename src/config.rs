@@ -192,6 +192,18 @@ pub struct RouteFile {
     pub capability: Option<Spanned<String>>,
     /// Steps the autopilot moves this route through, and the evidence each needs.
     pub rollout: Option<Spanned<RolloutFile>>,
+    /// The path the new side gets instead of the client's (the monolith always gets the original).
+    pub rewrite: Option<Spanned<RewriteFile>>,
+}
+
+/// A route's `rewrite:`, one of the two.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteFile {
+    /// Replaces the matched `match.prefix`: `/api/orders/7` becomes `/v1/orders/7` with `/v1/orders`.
+    pub prefix: Option<Spanned<String>>,
+    /// A template filled from `match.path`'s parameters: `/orders/{id}/lines`.
+    pub path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

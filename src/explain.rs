@@ -108,6 +108,21 @@ pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) 
             }
         }
     }
+    if let Some(rw) = &r.rewrite {
+        let new_path = rw
+            .apply(&path, query)
+            .unwrap_or_else(|| "(does not fit; the client's path)".into());
+        let _ = writeln!(
+            out,
+            "paths:       {legacy} gets {path}{}",
+            query.map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "             {service} gets {new_path} (rewrite: {})",
+            rw.describe()
+        );
+    }
     if let Some(sh) = &r.shadow {
         let copied = sh.copies(&method);
         let _ = writeln!(

@@ -296,8 +296,19 @@ impl ProxyHttp for Strangler {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let live = ctx.live.as_ref().expect("request_filter sets live");
-        if let Some(uri) = ctx.rewritten.take() {
-            up.set_uri(uri);
+        // Each attempt (a retry, the fallback) starts again from the client's request.
+        if let Some(uri) = &ctx.rewritten {
+            up.set_uri(uri.clone());
+        }
+        // The new side's own path (`rewrite:`); the monolith always gets the client's.
+        let route = ctx.route.map(|id| &live.rules.routes[id]);
+        if let Some(rw) = route
+            .filter(|r| r.service == Some(ctx.target))
+            .and_then(|r| r.rewrite.as_ref())
+        {
+            if let Some(uri) = rw.apply(up.uri.path(), up.uri.query()).and_then(|pq| pq.parse().ok()) {
+                up.set_uri(uri);
+            }
         }
         if !live.rules.preserve_header_case {
             // Room for what follows: the request id, x-forwarded-for, -proto and -host, and host.
@@ -544,7 +555,13 @@ impl Strangler {
         // Serialized once, here: the copy task writes these bytes as they are. Framing and
         // hop-by-hop fields are the copy's own; credentials go only if the route says so.
         let forward_credentials = ctx.shadow.as_ref().is_some_and(|c| c.spec.forward_credentials);
-        let mut copy = client::HeadBuilder::new(&up.method, up.raw_path());
+        // The copy goes to the service: its path is the service's (`rewrite:`).
+        let rewritten = ctx
+            .route
+            .and_then(|id| live.rules.routes[id].rewrite.as_ref())
+            .and_then(|rw| rw.apply(up.uri.path(), up.uri.query()));
+        let path = rewritten.as_deref().map_or(up.raw_path(), str::as_bytes);
+        let mut copy = client::HeadBuilder::new(&up.method, path);
         for (name, value) in up.headers.iter() {
             let own = shadow::COPY_OWN_FIELDS.contains(name)
                 || (!forward_credentials && (name == http::header::AUTHORIZATION || name == http::header::COOKIE));

@@ -447,6 +447,7 @@ impl Compiler<'_> {
         let max_body = f.max_body.as_ref().map(|_| self.size(&f.max_body, n, "max_body", 0));
         let shadow = self.route_shadow(f, n);
         let rollout = self.rollout(f, n);
+        let rewrite = self.rewrite(f.rewrite.as_ref(), n, path.as_ref(), service.is_some());
         let capability = f.capability.as_ref().and_then(|c| {
             let v = c.value.trim();
             let ok = !v.is_empty() && v.len() <= 64 && !v.contains(['/', '{', '}']) && !v.chars().any(char::is_control);
@@ -475,6 +476,7 @@ impl Compiler<'_> {
             max_body,
             capability,
             rollout,
+            rewrite,
             name,
             line: r.referenced.line(),
             match_at: f.matcher.referenced,

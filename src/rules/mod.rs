@@ -6,6 +6,7 @@
 //! within one pattern the first rule in the file whose methods and headers match wins.
 
 mod compile;
+mod rewrite;
 mod rollout;
 mod upstreams;
 
@@ -25,6 +26,7 @@ use crate::diff::Compare;
 use crate::resilience::{BreakerConfig, HealthConfig, RetryConfig};
 
 pub use compile::compile;
+pub use rewrite::Rewrite;
 
 pub type UpstreamId = usize;
 pub type RouteId = usize;
@@ -201,6 +203,8 @@ pub struct Route {
     pub capability: Option<String>,
     /// The steps the autopilot moves this route through.
     pub rollout: Option<Rollout>,
+    /// The path the new side gets instead of the client's.
+    pub rewrite: Option<Rewrite>,
 }
 
 /// A route's compiled `shadow:` block.

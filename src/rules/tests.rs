@@ -127,6 +127,42 @@ fn refusals_name_the_route_and_place() {
         ("  - { name: a, match: { prefix: /a, methods: [FETCH] }, mode: legacy }\n", "unknown method \"FETCH\""),
         ("  - { name: a, match: { prefix: /a, colour: red }, mode: legacy }\n", "route \"a\": unknown field `colour`"),
         ("  - { name: a, match: { prefix: /a }, mode: sideways }\n", "route \"a\": unknown variant `sideways`"),
+        (
+            "  - { name: a, match: { path: \"/a/{id}\" }, mode: migrated, service: svc, rewrite: { path: \"/b/{key}\" } }\n",
+            "rules.yaml:6:91: route \"a\": rewrite.path uses {key}, which match.path doesn't capture (match.path has {id})",
+        ),
+        (
+            "  - { name: a, match: { path: /a }, mode: migrated, service: svc, rewrite: { path: \"/b/{id}\" } }\n",
+            "rewrite.path uses {id}, which match.path doesn't capture (match.path has none)",
+        ),
+        (
+            "  - { name: a, match: { path: /a }, mode: migrated, service: svc, rewrite: { prefix: /b } }\n",
+            "route \"a\": rewrite.prefix needs match.prefix",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a }, mode: migrated, service: svc, rewrite: { path: /b } }\n",
+            "rewrite.path needs match.path; with match.prefix use rewrite.prefix",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a }, mode: migrated, service: svc, rewrite: { prefix: /b, path: /c } }\n",
+            "rewrite: set exactly one of prefix or path",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a }, mode: migrated, service: svc, rewrite: { prefix: b } }\n",
+            "rewrite.prefix must be a plain path starting with '/': \"b\"",
+        ),
+        (
+            "  - { name: a, match: { path: \"/a/{id}\" }, mode: migrated, service: svc, rewrite: { path: \"/b/{id\" } }\n",
+            "rewrite.path \"/b/{id\": an unclosed '{'",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a }, mode: legacy, rewrite: { prefix: /b } }\n",
+            "rewrite changes the new side's path; give the route a service",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a }, mode: migrated, service: svc, rewrite: { to: /b } }\n",
+            "unknown field `to`",
+        ),
     ];
     for (routes, want) in cases {
         let err = compile(routes)
