@@ -103,7 +103,10 @@ async fn an_edit_no_event_reports_is_found_by_the_poll_and_a_broken_one_refused_
     let elsewhere = tempfile::tempdir().unwrap();
     let target = elsewhere.path().join("rules.yaml");
     std::fs::write(&target, flip(mono, inv, false)).unwrap();
-    let path = dir.path().join("rules.yaml");
+    // In a directory of its own: the proxy's log, beside it in `dir`, makes no event there.
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let path = conf.join("rules.yaml");
     symlink(&target, &path).unwrap();
     let proxy = Proxy::start_file(dir, path, &[]).await;
     let client = reqwest::Client::new();
