@@ -96,7 +96,8 @@ start_backends() {
   sleep 0.5
 }
 
-# rules N: write strangler's rules file for N routes into $WORK/rules and print its path.
+# rules N [on|off|autopilot]: write strangler's rules file for N routes into $WORK/rules and print
+# its path; the migration map on (the default) or off, or on with the autopilot judging the route.
 # /api/orders goes to the "orders" upstream, everything else to legacy, and N-1 more routes that
 # the benchmark's request never takes, so matching has a real table to search. The rules sit in a
 # directory of their own: the reload watcher wakes for every write in the rules file's directory,
@@ -105,8 +106,10 @@ rules() {
   local n="$1" map="${2:-on}" f="$WORK/rules/rules-$1-map-${2:-on}.yaml"
   mkdir -p "$WORK/rules"
   { echo "legacy: other"; echo "limits: { max_connections: 16000 }"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
-    [ "$map" = on ] || echo "discovery: { enabled: false }"
-    echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders }"
+    [ "$map" = off ] && echo "discovery: { enabled: false }"
+    # autopilot: the measured route has a rollout at its last step, judged every second.
+    [ "$map" = autopilot ] && echo "autopilot: { enabled: true, interval: 1s }"
+    echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders$([ "$map" = autopilot ] && echo ", rollout: { steps: [25, migrated], hold: 1s }") }"
     for i in $(seq 1 $((n - 1))); do
       case $((i % 3)) in
         0) echo "  - { name: r$i, match: { prefix: /svc$i }, mode: legacy }";;
