@@ -19,3 +19,13 @@ pub fn require(name: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// `require` for a daemon Debian installs in an sbin directory (haproxy in /usr/sbin), which a
+/// non-root user's PATH often lacks: those directories are looked in first.
+pub fn require_daemon(name: &str) -> Option<PathBuf> {
+    ["/usr/local/sbin", "/usr/sbin", "/sbin"]
+        .iter()
+        .map(|dir| std::path::Path::new(dir).join(name))
+        .find(|p| p.is_file())
+        .or_else(|| require(name))
+}
