@@ -21,6 +21,8 @@ pub struct AccessLine {
     pub shadow: &'static str,
     pub request_id: Option<HeaderValue>,
     pub traceparent: Option<HeaderValue>,
+    /// A trusted tester chose the side (`force_side`).
+    pub forced: bool,
 }
 
 fn text(v: Option<&HeaderValue>) -> &str {
@@ -49,6 +51,7 @@ impl AccessLine {
             shadow_result,
             request_id = %text(self.request_id.as_ref()),
             trace_id = %trace_id(self.traceparent.as_ref()),
+            forced = self.forced,
         );
     }
 }

@@ -44,6 +44,8 @@ pub struct RulesFile {
     pub discovery: Option<Spanned<DiscoveryFile>>,
     /// The autopilot: moves routes with a `rollout` through their steps on evidence.
     pub autopilot: Option<Spanned<AutopilotFile>>,
+    /// Testers first: a trusted request may choose its side on any route with a service.
+    pub force_side: Option<Spanned<ForceSideFile>>,
     /// `routes:` left empty (null) means no routes, like an absent key.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub routes: Vec<Spanned<RouteFile>>,
@@ -194,6 +196,22 @@ pub struct RouteFile {
     pub rollout: Option<Spanned<RolloutFile>>,
     /// The path the new side gets instead of the client's (the monolith always gets the original).
     pub rewrite: Option<Spanned<RewriteFile>>,
+}
+
+/// `force_side:`: who may choose a request's side, and with which header.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForceSideFile {
+    /// The header a tester sends: `new` or `legacy`. Default `x-strangler-side`.
+    pub header: Option<Spanned<String>>,
+    /// The header carrying the token. Default `x-strangler-token`.
+    pub token_header: Option<Spanned<String>>,
+    /// The environment variable holding the token.
+    pub token_env: Option<Spanned<String>>,
+    /// A file holding the token (its first line), relative to this file.
+    pub token_file: Option<Spanned<String>>,
+    /// Client networks trusted without a token (the client address, through `trusted_proxies`).
+    pub cidrs: Option<Vec<Spanned<String>>>,
 }
 
 /// A route's `rewrite:`, one of the two.

@@ -54,6 +54,7 @@ pub struct Metrics {
     endpoints: IntGaugeVec,
     progress: GaugeVec,
     capability_requests: IntCounterVec,
+    forced: IntCounterVec,
     /// `strangler_rejected_requests_total` by reason, resolved once for every known reason.
     rejected_by: HashMap<&'static str, IntCounter>,
     last_reload_ok: IntGauge,
@@ -266,6 +267,12 @@ impl Metrics {
                 "Requests by capability (the capabilities the rules name; the rest are (other)) and side.",
                 &["capability", "side"],
             ),
+            forced: counters(
+                &r,
+                "strangler_forced_total",
+                "Requests whose side a trusted tester chose (force_side), by route and side.",
+                &["route", "side"],
+            ),
             last_reload_ok: register(
                 &r,
                 IntGauge::new(
@@ -449,6 +456,11 @@ impl Metrics {
         self.capability_requests
             .with_label_values(&[capability, side.as_str()])
             .inc_by(n);
+    }
+
+    /// Count a request whose side a trusted tester chose (rare: testers only).
+    pub fn forced(&self, route: &str, side: Side) {
+        self.forced.with_label_values(&[route, side.as_str()]).inc();
     }
 
     /// Publish the hash of the rules file in force as `strangler_config_info{hash}`.

@@ -29,12 +29,14 @@ pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
     let settings = c.settings(raw);
     let discovery = c.discovery(raw, &routes);
     let autopilot = c.autopilot(raw);
+    let force_side = c.force_side(raw);
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
     Ok(RuleSet {
         settings,
         trusted_proxies,
+        force_side,
         shadow_max_in_flight: raw
             .shadow_max_in_flight
             .as_ref()
@@ -687,15 +689,8 @@ impl Compiler<'_> {
     ) -> Option<UpstreamId> {
         let mode = f.mode.value;
         match (&f.service, mode) {
-            // A route with a rollout keeps its service at every step, legacy included.
-            (Some(s), Mode::Legacy) if f.rollout.is_none() => {
-                self.err(
-                    &s.referenced,
-                    n,
-                    "a legacy route has no service; remove `service` or change `mode`".into(),
-                );
-                None
-            }
+            // A legacy route may name the service it will move to: only requests that force their
+            // side (`force_side:`) go there; a route with a rollout keeps it at every step.
             (None, Mode::Legacy) => None,
             (None, m) => {
                 self.err(

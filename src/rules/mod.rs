@@ -6,6 +6,7 @@
 //! within one pattern the first rule in the file whose methods and headers match wins.
 
 mod compile;
+mod force;
 mod rewrite;
 mod rollout;
 mod upstreams;
@@ -26,6 +27,7 @@ use crate::diff::Compare;
 use crate::resilience::{BreakerConfig, HealthConfig, RetryConfig};
 
 pub use compile::compile;
+pub use force::ForceSide;
 pub use rewrite::Rewrite;
 
 pub type UpstreamId = usize;
@@ -306,6 +308,8 @@ pub struct RuleSet {
     pub settings: Settings,
     /// Peers whose x-forwarded-* headers are kept (appended to) rather than replaced.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Testers first: who may choose a request's side (`force_side:`).
+    pub force_side: Option<ForceSide>,
     pub shadow_max_in_flight: usize,
     pub allow_semicolons: bool,
     pub preserve_header_case: bool,

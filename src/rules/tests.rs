@@ -112,7 +112,6 @@ fn a_rule_an_earlier_one_always_beats_is_refused() {
 fn refusals_name_the_route_and_place() {
     let cases = [
         ("  - { name: a, match: { prefix: /a }, mode: migrated, service: nope }\n", "rules.yaml:6:64: route \"a\": unknown upstream \"nope\" (known: mono, svc)"),
-        ("  - { name: a, match: { prefix: /a }, mode: legacy, service: svc }\n", "route \"a\": a legacy route has no service"),
         ("  - { name: a, match: { prefix: /a }, mode: canary, service: svc }\n", "route \"a\": mode canary needs `canary: { percent: N }`"),
         ("  - { name: a, match: { prefix: /a }, mode: shadow }\n", "route \"a\": mode shadow needs `service:`"),
         ("  - { name: a, match: { prefix: /a }, mode: canary, service: svc, canary: { percent: 101 } }\n", "canary.percent must be within 0..=100, got 101"),
