@@ -5,6 +5,10 @@
 //!                                              due, so a stall is not hidden by waiting for it
 //!   loadgen idle ADDR PATH N SECONDS            N keep-alive connections, one request each,
 //!                                              then held idle for SECONDS
+//!   loadgen idle-tls ADDR PATH N SECONDS        the same over TLS (the certificate is not checked)
+//!
+//! Connections to a loopback address come from 127.0.0.1, 127.0.0.2, ... in turn, 20,000 from
+//! each, so more of them can be held than one source address has ephemeral ports.
 //!
 //! HTTP/1.1 over loopback, with a minimal reader for the small fixed answers of the benchmark's
 //! backends. Prints one line of results.
@@ -12,17 +16,17 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: loadgen rate ADDR PATH RATE SECONDS CONNS | loadgen idle ADDR PATH N SECONDS";
+    let usage = "usage: loadgen rate ADDR PATH RATE SECONDS CONNS | loadgen idle|idle-tls ADDR PATH N SECONDS";
     let arg = |i: usize| args.get(i).unwrap_or_else(|| panic!("{usage}")).clone();
     let addr: SocketAddr = arg(2).parse().expect("ADDR like 127.0.0.1:8080");
     let request = format!("GET {} HTTP/1.1\r\nHost: bench\r\n\r\n", arg(3)).into_bytes();
-    let _ = rlimit::increase_nofile_limit(65_536);
+    let _ = rlimit::increase_nofile_limit(200_000);
     match arg(1).as_str() {
         "rate" => {
             let rate: f64 = arg(4).parse().expect("RATE");
@@ -30,17 +34,18 @@ async fn main() {
             let conns: usize = arg(6).parse().expect("CONNS");
             rate_run(addr, request, rate, Duration::from_secs_f64(secs), conns).await
         }
-        "idle" => {
+        mode @ ("idle" | "idle-tls") => {
             let n: usize = arg(4).parse().expect("N");
             let secs: u64 = arg(5).parse().expect("SECONDS");
-            idle_run(addr, request, n, Duration::from_secs(secs)).await
+            let tls = (mode == "idle-tls").then(tls::connector);
+            idle_run(addr, request, n, Duration::from_secs(secs), tls).await
         }
         _ => panic!("{usage}"),
     }
 }
 
 /// Read one response with a `Content-Length` body from `s`, reusing `buf`.
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+async fn read_response<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<u16> {
     buf.clear();
     let mut chunk = [0u8; 4096];
     loop {
@@ -134,18 +139,119 @@ async fn rate_run(addr: SocketAddr, request: Vec<u8>, rate: f64, length: Duratio
     );
 }
 
-async fn idle_run(addr: SocketAddr, request: Vec<u8>, n: usize, hold: Duration) {
-    let mut held = Vec::with_capacity(n);
+/// Source addresses take turns after this many connections each (below the 28,232 ephemeral
+/// ports Linux has for one source and destination by default).
+const PER_SOURCE: usize = 20_000;
+
+/// Connection `i` to `addr`: from 127.0.0.(1 + i / PER_SOURCE) when `addr` is IPv4 loopback.
+async fn connect(addr: SocketAddr, i: usize) -> std::io::Result<TcpStream> {
+    match addr {
+        SocketAddr::V4(v4) if v4.ip().is_loopback() => {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(([127, 0, 0, 1 + (i / PER_SOURCE) as u8], 0).into())?;
+            socket.connect(addr).await
+        }
+        _ => TcpStream::connect(addr).await,
+    }
+}
+
+async fn idle_run(
+    addr: SocketAddr,
+    request: Vec<u8>,
+    n: usize,
+    hold: Duration,
+    tls: Option<tokio_rustls::TlsConnector>,
+) {
+    let mut plain = Vec::new();
+    let mut secure = Vec::new();
     let mut buf = Vec::with_capacity(4096);
-    for _ in 0..n {
-        let Ok(mut s) = TcpStream::connect(addr).await else {
+    for i in 0..n {
+        let Ok(s) = connect(addr, i).await else {
             break;
         };
-        if s.write_all(&request).await.is_ok() && matches!(read_response(&mut s, &mut buf).await, Ok(200)) {
-            held.push(s);
+        match &tls {
+            None => {
+                if let Some(s) = one_request(s, &request, &mut buf).await {
+                    plain.push(s);
+                }
+            }
+            Some(connector) => {
+                let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+                let Ok(s) = connector.connect(name, s).await else {
+                    continue;
+                };
+                if let Some(s) = one_request(s, &request, &mut buf).await {
+                    secure.push(s);
+                }
+            }
         }
     }
     // The caller reads the proxy's memory now.
-    println!("ready {}", held.len());
+    println!("ready {}", plain.len() + secure.len());
     tokio::time::sleep(hold).await;
+}
+
+/// Send `request` on `s` and keep `s` if the answer is a 200.
+async fn one_request<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &[u8], buf: &mut Vec<u8>) -> Option<S> {
+    let ok = s.write_all(request).await.is_ok() && matches!(read_response(&mut s, buf).await, Ok(200));
+    ok.then_some(s)
+}
+
+/// A TLS client that accepts any certificate: the benchmark measures the server, not the trust.
+mod tls {
+    use std::sync::Arc;
+
+    use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use tokio_rustls::rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, Error, SignatureScheme};
+
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    pub fn connector() -> tokio_rustls::TlsConnector {
+        let provider = Arc::new(ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
 }

@@ -289,22 +289,31 @@ pub struct HeadDeadline<A> {
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A> {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    // Written out instead of `async fn`: an async body would keep room for `session` (some
+    // 700 bytes) in a future that lives through every idle keep-alive wait. Here the session
+    // moves into the inner future at once, and the box returned holds only that and the timer's
+    // poll (issue 22).
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
         mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         // Pipelined requests are answered in order (RFC 9112 §9.3.2) instead of being dropped
         // with their connection. A refused request still ends the connection: `respond_with`
         // turns keep-alive off, so the bytes after it are never read as a request. No-op on h2.
         session.set_pipelining_enabled(true);
         let limit = self.live.load().rules.settings.limits.client_header_timeout;
+        let mut serve = self.inner.process_new_http(session, shutdown);
         if HEAD.try_with(Head::begin).is_err() {
             // An h2 stream: the head arrived with the stream.
-            return self.inner.process_new_http(session, shutdown).await;
+            return serve;
         }
-        let mut serve = self.inner.process_new_http(session, shutdown);
-        std::future::poll_fn(|cx| {
+        Box::pin(std::future::poll_fn(move |cx| {
             if let Poll::Ready(done) = serve.as_mut().poll(cx) {
                 return Poll::Ready(done);
             }
@@ -314,8 +323,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A>
                 return Poll::Ready(None);
             }
             Poll::Pending
-        })
-        .await
+        }))
     }
 
     fn h2_options(&self) -> Option<pingora_core::protocols::http::v2::server::H2Options> {

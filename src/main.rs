@@ -11,7 +11,9 @@ use strangler::server::{self, Options};
 mod demo;
 
 /// mimalloc: fewer cycles per allocation than the system allocator on the request path
-/// (see BENCHMARKS.md, "Speed").
+/// (see BENCHMARKS.md, "Speed"). Built with `--features system-alloc`, the system allocator
+/// instead, which heap profilers (heaptrack, valgrind) can follow.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

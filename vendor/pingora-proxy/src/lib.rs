@@ -319,6 +319,50 @@ where
         .await;
     }
 
+    /// strangler patch: the part of `process_new_http` after the wait for the request's
+    /// first bytes, boxed there.
+    async fn process_new_request(
+        self: &Arc<Self>,
+        mut session: HttpSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream>
+    where
+        SV: ProxyHttp + Send + Sync + 'static,
+        SV::CTX: Send + Sync,
+    {
+        // Extract user context from the previous request before the session is moved into the Box
+        let prev_user_ctx = session.take_connection_user_context();
+
+        let session = Box::new(session);
+
+        // TODO: keepalive pool, use stack
+        let mut session = match self.handle_new_request(session).await {
+            Some(downstream_session) => Session::new(
+                downstream_session,
+                &self.downstream_modules,
+                #[cfg(feature = "upstream_modules")]
+                &self.upstream_modules,
+                self.shutdown_flag.clone(),
+            ),
+            None => return None, // bad request
+        };
+
+        if *shutdown.borrow() {
+            // stop downstream from reusing if this service is shutting down soon
+            session.set_keepalive(None);
+        }
+
+        let mut ctx = self.inner.new_ctx();
+
+        // Deliver user context from the previous request on this reused connection
+        if let Some(prev_ctx) = prev_user_ctx {
+            self.inner
+                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
+        }
+
+        self.process_request(session, ctx).await
+    }
+
     async fn handle_new_request(
         &self,
         mut downstream_session: Box<HttpSession>,
@@ -352,12 +396,8 @@ where
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
-                    downstream_session
-                        .respond_error(400)
-                        .await
-                        .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
-                        });
+                    // strangler patch: boxed, see `respond_error_boxed`.
+                    respond_error_boxed(&mut downstream_session, 400).await;
                 } else {
                     // otherwise the connection must be broken, no need to send anything
                     error!(
@@ -385,12 +425,8 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
-            downstream_session
-                .respond_error(405)
-                .await
-                .unwrap_or_else(|e| {
-                    error!("failed to send error response to downstream: {e}");
-                });
+            // strangler patch: boxed, see `respond_error_boxed`.
+            respond_error_boxed(&mut downstream_session, 405).await;
             downstream_session.shutdown().await;
             return None;
         }
@@ -1559,40 +1595,25 @@ where
 {
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: HttpSession,
+        session: HttpSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // Extract user context from the previous request before the session is moved into the Box
-        let prev_user_ctx = session.take_connection_user_context();
-
-        let session = Box::new(session);
-
-        // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            ),
-            None => return None, // bad request
+        // strangler patch: an idle keep-alive connection waits for its next request's first
+        // bytes in this small future (boxed by async_trait, it lives through the wait). Reading
+        // and processing the request are boxed on their own once the bytes are there: inline,
+        // they made this future the size of the whole proxy state machine (about 15 KiB).
+        let ready = tokio::select! {
+            biased;
+            ready = session.wait_readable() => ready,
+            _ = self.await_shutdown() => {
+                // service shutting down, dropping the connection to stop more req from coming in
+                return None;
+            }
         };
-
-        if *shutdown.borrow() {
-            // stop downstream from reusing if this service is shutting down soon
-            session.set_keepalive(None);
+        if let Ok(false) = ready {
+            return None; // keep-alive timeout, as `read_request` would have found
         }
-
-        let mut ctx = self.inner.new_ctx();
-
-        // Deliver user context from the previous request on this reused connection
-        if let Some(prev_ctx) = prev_user_ctx {
-            self.inner
-                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
-        }
-
-        self.process_request(session, ctx).await
+        Box::pin(self.process_new_request(session, shutdown)).await
     }
 
     async fn http_cleanup(&self) {
@@ -1624,6 +1645,23 @@ where
     }
 
     // TODO implement h2_options
+}
+
+/// strangler patch: an error answer to a request that won't be proxied, boxed. Inline, its
+/// future took room in `handle_new_request`'s, which every idle keep-alive connection holds
+/// while it waits for its next request.
+fn respond_error_boxed(
+    session: &mut HttpSession,
+    status: u16,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    Box::pin(async move {
+        session
+            .respond_error(status)
+            .await
+            .unwrap_or_else(|e| {
+                error!("failed to send error response to downstream: {e}");
+            });
+    })
 }
 
 use pingora_core::services::listening::{RuntimeOptsOverride, Service};
