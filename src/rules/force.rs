@@ -173,7 +173,8 @@ mod tests {
     fn who_may_choose_a_side() {
         let outside: Option<IpAddr> = Some("192.0.2.7".parse().unwrap());
         let inside: Option<IpAddr> = Some("10.1.2.3".parse().unwrap());
-        let cases: Vec<(&[(&str, &str)], Option<IpAddr>, Option<Side>)> = vec![
+        type Case = (&'static [(&'static str, &'static str)], Option<IpAddr>, Option<Side>);
+        let cases: Vec<Case> = vec![
             (&[("x-strangler-side", "new")], outside, None),
             (&[("x-strangler-side", "new")], inside, Some(Side::New)),
             (&[("x-strangler-side", "legacy")], inside, Some(Side::Legacy)),
