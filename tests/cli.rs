@@ -51,8 +51,8 @@ fn check_refuses_every_mistake_with_its_place() {
         ("  - { name: a, match: { prefix: /a }, mode: migrated, service: ordrs }\n", "rules.yaml:6:64: route \"a\": unknown upstream \"ordrs\" (known: monolith, orders)"),
         // duplicate names
         ("  - { name: a, match: { prefix: /a }, mode: legacy }\n  - { name: a, match: { prefix: /b }, mode: legacy }\n", "rules.yaml:7:13: route \"a\": duplicate route name (first used on line 6)"),
-        // service on legacy, missing on the other modes
-        ("  - { name: a, match: { prefix: /a }, mode: legacy, service: orders }\n", "rules.yaml:6:62: route \"a\": a legacy route has no service; remove `service` or change `mode`"),
+        // a rewrite that can't be built; a service missing on the modes that need one
+        ("  - { name: a, match: { path: \"/a/{id}\" }, mode: migrated, service: orders, rewrite: { path: \"/b/{key}\" } }\n", "rules.yaml:6:94: route \"a\": rewrite.path uses {key}, which match.path doesn't capture (match.path has {id})"),
         ("  - { name: a, match: { prefix: /a }, mode: migrated }\n", "route \"a\": mode migrated needs `service:` (one of: monolith, orders)"),
         ("  - { name: a, match: { prefix: /a }, mode: shadow }\n", "route \"a\": mode shadow needs `service:`"),
         ("  - { name: a, match: { prefix: /a }, mode: canary, service: orders }\n", "route \"a\": mode canary needs `canary: { percent: N }`"),

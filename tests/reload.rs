@@ -194,10 +194,7 @@ async fn a_broken_edit_changes_nothing_and_says_where() {
     assert_eq!(err["route"], "stock", "{body}");
     assert_eq!(err["line"], 7, "{body}");
     assert!(
-        err["message"]
-            .as_str()
-            .unwrap()
-            .contains("a legacy route has no service"),
+        err["message"].as_str().unwrap().contains("unknown upstream \"nope\""),
         "{body}"
     );
     assert!(err["text"].as_str().unwrap().contains("rules.yaml:7:"), "{body}");
