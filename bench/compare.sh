@@ -213,13 +213,14 @@ for round in $(seq 1 "$RATE_ROUNDS"); do
   steady haproxy 8481 haproxy -f "$WORK/haproxy.cfg"
   steady bare-pingora 8482 "$BIN/examples/bare_pingora" 127.0.0.1:8482 "$B1" "$B2"
   steady strangler 8483 "${STRANGLER[@]}" --config "$R20"
+  [ -z "${BEFORE:-}" ] || steady strangler-before 8483 "$BEFORE" "${STRANGLER[@]:1}" --config "$R20"
 done
 idle_memory nginx 8480 nginx -c "$WORK/nginx-proxy/nginx.conf" -p "$WORK/nginx-proxy"
 idle_memory haproxy 8481 haproxy -f "$WORK/haproxy.cfg"
 idle_memory bare-pingora 8482 "$BIN/examples/bare_pingora" 127.0.0.1:8482 "$B1" "$B2"
 idle_memory strangler 8483 "${STRANGLER[@]}" --config "$R20"
 printf "%-14s %10s %10s %10s %8s %14s %14s %s\n" proxy p50 p99 max errors "RSS before" "RSS with idle" "p99 of each round"
-for name in nginx haproxy bare-pingora strangler; do
+for name in nginx haproxy bare-pingora strangler ${BEFORE:+strangler-before}; do
   col() { awk -v n="$name" -v c="$1" '$1 == n {print $c}' "$steady_results"; }
   p99s[$name]="$(col 3 | median)"
   printf "%-14s %8sµs %8sµs %8sµs %8s %11s KiB %11s KiB (%s held)  %s\n" "$name" "$(col 2 | median)" "${p99s[$name]}" \
@@ -228,5 +229,7 @@ done
 echo
 awk -v s="${p99s[strangler]}" -v b="${p99s[nginx]}" -v p="${p99s[bare-pingora]}" \
   'BEGIN {printf "strangler / nginx: %.2fx p99 at a fixed rate (bare Pingora / nginx: %.2fx)\n", s / b, p / b}'
+[ -z "${BEFORE:-}" ] || awk -v s="${p99s[strangler]}" -v b="${p99s[strangler-before]}" \
+  'BEGIN {printf "strangler / the earlier build: %.2fx p99 at a fixed rate\n", s / b}'
 awk -v s="${rss_idle[strangler]}" -v sb="${rss_base[strangler]}" -v n="${rss_idle[nginx]}" -v nb="${rss_base[nginx]}" -v c="$IDLE" \
   'BEGIN {printf "memory per idle connection: strangler %.1f KiB, nginx %.1f KiB (%.2fx)\n", (s - sb) / c, (n - nb) / c, (s - sb) / (n - nb)}'
