@@ -3,11 +3,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::echo;
-use common::proxy::{free_port, strangler, Proxy};
+use common::proxy::{strangler, Proxy};
+use common::tools::Killed;
 use strangler::rules::canary_bucket;
 
 /// Users whose sticky bucket puts them on the new side at 50% (`new`), or on the monolith.
@@ -29,15 +30,6 @@ async fn send(proxy: &Proxy, users: &[String]) {
             .await
             .expect("request");
         assert!(resp.status().is_success(), "{}", resp.status());
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -71,35 +63,8 @@ async fn the_controller_promotes_on_the_sum_of_both_replicas() {
     let a = Proxy::start_file(tempfile::tempdir().unwrap(), rules.clone(), &[]).await;
     let b = Proxy::start_file(tempfile::tempdir().unwrap(), rules.clone(), &[]).await;
 
-    let port = free_port();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: strangler\n    static_configs: [{{ targets: [\"{}\", \"{}\"] }}]\n",
-            a.admin, b.admin
-        ),
-    )
-    .unwrap();
-    let _prom = Killed(
-        Command::new(prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let api = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reqwest::get(format!("{api}/-/ready"))
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "prometheus did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let prom = common::prometheus::start(&prometheus, dir.path(), &[a.admin, b.admin], None).await;
+    let api = prom.api.clone();
     let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
     let _controller = Killed(
         strangler()

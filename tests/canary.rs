@@ -5,10 +5,9 @@
 mod common;
 
 use common::proxy::{rules, Proxy};
-use common::shop::start_shop;
+use common::shop::start_shop_marked;
 use futures_util::{stream, StreamExt};
 use serde_json::Value;
-use shop_kit::faults::{Drift, FaultSettings};
 
 const REQUESTS: usize = 5_000;
 
@@ -64,18 +63,6 @@ async fn sides(proxy: &Proxy, users: impl Iterator<Item = String>) -> Vec<bool> 
 async fn count_new(proxy: &Proxy, users: impl Iterator<Item = String>) -> (usize, usize) {
     let results = sides(proxy, users).await;
     (results.iter().filter(|n| **n).count(), results.len())
-}
-
-async fn start_shop_marked() -> common::shop::Shop {
-    let shop = start_shop().await;
-    shop.inventory_faults.set(FaultSettings {
-        drift: Some(Drift {
-            field: "answered_by".into(),
-            value: Value::String("inventory-service".into()),
-        }),
-        ..FaultSettings::default()
-    });
-    shop
 }
 
 fn shop_rules(shop: &common::shop::Shop, percent: u32, sticky: bool) -> String {

@@ -8,17 +8,16 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::echo;
 use common::proxy::{free_port, rules, Proxy};
-use common::shop::{start_shop, Shop};
+use common::shop::{start_shop_marked, Shop};
+use common::tools::Killed;
 use futures_util::{stream, StreamExt};
 use serde_json::Value;
-use shop_kit::faults::{Drift, FaultSettings};
 use strangler::rules::canary_bucket;
-use tempfile::TempDir;
 
 /// Users sent through the balancer, and how many requests each sends.
 const USERS: usize = 2_000;
@@ -26,16 +25,6 @@ const ROUNDS: usize = 3;
 
 /// Users also asked of each replica directly.
 const SAMPLE: usize = 150;
-
-/// A child process killed on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -83,20 +72,6 @@ fn replace_file(path: &Path, text: &str) {
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// The shop, with the inventory service marking its answers, so a side is told from the body
-/// as well as from the proxy's header.
-async fn start_shop_marked() -> Shop {
-    let shop = start_shop().await;
-    shop.inventory_faults.set(FaultSettings {
-        drift: Some(Drift {
-            field: "answered_by".into(),
-            value: Value::String("inventory-service".into()),
-        }),
-        ..FaultSettings::default()
-    });
-    shop
 }
 
 fn canary_rules(shop: &Shop, percent: u32) -> String {
@@ -379,47 +354,6 @@ async fn a_configmap_swap_reaches_every_replica() {
     }
 }
 
-/// Prometheus on loopback scraping `targets` every second, with the repository's alert rules.
-async fn start_prometheus(prometheus: &Path, dir: &TempDir, targets: &[SocketAddr]) -> (Killed, String) {
-    let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: [\"{}\"]\nscrape_configs:\n  - job_name: strangler\n    static_configs: [{{ targets: [{}] }}]\n",
-            repo("dashboards/alerts.yaml").display(),
-            list.join(", ")
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let log = dir.path().join("prometheus.log");
-    let server = Killed(
-        Command::new(prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let api = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reqwest::get(format!("{api}/-/ready"))
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "prometheus did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (server, api)
-}
-
 /// The series an instant query returns.
 async fn query(api: &str, expr: &str) -> Vec<Value> {
     let url = reqwest::Url::parse_with_params(&format!("{api}/api/v1/query"), &[("query", expr)]).unwrap();
@@ -542,7 +476,15 @@ async fn prometheus_sums_the_fleet_and_sees_a_replica_on_other_rules() {
     let all = [&a, &b, &c];
 
     let prom_dir = tempfile::tempdir().unwrap();
-    let (_prom, api) = start_prometheus(&prometheus, &prom_dir, &[a.admin, b.admin, c.admin]).await;
+    let alerts = repo("dashboards/alerts.yaml");
+    let prom = common::prometheus::start(
+        &prometheus,
+        prom_dir.path(),
+        &[a.admin, b.admin, c.admin],
+        Some(&alerts),
+    )
+    .await;
+    let api = prom.api.clone();
     let api = api.as_str();
 
     let alerts: Value =

@@ -8,9 +8,9 @@ mod common;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::proxy::{free_port, rules, Proxy};
+use common::proxy::{rules, Proxy};
 use common::shop::start_shop;
 use common::traffic::Traffic;
 use serde_json::Value;
@@ -128,41 +128,10 @@ async fn prometheus_evaluates_every_dashboard_and_alert_expression() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: [\"{}\"]\nscrape_configs:\n  - job_name: strangler\n    static_configs: [{{ targets: [\"{}\"] }}]\n",
-            repo("dashboards/alerts.yaml").display(),
-            proxy.admin
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let mut server = Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let api = format!("http://127.0.0.1:{port}");
+    let alerts = repo("dashboards/alerts.yaml");
+    let prom = common::prometheus::start(&prometheus, dir.path(), &[proxy.admin], Some(&alerts)).await;
+    let api = prom.api.clone();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client
-        .get(format!("{api}/-/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "prometheus did not start: {}",
-            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // Traffic for a while, many users on the canary route.
     let traffic = Traffic::start(proxy.clone(), Duration::ZERO, |i| match i % 5 {
@@ -309,6 +278,4 @@ async fn prometheus_evaluates_every_dashboard_and_alert_expression() {
     assert_eq!(step, own_step, "{expr}: orders-read's step");
     let (expr, moves) = panel_sum("Rollout transitions by direction and reason (15 min)").await;
     assert_eq!(moves, own_moves, "{expr}: orders-read's moves");
-    let _ = server.kill();
-    let _ = server.wait();
 }

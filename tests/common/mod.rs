@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod echo;
+pub mod prometheus;
 pub mod proxy;
 pub mod rawhttp;
 pub mod shop;

@@ -103,3 +103,17 @@ pub fn stable(mut value: Value, created: bool) -> Value {
     }
     value
 }
+
+/// The shop, with the inventory service marking its answers (`answered_by`), so a side is told
+/// from the body as well as from the proxy's header.
+pub async fn start_shop_marked() -> Shop {
+    let shop = start_shop().await;
+    shop.inventory_faults.set(shop_kit::faults::FaultSettings {
+        drift: Some(shop_kit::faults::Drift {
+            field: "answered_by".into(),
+            value: Value::String("inventory-service".into()),
+        }),
+        ..Default::default()
+    });
+    shop
+}

@@ -2,6 +2,17 @@
 //! without them fails under CI and is skipped, loudly, elsewhere.
 
 use std::path::PathBuf;
+use std::process::Child;
+
+/// A child process killed on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// The tool's path, or `None` (after saying so) when it is missing outside CI.
 pub fn require(name: &str) -> Option<PathBuf> {
