@@ -383,12 +383,7 @@ async fn a_restarted_proxy_keeps_the_map() {
     let before = map_until(&proxy, "", |m| rows(m) == want).await;
     assert_eq!(rows(&before), want, "{before}");
 
-    proxy.signal("TERM");
-    let status = proxy
-        .wait_exit(Duration::from_secs(20))
-        .await
-        .expect("the proxy exits on SIGTERM");
-    assert!(status.success(), "exit status {status:?}; log:\n{}", proxy.log());
+    proxy.stop_gracefully().await;
     let snapshot = state.path().join("endpoints.json");
     assert!(
         snapshot.is_file(),

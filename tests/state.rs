@@ -71,12 +71,7 @@ async fn mismatches(proxy: &Proxy, route: &str) -> Vec<(Value, Value, Value)> {
 }
 
 async fn stop(mut proxy: Proxy) {
-    proxy.signal("TERM");
-    let status = proxy
-        .wait_exit(Duration::from_secs(20))
-        .await
-        .expect("the proxy exits on SIGTERM");
-    assert!(status.success(), "exit status {status:?}; log:\n{}", proxy.log());
+    proxy.stop_gracefully().await;
 }
 
 fn saved(state: &Path) -> Value {

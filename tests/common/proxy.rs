@@ -150,6 +150,16 @@ impl Proxy {
         None
     }
 
+    /// SIGTERM, and wait for a clean exit (status 0) within 20 s.
+    pub async fn stop_gracefully(&mut self) {
+        self.signal("TERM");
+        let status = self
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .expect("the proxy exits on SIGTERM");
+        assert!(status.success(), "exit status {status:?}; log:\n{}", self.log());
+    }
+
     pub async fn config(&self) -> serde_json::Value {
         self.admin_json("/api/config").await
     }
