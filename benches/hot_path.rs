@@ -1,5 +1,6 @@
 //! The per-request pieces, in isolation: route lookup at 10, 1,000 and 10,000 routes, path
-//! normalization, canary hashing; and compiling a 10,000-route file.
+//! normalization, canary hashing, the migration map's fold of one round of samples (one path
+//! repeated, every path distinct, a mix); and compiling a 10,000-route file.
 //!
 //! Run: `cargo bench --bench hot_path`.
 
@@ -60,6 +61,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("canary bucket (XXH3 of a 12-byte key)", |b| {
         b.iter(|| canary_bucket(std::hint::black_box(b"user-1234567")))
     });
+    fold(c);
     let text = rules_text(10_000);
     let mut g = c.benchmark_group("compile");
     g.sample_size(10);
@@ -69,6 +71,51 @@ fn bench(c: &mut Criterion) {
             strangler::rules::compile(file, &config::parse(file, &text).unwrap()).unwrap()
         })
     });
+    g.finish();
+}
+
+/// The migration map folds a second's samples off the request path. Its cost per sample depends
+/// on how many distinct paths the round holds: each distinct path is folded into its template
+/// once, every sample is tallied.
+fn fold(c: &mut Criterion) {
+    use strangler::discovery::{Map, Sample, Settings};
+    const N: u64 = 10_000;
+    let rules = compile(10);
+    let sample = |path: String| Sample {
+        method: Method::GET,
+        uri: path.parse().unwrap(),
+        route: None,
+        side: strangler::rules::Side::Legacy,
+        status: 200,
+        seconds: 0.002,
+    };
+    type Mix = (&'static str, fn(u64) -> String);
+    let mixes: [Mix; 3] = [
+        ("one path", |_| "/api/orders/1".to_string()),
+        ("ten paths", |i| {
+            ["/", "/api/catalog", "/api/cart", "/account", "/static/app.js"][(i % 5) as usize].to_string()
+                + if i % 2 == 0 { "" } else { "/x" }
+        }),
+        ("every path distinct", |i| format!("/api/users/{i}/orders")),
+    ];
+    let mut g = c.benchmark_group("migration map fold, 10,000 samples a round");
+    g.throughput(criterion::Throughput::Elements(N));
+    for (name, path) in mixes {
+        let map = Map::open(
+            &strangler::state::StateDir::memory(),
+            Settings {
+                max_endpoints: 2_000,
+                fold_after: 25,
+            },
+        );
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || (0..N).map(|i| sample(path(i))).collect::<Vec<_>>(),
+                |round| map.fold(&rules, round),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
     g.finish();
 }
 

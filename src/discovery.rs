@@ -84,15 +84,19 @@ pub fn observe(sample: Sample) {
     });
 }
 
+/// Every worker's samples. Each worker gets back an empty buffer of the size it last needed,
+/// made outside its lock, so that it doesn't grow its buffer again from nothing every round.
 fn drain() -> Vec<Sample> {
     let buffers = BUFFERS.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut all = Vec::new();
     for b in buffers {
-        let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = || b.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = Vec::with_capacity(lock().len().clamp(256, BUFFER));
+        let mut taken = std::mem::replace(&mut *lock(), fresh);
         if all.is_empty() {
-            all = std::mem::take(&mut *b);
+            all = taken;
         } else {
-            all.append(&mut b);
+            all.append(&mut taken);
         }
     }
     all
@@ -140,6 +144,36 @@ impl Latency {
                 LATENCY_BUCKETS[14] * 1e3
             }
         })
+    }
+}
+
+/// The samples of one (path, route, method) in one round.
+struct Tally {
+    /// The index of its first sample.
+    first: usize,
+    n: u64,
+    status: [u64; 5],
+    sides: [u64; 2],
+    latency: [Latency; 2],
+}
+
+impl Tally {
+    fn new(first: usize) -> Tally {
+        Tally {
+            first,
+            n: 0,
+            status: [0; 5],
+            sides: [0; 2],
+            latency: [Latency::default(), Latency::default()],
+        }
+    }
+
+    fn add(&mut self, s: &Sample) {
+        let side = usize::from(s.side == Side::New);
+        self.n += 1;
+        self.status[(s.status / 100).clamp(1, 5) as usize - 1] += 1;
+        self.sides[side] += 1;
+        self.latency[side].observe(s.seconds);
     }
 }
 
@@ -315,13 +349,24 @@ impl Map {
     /// Fold the samples gathered since the last call. Returns the requests per capability
     /// label (a capability the rules name, else `(other)`) and side, for the counters.
     ///
-    /// A sample of a known endpoint allocates nothing: its key ("METHOD template") is built in
-    /// one reused buffer and looked up borrowed; per-capability counts are settled once per
-    /// endpoint touched, after the loop.
+    /// Samples are first tallied by (path, route, method): a sample costs one lookup in that
+    /// tally. Each distinct path is then folded into its template once per round, weighted by
+    /// its count, and its tally merged into its endpoint. Per-capability counts are settled once
+    /// per endpoint touched.
     pub fn fold(&self, rules: &RuleSet, samples: Vec<Sample>) -> HashMap<(String, Side), u64> {
         let mut counted: HashMap<(String, Side), u64> = HashMap::new();
         if samples.is_empty() {
             return counted;
+        }
+        let mut tallies: Vec<Tally> = Vec::new();
+        let mut seen: HashMap<(&str, Option<&[u8]>, &Method), usize> = HashMap::with_capacity(64);
+        for (n, s) in samples.iter().enumerate() {
+            let key = (s.uri.path(), s.route.as_ref().map(HeaderValue::as_bytes), &s.method);
+            let i = *seen.entry(key).or_insert_with(|| {
+                tallies.push(Tally::new(n));
+                tallies.len() - 1
+            });
+            tallies[i].add(s);
         }
         let now = now_unix();
         let (five_s, minute) = ((now / 5.0) as u64, (now / 60.0) as u64);
@@ -331,7 +376,8 @@ impl Map {
         let routes: HashMap<&str, &Route> = rules.routes.iter().map(|r| (r.name.as_str(), r)).collect();
         let mut renamed = Vec::new();
         let mut key = String::with_capacity(128);
-        for s in samples {
+        for t in &tallies {
+            let s = &samples[t.first];
             let route = s
                 .route
                 .as_ref()
@@ -340,7 +386,7 @@ impl Map {
             key.clear();
             key.push_str(s.method.as_str());
             key.push(' ');
-            let learned = endpoint_template(rules, route, &s.uri, &mut st.folder, &mut renamed, &mut key);
+            let learned = endpoint_template(rules, route, &s.uri, t.n, &mut st.folder, &mut renamed, &mut key);
             let e = match st.endpoints.get_mut(key.as_str()) {
                 Some(e) => e,
                 None => {
@@ -352,18 +398,18 @@ impl Map {
                     st.endpoints.entry(key.clone()).or_insert(e)
                 }
             };
-            let side = usize::from(s.side == Side::New);
-            e.requests += 1;
-            e.status[(s.status / 100).clamp(1, 5) as usize - 1] += 1;
-            e.sides[side] += 1;
-            e.pending[side] += 1;
-            e.latency[side].observe(s.seconds);
+            e.requests += t.n;
+            e.status.iter_mut().zip(t.status).for_each(|(a, b)| *a += b);
+            e.sides.iter_mut().zip(t.sides).for_each(|(a, b)| *a += b);
+            e.pending.iter_mut().zip(t.sides).for_each(|(a, b)| *a += b);
+            e.latency[0].add(&t.latency[0]);
+            e.latency[1].add(&t.latency[1]);
             e.last_seen = now;
             let name = route.map(|r| r.name.as_str());
             if e.route.as_deref() != name {
                 e.route = name.map(str::to_string);
             }
-            e.recent.add(five_s, 1, MINUTE_SLOTS);
+            e.recent.add(five_s, t.n, MINUTE_SLOTS);
         }
         // Per capability, once per endpoint touched.
         for e in st.endpoints.values_mut().filter(|e| e.pending != [0, 0]) {
@@ -569,11 +615,12 @@ fn state_of(route: Option<&Route>) -> &'static str {
 
 /// Append the template of a request to `out`: the route's own path when the route names one (a
 /// literal or a template), then a template written in `discovery.templates`, else one learned
-/// from the path. True when learned.
+/// from the path, seen `hits` times. True when learned.
 fn endpoint_template(
     rules: &RuleSet,
     route: Option<&Route>,
     uri: &Uri,
+    hits: u64,
     folder: &mut Folder,
     renamed: &mut Vec<template::Renamed>,
     out: &mut String,
@@ -588,7 +635,7 @@ fn endpoint_template(
         out.push_str(t);
         return false;
     }
-    folder.template_into(&path, renamed, out);
+    folder.template_into(&path, hits, renamed, out);
     true
 }
 
@@ -741,6 +788,25 @@ mod tests {
         );
         assert_eq!(templates(&map), ["/api/users/{id}/cart"]);
         assert_eq!(map.lock().endpoints.values().next().unwrap().requests, 100_000);
+    }
+
+    #[test]
+    fn a_path_repeated_in_one_round_counts_each_request_and_weighs_its_name() {
+        let map = Map::open(
+            &StateDir::memory(),
+            Settings {
+                max_endpoints: 100,
+                fold_after: 5,
+            },
+        );
+        // One round: a busy real name, and then more names seen once than `fold_after` allows.
+        let mut round: Vec<Sample> = (0..1_000).map(|_| sample("/products/blue-mug", None)).collect();
+        round.extend((0..10).map(|i| sample(&format!("/products/junk-{i}"), None)));
+        map.fold(&rules(), round);
+        assert_eq!(templates(&map), ["/products/blue-mug", "/products/{param}"]);
+        let st = map.lock();
+        assert_eq!(st.endpoints["GET /products/blue-mug"].requests, 1_000);
+        assert_eq!(st.endpoints["GET /products/{param}"].requests, 10);
     }
 
     #[test]

@@ -94,12 +94,13 @@ impl Folder {
     /// endpoints learned earlier under the old names can be merged.
     pub fn template(&mut self, path: &str, renamed: &mut Vec<Renamed>) -> String {
         let mut out = String::with_capacity(path.len());
-        self.template_into(path, renamed, &mut out);
+        self.template_into(path, 1, renamed, &mut out);
         out
     }
 
-    /// [`Folder::template`], appended to `out` (a reused buffer: no allocation once it is big enough).
-    pub fn template_into(&mut self, path: &str, renamed: &mut Vec<Renamed>, out: &mut String) {
+    /// [`Folder::template`] of a path seen `hits` times, appended to `out` (a reused buffer: no
+    /// allocation once it is big enough).
+    pub fn template_into(&mut self, path: &str, hits: u64, renamed: &mut Vec<Renamed>, out: &mut String) {
         let base = out.len();
         let mut segments = path.split('/').skip(1).filter(|s| !s.is_empty()).peekable();
         if segments.peek().is_none() {
@@ -114,7 +115,7 @@ impl Folder {
             let part = if is_identifier(seg) {
                 "{id}"
             } else {
-                self.literal(&out[base..], seg, renamed)
+                self.literal(&out[base..], seg, hits, renamed)
             };
             out.push('/');
             out.push_str(part);
@@ -125,10 +126,10 @@ impl Folder {
     }
 
     /// `seg` itself, or `{param}` when the position under `parent` is folded and `seg` not kept.
-    fn literal<'s>(&mut self, parent: &str, seg: &'s str, renamed: &mut Vec<Renamed>) -> &'s str {
+    fn literal<'s>(&mut self, parent: &str, seg: &'s str, hits: u64, renamed: &mut Vec<Renamed>) -> &'s str {
         let fold_after = self.fold_after;
         if let Some(pos) = self.positions.get_mut(parent) {
-            return pos.see(parent, seg, fold_after, renamed);
+            return pos.see(parent, seg, hits, fold_after, renamed);
         }
         if self.positions.len() >= self.max_positions {
             // Full: an unknown parent's literals can't be told apart from values.
@@ -137,7 +138,7 @@ impl Folder {
         self.positions
             .entry(parent.to_string())
             .or_default()
-            .see(parent, seg, fold_after, renamed)
+            .see(parent, seg, hits, fold_after, renamed)
     }
 
     /// Parents tracked now (for the memory bound).
@@ -147,9 +148,17 @@ impl Folder {
 }
 
 impl Position {
-    /// Count `seg` at this position (under `parent`): `seg` itself, or `{param}` once folded.
-    fn see<'s>(&mut self, parent: &str, seg: &'s str, fold_after: usize, renamed: &mut Vec<Renamed>) -> &'s str {
-        self.hits += 1;
+    /// Count `seg` at this position (under `parent`) `hits` times: `seg` itself, or `{param}`
+    /// once folded.
+    fn see<'s>(
+        &mut self,
+        parent: &str,
+        seg: &'s str,
+        hits: u64,
+        fold_after: usize,
+        renamed: &mut Vec<Renamed>,
+    ) -> &'s str {
+        self.hits += hits;
         if self.folded {
             return if self.literals.contains_key(seg) {
                 seg
@@ -159,9 +168,9 @@ impl Position {
         }
         // Looked up borrowed: a name seen before costs no allocation.
         match self.literals.get_mut(seg) {
-            Some(n) => *n += 1,
+            Some(n) => *n += hits,
             None => {
-                self.literals.insert(seg.into(), 1);
+                self.literals.insert(seg.into(), hits);
             }
         }
         if self.literals.len() <= fold_after {
