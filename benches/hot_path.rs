@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
 use strangler::config;
 use strangler::path::normalize;
-use strangler::rules::{canary_bucket, RuleSet};
+use strangler::rules::{canary_bucket, Request, RuleSet};
 
 fn rules_text(n: usize) -> String {
     let mut s = String::from(
@@ -40,13 +40,31 @@ fn bench(c: &mut Criterion) {
         let rules = compile(n);
         let mut g = c.benchmark_group(format!("lookup, {n} routes"));
         g.bench_function("template /svc1/items/42", |b| {
-            b.iter(|| rules.lookup(&Method::GET, std::hint::black_box("/svc1/items/42"), &headers))
+            b.iter(|| {
+                rules.lookup(&Request::new(
+                    &Method::GET,
+                    std::hint::black_box("/svc1/items/42"),
+                    &headers,
+                ))
+            })
         });
         g.bench_function("prefix /pre5/a/b/c", |b| {
-            b.iter(|| rules.lookup(&Method::GET, std::hint::black_box("/pre5/a/b/c"), &headers))
+            b.iter(|| {
+                rules.lookup(&Request::new(
+                    &Method::GET,
+                    std::hint::black_box("/pre5/a/b/c"),
+                    &headers,
+                ))
+            })
         });
         g.bench_function("no match /nowhere/at/all", |b| {
-            b.iter(|| rules.lookup(&Method::GET, std::hint::black_box("/nowhere/at/all"), &headers))
+            b.iter(|| {
+                rules.lookup(&Request::new(
+                    &Method::GET,
+                    std::hint::black_box("/nowhere/at/all"),
+                    &headers,
+                ))
+            })
         });
         g.finish();
     }

@@ -20,6 +20,7 @@ use http::{HeaderMap, Method};
 use strangler::config;
 use strangler::live::Live;
 use strangler::metrics::Metrics;
+use strangler::rules::Request;
 
 fn many_routes(n: usize) -> String {
     let mut s = String::from("legacy: monolith\nupstreams:\n  monolith: { url: \"http://127.0.0.1:8000\" }\n  svc: { url: \"http://127.0.0.1:8101\" }\nroutes:\n");
@@ -99,7 +100,7 @@ fn lookup_scaling() {
         let mut hits = 0usize;
         for _ in 0..iters {
             hits += rules
-                .lookup(&Method::GET, std::hint::black_box(path), &headers)
+                .lookup(&Request::new(&Method::GET, std::hint::black_box(path), &headers))
                 .is_some() as usize;
         }
         assert_eq!(hits, iters);

@@ -19,8 +19,8 @@ use crate::config::Mode;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::reload::{ErrorView, Outcome, Reloader, Trigger};
-use crate::rules::PathMatch;
 use crate::rules::NO_ROUTE;
+use crate::rules::{Condition, Field, HostMatch, PathMatch};
 use crate::shadow::Shadower;
 use crate::stats::Stats;
 
@@ -279,7 +279,7 @@ fn rules_json(live: &Live) -> serde_json::Value {
             };
             json!({
                 "name": r.name,
-                "match": { kind: pattern, "methods": r.method_names, "headers": r.headers.iter().map(|h| h.name.as_str()).collect::<Vec<_>>() },
+                "match": { kind: pattern, "methods": r.method_names, "headers": r.conditions.iter().filter_map(|c| match &c.field { Field::Header(h) => Some(h.as_str()), _ => None }).collect::<Vec<_>>(), "host": r.host.as_ref().map(HostMatch::describe), "conditions": r.conditions.iter().map(Condition::describe).collect::<Vec<_>>() },
                 "mode": r.mode.as_str(),
                 "service": r.service.map(|s| rules.upstreams[s].name.as_str()),
                 "canary_percent": r.canary.as_ref().map(|c| c.percent),

@@ -311,8 +311,34 @@ pub struct MatchFile {
     pub path: Option<Spanned<String>>,
     pub prefix: Option<Spanned<String>>,
     pub methods: Option<Vec<Spanned<String>>>,
-    /// Header name to an exact value, or the keyword `present`.
-    pub headers: Option<BTreeMap<String, Spanned<String>>>,
+    /// Header name to an exact value, `true` (or the keyword `present`) for present, or
+    /// `{ regex: "^ios-" }`.
+    pub headers: Option<BTreeMap<String, Spanned<WantFile>>>,
+    /// Cookie name to an exact value, or `true` for present.
+    pub cookies: Option<BTreeMap<String, Spanned<WantFile>>>,
+    /// Query parameter name to an exact value, or `true` for present.
+    pub query: Option<BTreeMap<String, Spanned<WantFile>>>,
+    /// The request's host: `shop.example`, or `*.shop.example` for any name under it.
+    pub host: Option<Spanned<String>>,
+}
+
+/// What a header, cookie or query parameter must be.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "expected a value, true (for present) or { regex: PATTERN }")]
+pub enum WantFile {
+    /// `true`: present, with any value (`false` is refused).
+    Present(bool),
+    Exact(String),
+    /// An unquoted number, compared as written.
+    Number(serde_json::Number),
+    /// A regular expression the value must match somewhere (anchor it with `^` and `$`).
+    Regex(RegexFile),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexFile {
+    pub regex: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use crate::config::Mode;
-use crate::rules::{canary_bucket, Miss, RuleSet, Side, Sticky, CANARY_BUCKETS};
+use crate::rules::{canary_bucket, Miss, Request, RuleSet, Side, Sticky, CANARY_BUCKETS};
 
 /// Explain one request. `headers` are `name: value` strings as given with `-H`.
 pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) -> Result<String, String> {
@@ -40,12 +40,21 @@ pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) 
         query.map(|q| format!("?{q}")).unwrap_or_default()
     );
     let mut skipped = Vec::new();
-    let found = rules.lookup_traced(&method, &path, &map, |id, why| skipped.push((id, why)));
+    let req = Request {
+        query,
+        ..Request::new(&method, &path, &map)
+    };
+    let found = rules.lookup_traced(&req, |id, why| skipped.push((id, why)));
     for (id, why) in skipped {
         let r = &rules.routes[id];
         let reason = match why {
             Miss::Method => format!("method {method} not in [{}]", r.method_names.join(", ")),
-            Miss::Header(h) => format!("header {h} does not match"),
+            Miss::Host => match (&r.host, req.host()) {
+                (Some(want), Some(got)) => format!("host {got} does not match {}", want.describe()),
+                (Some(want), None) => format!("no host; the route wants {}", want.describe()),
+                (None, _) => "host".into(),
+            },
+            Miss::Condition(i) => format!("{} does not hold", r.conditions[i].describe()),
         };
         let _ = writeln!(out, "skipped:     route \"{}\" (line {}): {reason}", r.name, r.line);
     }
@@ -56,13 +65,7 @@ pub fn explain(rules: &RuleSet, method: &str, target: &str, headers: &[String]) 
         return Ok(out);
     };
     let r = &rules.routes[id];
-    let mut why = r.path.describe();
-    if !r.method_names.is_empty() {
-        let _ = write!(why, ", method in [{}]", r.method_names.join(", "));
-    }
-    for h in &r.headers {
-        let _ = write!(why, ", header {}", h.name);
-    }
+    let why = r.describe_match();
     let _ = writeln!(out, "route:       {} (line {})", r.name, r.line);
     let _ = writeln!(out, "matched by:  {why}");
     let _ = writeln!(out, "mode:        {}", r.mode);

@@ -131,7 +131,13 @@ impl ProxyHttp for Strangler {
             Ok(p) => p,
             Err(e) => return self.refuse(session, e.into()).await,
         };
-        let route = live.rules.lookup(&req.method, &path, &req.headers);
+        let route = live.rules.lookup(&crate::rules::Request {
+            method: &req.method,
+            path: &path,
+            query: req.uri.query(),
+            headers: &req.headers,
+            authority: req.uri.authority().map(|a| a.as_str()),
+        });
         let r = route.map(|id| &live.rules.routes[id]);
         ctx.side = r.map_or(Side::Legacy, |r| r.side(&req.headers));
         // Testers first: a trusted request may choose its side on any route with a service.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, Method};
 use serde_saphyr::{Location, Spanned};
 
 use super::*;
@@ -55,22 +55,14 @@ pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
     })
 }
 
-/// What makes two rules' matches identical: pattern (templates by shape), methods, headers.
-type MatchKey = (PathMatch, Option<u16>, Vec<(String, String)>);
+/// What makes two rules' matches identical: pattern (templates by shape), methods, host and
+/// conditions (in any order).
+type MatchKey = (PathMatch, Option<u16>, Option<HostMatch>, Vec<String>);
 
 fn match_key(route: &Route) -> MatchKey {
-    let headers = route
-        .headers
-        .iter()
-        .map(|h| {
-            let want = match &h.want {
-                HeaderWant::Present => "\0present".to_string(),
-                HeaderWant::Exact(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            };
-            (h.name.to_string(), want)
-        })
-        .collect::<BTreeMap<_, _>>();
-    (route.path.key(), route.methods, headers.into_iter().collect())
+    let mut conditions: Vec<String> = route.conditions.iter().map(Condition::describe).collect();
+    conditions.sort();
+    (route.path.key(), route.methods, route.host.clone(), conditions)
 }
 
 /// A template with its parameter names replaced by position, so `/a/{id}` and `/a/{x}` are one shape.
@@ -439,7 +431,7 @@ impl Compiler<'_> {
                 (Some(set), names)
             }
         };
-        let headers = self.header_matches(m, n);
+        let (conditions, host) = self.conditions(m, n);
 
         let mode = f.mode.value;
         let service = self.service(f, n, upstreams, known);
@@ -485,7 +477,8 @@ impl Compiler<'_> {
             path: path?,
             methods,
             method_names,
-            headers,
+            conditions,
+            host,
             mode,
             service,
             canary,
@@ -812,30 +805,6 @@ impl Compiler<'_> {
             }
         }
         (set, names)
-    }
-
-    /// `match.headers`: a name to an exact value, or `present`.
-    fn header_matches(&mut self, m: &config::MatchFile, n: Option<&str>) -> Vec<HeaderMatch> {
-        let mut headers = Vec::new();
-        for (hname, want) in m.headers.iter().flatten() {
-            let Ok(hn) = HeaderName::from_bytes(hname.as_bytes()) else {
-                self.err(&want.referenced, n, format!("bad header name \"{hname}\""));
-                continue;
-            };
-            let want = if want.value == "present" {
-                HeaderWant::Present
-            } else {
-                match HeaderValue::from_str(&want.value) {
-                    Ok(v) => HeaderWant::Exact(v),
-                    Err(_) => {
-                        self.err(&want.referenced, n, format!("bad value for header \"{hname}\""));
-                        continue;
-                    }
-                }
-            };
-            headers.push(HeaderMatch { name: hn, want });
-        }
-        headers
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod compile;
 mod force;
+mod matching;
 mod rewrite;
 mod rollout;
 mod upstreams;
@@ -28,6 +29,7 @@ use crate::resilience::{BreakerConfig, HealthConfig, RetryConfig};
 
 pub use compile::compile;
 pub use force::ForceSide;
+pub use matching::{Condition, Field, HostMatch, Request, Want};
 pub use rewrite::Rewrite;
 
 pub type UpstreamId = usize;
@@ -139,18 +141,6 @@ impl PathMatch {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderWant {
-    Exact(HeaderValue),
-    Present,
-}
-
-#[derive(Debug, Clone)]
-pub struct HeaderMatch {
-    pub name: HeaderName,
-    pub want: HeaderWant,
-}
-
 #[derive(Debug, Clone)]
 pub enum Sticky {
     Header(HeaderName),
@@ -185,7 +175,9 @@ pub struct Route {
     /// Bit set of `method_bit`s; `None` matches every method.
     pub methods: Option<u16>,
     pub method_names: Vec<String>,
-    pub headers: Vec<HeaderMatch>,
+    /// Header, cookie and query conditions, all of which must hold.
+    pub conditions: Vec<Condition>,
+    pub host: Option<HostMatch>,
     pub mode: Mode,
     pub service: Option<UpstreamId>,
     pub canary: Option<Canary>,
@@ -279,7 +271,9 @@ pub struct ListenTls {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Miss {
     Method,
-    Header(HeaderName),
+    Host,
+    /// The index of the condition in `Route::conditions`.
+    Condition(usize),
 }
 
 /// The process's own settings: where it listens, who may use the admin API, and the limits
@@ -350,10 +344,23 @@ impl Route {
             (Some(a), Some(b)) => b & !a == 0,
         };
         methods
-            && self
-                .headers
-                .iter()
-                .all(|h| later.headers.iter().any(|l| l.name == h.name && l.want == h.want))
+            && self.host.as_ref().is_none_or(|h| later.host.as_ref() == Some(h))
+            && self.conditions.iter().all(|c| later.conditions.contains(c))
+    }
+
+    /// How many conditions past the path it has (for `explain`).
+    pub fn describe_match(&self) -> String {
+        let mut why = self.path.describe();
+        if !self.method_names.is_empty() {
+            why.push_str(&format!(", method in [{}]", self.method_names.join(", ")));
+        }
+        if let Some(h) = &self.host {
+            why.push_str(&format!(", {}", h.describe()));
+        }
+        for c in &self.conditions {
+            why.push_str(&format!(", {}", c.describe()));
+        }
+        why
     }
 
     /// Does this service status fall back (when the request is safe to send twice)?
@@ -361,22 +368,21 @@ impl Route {
         (500..=627).contains(&status) && self.fallback_on & (1 << (status - 500)) != 0
     }
 
-    fn accepts(&self, method: &Method, headers: &HeaderMap) -> Result<(), Miss> {
+    fn accepts(&self, req: &Request) -> Result<(), Miss> {
         if let Some(set) = self.methods {
-            if set & method_bit(method) == 0 {
+            if set & method_bit(req.method) == 0 {
                 return Err(Miss::Method);
             }
         }
-        for h in &self.headers {
-            let ok = match &h.want {
-                HeaderWant::Present => headers.contains_key(&h.name),
-                HeaderWant::Exact(v) => headers.get_all(&h.name).iter().any(|got| got == v),
-            };
-            if !ok {
-                return Err(Miss::Header(h.name.clone()));
+        if let Some(h) = &self.host {
+            if !req.host().is_some_and(|got| h.accepts(got)) {
+                return Err(Miss::Host);
             }
         }
-        Ok(())
+        match self.conditions.iter().position(|c| !c.accepts(req)) {
+            Some(i) => Err(Miss::Condition(i)),
+            None => Ok(()),
+        }
     }
 
     /// Which side serves this request on this route.
@@ -431,29 +437,22 @@ fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 impl RuleSet {
-    /// The route that takes this request, if any. `path` must be normalized.
-    pub fn lookup(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<RouteId> {
-        self.lookup_traced(method, path, headers, |_, _| {})
+    /// The route that takes this request, if any.
+    pub fn lookup(&self, req: &Request) -> Option<RouteId> {
+        self.lookup_traced(req, |_, _| {})
     }
 
     /// `lookup`, reporting every candidate that was passed over and why.
-    pub fn lookup_traced(
-        &self,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-        mut skipped: impl FnMut(RouteId, Miss),
-    ) -> Option<RouteId> {
+    pub fn lookup_traced(&self, req: &Request, mut skipped: impl FnMut(RouteId, Miss)) -> Option<RouteId> {
+        let path = req.path;
         let mut first = |ids: &[RouteId]| {
-            ids.iter()
-                .copied()
-                .find(|&id| match self.routes[id].accepts(method, headers) {
-                    Ok(()) => true,
-                    Err(why) => {
-                        skipped(id, why);
-                        false
-                    }
-                })
+            ids.iter().copied().find(|&id| match self.routes[id].accepts(req) {
+                Ok(()) => true,
+                Err(why) => {
+                    skipped(id, why);
+                    false
+                }
+            })
         };
         if let Some(id) = self.exact.get(path).and_then(|ids| first(ids)) {
             return Some(id);

@@ -14,6 +14,13 @@ fn compile(routes: &str) -> Result<RuleSet, ConfigErrors> {
     super::compile(file, &config::parse(file, &text)?)
 }
 
+fn strangler_request<'a>(m: &'a Method, path: &'a str, query: Option<&'a str>, map: &'a HeaderMap) -> Request<'a> {
+    Request {
+        query,
+        ..Request::new(m, path, map)
+    }
+}
+
 fn name_of(rules: &RuleSet, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
     let mut map = HeaderMap::new();
     for (k, v) in headers {
@@ -23,8 +30,9 @@ fn name_of(rules: &RuleSet, method: &str, path: &str, headers: &[(&str, &str)]) 
         );
     }
     let m = Method::from_bytes(method.as_bytes()).unwrap();
+    let (path, query) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
     rules
-        .lookup(&m, path, &map)
+        .lookup(&strangler_request(&m, path, query, &map))
         .map_or(NO_ROUTE.to_string(), |id| rules.routes[id].name.clone())
 }
 
@@ -90,6 +98,8 @@ fn a_rule_an_earlier_one_always_beats_is_refused() {
         "  - { name: a, match: { prefix: /a, methods: [GET, POST] }, mode: legacy }\n  - { name: b, match: { prefix: /a, methods: [GET] }, mode: legacy }\n",
         "  - { name: a, match: { path: \"/o/{id}\" }, mode: legacy }\n  - { name: b, match: { path: \"/o/{x}\", headers: { x-v: \"2\" } }, mode: legacy }\n",
         "  - { name: a, match: { path: /o, headers: { x-v: present } }, mode: legacy }\n  - { name: b, match: { path: /o, headers: { x-v: present, x-w: \"1\" } }, mode: legacy }\n",
+        "  - { name: a, match: { prefix: /o, cookies: { beta: \"1\" } }, mode: legacy }\n  - { name: b, match: { prefix: /o, cookies: { beta: 1 }, query: { v: true } }, mode: legacy }\n",
+        "  - { name: a, match: { prefix: /o, host: \"*.shop.example\" }, mode: legacy }\n  - { name: b, match: { prefix: /o, host: \"*.Shop.Example.\", methods: [GET] }, mode: legacy }\n",
     ];
     for routes in never {
         let err = compile(routes).expect_err("refused").to_string();
@@ -102,6 +112,8 @@ fn a_rule_an_earlier_one_always_beats_is_refused() {
         "  - { name: b, match: { prefix: /a, methods: [GET] }, mode: legacy }\n  - { name: a, match: { prefix: /a }, mode: legacy }\n",
         "  - { name: a, match: { path: /o, headers: { x-v: \"1\" } }, mode: legacy }\n  - { name: b, match: { path: /o, headers: { x-v: \"2\" } }, mode: legacy }\n",
         "  - { name: a, match: { prefix: /a }, mode: legacy }\n  - { name: b, match: { path: /a, methods: [GET] }, mode: legacy }\n",
+        "  - { name: a, match: { prefix: /o, host: \"*.shop.example\" }, mode: legacy }\n  - { name: b, match: { prefix: /o, host: shop.example }, mode: legacy }\n",
+        "  - { name: a, match: { prefix: /o, cookies: { beta: \"1\" } }, mode: legacy }\n  - { name: b, match: { prefix: /o, query: { beta: \"1\" } }, mode: legacy }\n",
     ];
     for routes in fine {
         compile(routes).unwrap_or_else(|e| panic!("{routes}\n{e}"));
@@ -161,6 +173,38 @@ fn refusals_name_the_route_and_place() {
         (
             "  - { name: a, match: { prefix: /a }, mode: migrated, service: svc, rewrite: { to: /b } }\n",
             "unknown field `to`",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a, headers: { x-client: { regex: \"^ios-(\" } } }, mode: legacy }\n",
+            "rules.yaml:6:58: route \"a\": match.headers.x-client: bad regex: unclosed group",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a, headers: { x-client: { regex: \"\\\\w{1000}{1000}\" } } }, mode: legacy }\n",
+            "match.headers.x-client: bad regex: Compiled regex exceeds size limit",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a, cookies: { beta: false } }, mode: legacy }\n",
+            "match.cookies.beta: false matches nothing; use true for \"present\", or remove the key",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a, cookies: { \"be ta\": \"1\" } }, mode: legacy }\n",
+            "bad cookie name \"be ta\"",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a, query: { \"\": \"1\" } }, mode: legacy }\n",
+            "match.query: a parameter needs a name",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a, host: \"shop.*.example\" }, mode: legacy }\n",
+            "rules.yaml:6:43: route \"a\": match.host \"shop.*.example\" must be a host name (shop.example) or a wildcard of one (*.shop.example), without port",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a, host: \"shop.example:8080\" }, mode: legacy }\n",
+            "match.host \"shop.example:8080\" must be a host name",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a, headers: { x-v: { regex: \"^1\", flags: i } } }, mode: legacy }\n",
+            "rules.yaml:6:53: route \"a\": expected a value, true (for present) or { regex: PATTERN }",
         ),
     ];
     for (routes, want) in cases {
@@ -223,6 +267,36 @@ fn canary_buckets_are_fixed() {
     };
     assert_eq!(c.side_of_bucket(999), Side::New);
     assert_eq!(c.side_of_bucket(1000), Side::Legacy);
+}
+
+#[test]
+fn cookies_query_regex_and_host_route() {
+    let rules = compile(
+        "  - { name: beta, match: { prefix: /o, cookies: { beta: \"1\" } }, mode: legacy }\n\
+         \x20 - { name: v2, match: { prefix: /o, query: { v: 2 } }, mode: legacy }\n\
+         \x20 - { name: ios, match: { prefix: /o, headers: { x-client: { regex: \"^ios-\" } } }, mode: legacy }\n\
+         \x20 - { name: tenant, match: { prefix: /o, host: \"*.shop.example\" }, mode: legacy }\n\
+         \x20 - { name: apex, match: { prefix: /o, host: shop.example }, mode: legacy }\n\
+         \x20 - { name: rest, match: { prefix: /o }, mode: legacy }\n",
+    )
+    .unwrap();
+    let cases: [(&str, &[(&str, &str)], &str); 12] = [
+        ("/o", &[("cookie", "a=1; beta=1")], "beta"),
+        ("/o", &[("cookie", "beta=\"%31\"")], "beta"),
+        ("/o", &[("cookie", "beta=2")], "rest"),
+        ("/o/x?v=2", &[], "v2"),
+        ("/o?%76=%32", &[], "v2"),
+        ("/o?v=22", &[], "rest"),
+        ("/o", &[("x-client", "ios-17")], "ios"),
+        ("/o", &[("x-client", "web-ios-17")], "rest"),
+        ("/o", &[("host", "eu.Shop.Example:8443")], "tenant"),
+        ("/o", &[("host", "SHOP.example.")], "apex"),
+        ("/o", &[("host", "evilshop.example")], "rest"),
+        ("/o?v=2", &[("cookie", "beta=1")], "beta"),
+    ];
+    for (path, headers, want) in cases {
+        assert_eq!(name_of(&rules, "GET", path, headers), want, "{path} {headers:?}");
+    }
 }
 
 #[test]
