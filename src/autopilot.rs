@@ -24,6 +24,7 @@ use prometheus::Histogram;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::fallback::Reason;
 use crate::live::Live;
 use crate::metrics::{Metrics, RouteMetric};
 use crate::reload::{Outcome, Reloader, Trigger};
@@ -99,7 +100,14 @@ impl Reading {
             requests: sides.map(|s| s.map_or(0, |s| s.total())),
             errors_5xx: sides.map(|s| s.map_or(0, |s| s.errors_5xx())),
             latency: sides.map(|s| s.map(|s| buckets(s.histogram())).unwrap_or_default()),
-            fallbacks: m.resilience.as_ref().map_or(0, |r| r.fallback_counts().iter().sum()),
+            // A rate limit is the team's own cap, not the service failing: not evidence.
+            fallbacks: m.resilience.as_ref().map_or(0, |r| {
+                let counts = r.fallback_counts().into_iter().zip(Reason::ALL);
+                counts
+                    .filter(|(_, why)| *why != Reason::RateLimited)
+                    .map(|(n, _)| n)
+                    .sum()
+            }),
             compared: shadow.map_or([0, 0], |s| {
                 let r = s.results();
                 [r[0], r[1]]
@@ -163,7 +171,10 @@ pub async fn prometheus_reading(client: &reqwest::Client, base: &str, route: &st
             histogram("strangler_request_duration_seconds", "legacy").await?,
             histogram("strangler_request_duration_seconds", "new").await?,
         ],
-        fallbacks: scalar(format!("sum(strangler_fallbacks_total{{route=\"{r}\"}})")).await?,
+        fallbacks: scalar(format!(
+            "sum(strangler_fallbacks_total{{route=\"{r}\",reason!=\"rate_limited\"}})"
+        ))
+        .await?,
         compared: [
             scalar(format!("sum(strangler_shadow_total{{route=\"{r}\",result=\"match\"}})")).await?,
             scalar(format!(

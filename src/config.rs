@@ -196,6 +196,22 @@ pub struct RouteFile {
     pub rollout: Option<Spanned<RolloutFile>>,
     /// The path the new side gets instead of the client's (the monolith always gets the original).
     pub rewrite: Option<Spanned<RewriteFile>>,
+    /// A cap on the requests per second the new side receives; past it the monolith answers
+    /// (or 429 when the route can't fall back). Per replica.
+    pub rate_limit: Option<Spanned<RateLimitFile>>,
+}
+
+/// A route's `rate_limit:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Requests per second, sustained (fractions allowed: 0.5 is one every two seconds).
+    pub per_second: Spanned<f64>,
+    /// Requests let through at once above the sustained rate. Default: one second's worth.
+    pub burst: Option<Spanned<u64>>,
+    /// Who shares a budget: `route` (the default), `ip` (the client's, through
+    /// `trusted_proxies`), `header:NAME` or `cookie:NAME`.
+    pub key: Option<Spanned<String>>,
 }
 
 /// `force_side:`: who may choose a request's side, and with which header.

@@ -16,16 +16,19 @@ pub enum Reason {
     Reset,
     CircuitOpen,
     Overloaded,
+    /// The route's `rate_limit:` for its new side was used up.
+    RateLimited,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::ConnectError,
         Reason::Timeout,
         Reason::Status5xx,
         Reason::Reset,
         Reason::CircuitOpen,
         Reason::Overloaded,
+        Reason::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,12 +39,16 @@ impl Reason {
             Reason::Reset => "reset",
             Reason::CircuitOpen => "circuit_open",
             Reason::Overloaded => "overloaded",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
     /// True when the request can't have reached the service.
     pub fn never_reached(self) -> bool {
-        matches!(self, Reason::ConnectError | Reason::CircuitOpen | Reason::Overloaded)
+        matches!(
+            self,
+            Reason::ConnectError | Reason::CircuitOpen | Reason::Overloaded | Reason::RateLimited
+        )
     }
 }
 

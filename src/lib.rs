@@ -55,6 +55,7 @@ pub mod live;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod resilience;
 pub mod rules;

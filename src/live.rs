@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::metrics::{Metrics, RouteHandles};
+use crate::ratelimit::Limiter;
 use crate::resilience::UpstreamState;
 use crate::rules::{RuleSet, NO_ROUTE};
 use crate::shadow::RouteShadow;
@@ -32,6 +33,9 @@ pub struct Live {
     /// Learned noise and recent mismatches of each shadowed route, indexed like `rules.routes`.
     /// Carried over by route name.
     pub shadow_states: Vec<Option<Arc<RouteShadow>>>,
+    /// The new side's rate limit of each route, indexed like `rules.routes`. Carried over by
+    /// route name while its `rate_limit:` is unchanged.
+    pub limiters: Vec<Option<Arc<Limiter>>>,
 }
 
 impl Live {
@@ -87,6 +91,18 @@ impl Live {
                 )
             })
             .collect();
+        let limiters = rules
+            .routes
+            .iter()
+            .map(|r| {
+                let spec = r.rate_limit.as_ref()?;
+                let kept = previous.and_then(|p| {
+                    let i = p.rules.routes.iter().position(|o| o.name == r.name)?;
+                    p.limiters[i].clone().filter(|l| l.spec == *spec)
+                });
+                Some(kept.unwrap_or_else(|| Arc::new(Limiter::new(spec))))
+            })
+            .collect();
         let header = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         let mut route_headers: Vec<HeaderValue> = rules.routes.iter().map(|r| header(&r.name)).collect();
         route_headers.push(HeaderValue::from_static(NO_ROUTE));
@@ -103,6 +119,12 @@ impl Live {
             upstream_headers,
             states,
             shadow_states,
+            limiters,
         }
+    }
+
+    /// Once a second: drop rate-limit keys whose budget is full again.
+    pub fn tidy(&self) {
+        self.limiters.iter().flatten().for_each(|l| l.tidy());
     }
 }

@@ -610,14 +610,14 @@ impl SideMetric {
 /// Fallback, skip and retry counters of a route that has a service.
 #[derive(Clone)]
 pub struct Resilience {
-    fallbacks: [IntCounter; 6],
+    fallbacks: [IntCounter; Reason::ALL.len()],
     skipped: [IntCounter; 2],
     pub retries: IntCounter,
 }
 
 impl Resilience {
     /// Fallbacks so far, in `Reason::ALL` order.
-    pub fn fallback_counts(&self) -> [u64; 6] {
+    pub fn fallback_counts(&self) -> [u64; Reason::ALL.len()] {
         self.fallbacks.each_ref().map(|c| c.get())
     }
 
@@ -671,16 +671,19 @@ pub enum CopySkip {
     LegacyError,
     /// The service's circuit is open (or it fails its health checks): copies wait it out.
     CircuitOpen,
+    /// The route's `rate_limit:` for the new side was used up.
+    RateLimited,
 }
 
 impl CopySkip {
-    pub const ALL: [CopySkip; 6] = [
+    pub const ALL: [CopySkip; 7] = [
         CopySkip::SampledOut,
         CopySkip::Method,
         CopySkip::BodyTooLarge,
         CopySkip::Overloaded,
         CopySkip::LegacyError,
         CopySkip::CircuitOpen,
+        CopySkip::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -691,6 +694,7 @@ impl CopySkip {
             CopySkip::Overloaded => "overloaded",
             CopySkip::LegacyError => "legacy_error",
             CopySkip::CircuitOpen => "circuit_open",
+            CopySkip::RateLimited => "rate_limited",
         }
     }
 }
@@ -703,7 +707,7 @@ pub struct ShadowMetrics {
     pub failed: IntCounter,
     pub skipped: IntCounter,
     /// `strangler_shadow_skipped_total{reason}`, in `CopySkip::ALL` order.
-    skipped_by: [IntCounter; 6],
+    skipped_by: [IntCounter; CopySkip::ALL.len()],
     pub legacy_latency: Histogram,
     pub new_latency: Histogram,
     /// The family, for the bounded per-path series created off the request path.

@@ -174,13 +174,29 @@ impl ProxyHttp for Strangler {
                     || req.headers.contains_key(&IDEMPOTENCY_KEY));
         }
         if ctx.side == Side::New {
-            if let Some(reason) = admit(&live, ctx) {
+            let limited = route
+                .and_then(|id| live.limiters[id].as_ref())
+                .and_then(|l| l.check(&req.headers, client_ip(session, &live.rules)).err());
+            let refused = match limited {
+                Some(wait) => Some((Reason::RateLimited, wait)),
+                // Open circuit or full bulkhead: a moment later may well work.
+                None => admit(&live, ctx).map(|r| (r, Duration::from_secs(1))),
+            };
+            if let Some((reason, wait)) = refused {
                 if !fall_back(&live, ctx, reason) {
-                    let body = serde_json::json!({"error": "service_unavailable", "reason": reason.as_str()})
-                        .to_string()
-                        + "\n";
-                    // Open circuit or full bulkhead: a moment later may well work.
-                    respond_with(session, 503, body.into(), &[(http::header::RETRY_AFTER, "1")]).await?;
+                    let (status, error) = match reason {
+                        Reason::RateLimited => (429, "rate_limited"),
+                        _ => (503, "service_unavailable"),
+                    };
+                    let body = serde_json::json!({"error": error, "reason": reason.as_str()}).to_string() + "\n";
+                    let retry_after = wait.as_secs_f64().ceil().max(1.0).to_string();
+                    respond_with(
+                        session,
+                        status,
+                        body.into(),
+                        &[(http::header::RETRY_AFTER, &retry_after)],
+                    )
+                    .await?;
                     return Ok(true);
                 }
             }
@@ -193,6 +209,12 @@ impl ProxyHttp for Strangler {
                     m.inspect(|m| m.skip(CopySkip::Method));
                 } else if spec.sample < 1.0 && rand::random::<f64>() >= spec.sample {
                     m.inspect(|m| m.skip(CopySkip::SampledOut));
+                } else if live.limiters[id]
+                    .as_ref()
+                    .is_some_and(|l| l.check(&req.headers, client_ip(session, &live.rules)).is_err())
+                {
+                    // Copies count against the new side's budget too.
+                    m.inspect(|m| m.skip(CopySkip::RateLimited));
                 } else {
                     ctx.shadow = Some(Capture::new(spec.clone()));
                 }

@@ -29,7 +29,7 @@ pub struct Counts {
     /// Requests by side: [legacy, new].
     pub requests: [u64; 2],
     pub errors_5xx: u64,
-    pub fallbacks: [u64; 6],
+    pub fallbacks: [u64; crate::fallback::Reason::ALL.len()],
     /// match, mismatch, error, skipped
     pub shadow: [u64; 4],
     /// Cumulative latency buckets per side: (upper bound in seconds, count).
@@ -263,7 +263,12 @@ impl BackgroundService for StatsService {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tick.tick() => self.stats.sample(&self.live.load()),
+                _ = tick.tick() => {
+                    let live = self.live.load();
+                    self.stats.sample(&live);
+                    // Housekeeping on the same tick: rate-limit keys that are idle again.
+                    live.tidy();
+                }
             }
         }
     }

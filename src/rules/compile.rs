@@ -442,6 +442,7 @@ impl Compiler<'_> {
         let shadow = self.route_shadow(f, n);
         let rollout = self.rollout(f, n);
         let rewrite = self.rewrite(f.rewrite.as_ref(), n, path.as_ref(), service.is_some());
+        let rate_limit = self.rate_limit(f.rate_limit.as_ref(), n, service.is_some());
         let capability = f.capability.as_ref().and_then(|c| {
             let v = c.value.trim();
             let ok = !v.is_empty() && v.len() <= 64 && !v.contains(['/', '{', '}']) && !v.chars().any(char::is_control);
@@ -471,6 +472,7 @@ impl Compiler<'_> {
             capability,
             rollout,
             rewrite,
+            rate_limit,
             name,
             line: r.referenced.line(),
             match_at: f.matcher.referenced,

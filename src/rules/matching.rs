@@ -171,7 +171,7 @@ impl HostMatch {
 }
 
 /// The `name=value` pairs of one `Cookie` header.
-fn cookies(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub(super) fn cookies(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     header.split(|&b| b == b';').filter_map(|pair| {
         let pair = pair.trim_ascii();
         let eq = pair.iter().position(|&b| b == b'=')?;

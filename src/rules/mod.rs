@@ -8,6 +8,7 @@
 mod compile;
 mod force;
 mod matching;
+mod rate;
 mod rewrite;
 mod rollout;
 mod upstreams;
@@ -30,6 +31,7 @@ use crate::resilience::{BreakerConfig, HealthConfig, RetryConfig};
 pub use compile::compile;
 pub use force::ForceSide;
 pub use matching::{Condition, Field, HostMatch, Request, Want};
+pub use rate::{LimitKey, RateLimit};
 pub use rewrite::Rewrite;
 
 pub type UpstreamId = usize;
@@ -199,6 +201,8 @@ pub struct Route {
     pub rollout: Option<Rollout>,
     /// The path the new side gets instead of the client's.
     pub rewrite: Option<Rewrite>,
+    /// The cap on what the new side receives (`crate::ratelimit` keeps the counts).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A route's compiled `shadow:` block.
@@ -427,13 +431,9 @@ impl Canary {
     }
 }
 
-/// The value of cookie `name` in one `Cookie` header, without allocating.
-fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
-    })
+/// The value of cookie `name` in one `Cookie` header, as sent (no decoding), without allocating.
+pub fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    matching::cookies(header).find_map(|(k, v)| (k == name).then_some(v))
 }
 
 impl RuleSet {

@@ -206,6 +206,26 @@ fn refusals_name_the_route_and_place() {
             "  - { name: a, match: { prefix: /a, headers: { x-v: { regex: \"^1\", flags: i } } }, mode: legacy }\n",
             "rules.yaml:6:53: route \"a\": expected a value, true (for present) or { regex: PATTERN }",
         ),
+        (
+            "  - { name: a, match: { prefix: /a }, mode: legacy, rate_limit: { per_second: 5 } }\n",
+            "rules.yaml:6:65: route \"a\": rate_limit caps the new side; give the route a service",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a }, mode: migrated, service: svc, rate_limit: { per_second: 0 } }\n",
+            "rate_limit.per_second must be above 0 and at most 1000000, got 0",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a }, mode: migrated, service: svc, rate_limit: { per_second: 5, burst: 0 } }\n",
+            "rate_limit.burst must be within 1..=1000000, got 0",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a }, mode: migrated, service: svc, rate_limit: { per_second: 5, key: user } }\n",
+            "rate_limit.key \"user\" must be route, ip, header:NAME or cookie:NAME",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a }, mode: migrated, service: svc, rate_limit: { per_second: 5, per_minute: 9 } }\n",
+            "unknown field `per_minute`",
+        ),
     ];
     for (routes, want) in cases {
         let err = compile(routes)
@@ -280,7 +300,8 @@ fn cookies_query_regex_and_host_route() {
          \x20 - { name: rest, match: { prefix: /o }, mode: legacy }\n",
     )
     .unwrap();
-    let cases: [(&str, &[(&str, &str)], &str); 12] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 12] = [
         ("/o", &[("cookie", "a=1; beta=1")], "beta"),
         ("/o", &[("cookie", "beta=\"%31\"")], "beta"),
         ("/o", &[("cookie", "beta=2")], "rest"),
