@@ -7,18 +7,77 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use serde_saphyr::Spanned;
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Location;
+
+/// A value with where it was written, for errors that point at `file:line:col`. Read through
+/// serde_saphyr's own `Spanned`; in the JSON Schema it is just the value.
+#[derive(Debug, Clone)]
+pub struct Spanned<T> {
+    pub value: T,
+    /// Where the value is used (an alias's place, for a YAML alias).
+    pub referenced: Location,
+    /// Where the value is written.
+    pub defined: Location,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
+        Ok(Spanned {
+            value: s.value,
+            referenced: s.referenced,
+            defined: s.defined,
+        })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Spanned<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(g)
+    }
+}
+
+/// The JSON Schema of the file (draft-07, which every editor's YAML support reads), pretty-printed.
+pub fn schema() -> String {
+    let mut settings = schemars::generate::SchemaSettings::draft07();
+    settings.meta_schema = Some("http://json-schema.org/draft-07/schema#".into());
+    let mut schema = settings.into_generator().into_root_schema_for::<RulesFile>();
+    schema.insert("title".into(), "strangler rules.yaml".into());
+    schema.insert(
+        "description".into(),
+        "Routes of a strangler-fig migration: legacy -> shadow -> canary -> migrated. `strangler check` checks what a schema can't.".into(),
+    );
+    serde_json::to_string_pretty(&schema).expect("a schema is JSON")
+}
 
 /// The whole file, as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RulesFile {
+    /// Where clients connect, host:port. Default 0.0.0.0:8080; `--listen` overrides it.
     pub listen: Option<Spanned<String>>,
+    /// The admin API, metrics and dashboard, host:port. Default 127.0.0.1:9911; `--admin` overrides it.
     pub admin: Option<Spanned<String>>,
+    /// The upstream (a name under `upstreams`) that is the monolith: it serves every request no route sends elsewhere.
     pub legacy: Spanned<String>,
+    /// Tell clients who answered (`x-strangler-route`, `-upstream`, `-fallback`). Default true.
     #[serde(default = "default_true")]
     pub response_headers: bool,
+    /// The monolith and the new services, by name.
     pub upstreams: BTreeMap<String, Spanned<UpstreamFile>>,
     /// Peers (IPs or CIDRs) whose x-forwarded-* headers are believed. Default: none.
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
@@ -48,6 +107,7 @@ pub struct RulesFile {
     pub force_side: Option<Spanned<ForceSideFile>>,
     /// `routes:` left empty (null) means no routes, like an absent key.
     #[serde(default, deserialize_with = "null_as_empty")]
+    #[schemars(with = "Option<Vec<RouteFile>>")]
     pub routes: Vec<Spanned<RouteFile>>,
 }
 
@@ -55,24 +115,29 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) ->
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
+    /// http://host:port or https://host:port, without a path.
     pub url: Spanned<String>,
     /// Host header to send instead of the client's.
     pub host: Option<Spanned<String>>,
+    /// Connect, response and idle timeouts.
     #[serde(default)]
     pub timeouts: TimeoutsFile,
+    /// Retries of a failed try (new services only, idempotent requests only).
     pub retries: Option<Spanned<RetriesFile>>,
+    /// Stop sending to a failing service for a while; on by default for services.
     pub circuit_breaker: Option<Spanned<BreakerFile>>,
     /// Bulkhead: requests in flight to this upstream at most.
     pub max_in_flight: Option<Spanned<u64>>,
+    /// Active health checks.
     pub health: Option<Spanned<HealthFile>>,
     /// For `https://` URLs: which CA to trust and which name to verify.
     pub tls: Option<Spanned<UpstreamTlsFile>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoveryFile {
     /// Learn endpoints from traffic. Default true.
@@ -85,7 +150,7 @@ pub struct DiscoveryFile {
     pub templates: Option<Vec<Spanned<String>>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     /// Request line plus headers, in bytes (e.g. 64KiB). Past it: 431.
@@ -103,9 +168,10 @@ pub struct LimitsFile {
     pub max_connections: Option<Spanned<u64>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenTlsFile {
+    /// Where TLS clients connect, host:port.
     pub addr: Spanned<String>,
     /// PEM certificate chain. Replaced on disk: picked up by the next reload.
     pub cert: Spanned<String>,
@@ -114,7 +180,7 @@ pub struct ListenTlsFile {
 }
 
 /// TLS to an `https://` upstream. Certificate and hostname are always verified.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsFile {
     /// PEM file of the CA certificates to trust instead of the system's.
@@ -123,60 +189,80 @@ pub struct UpstreamTlsFile {
     pub sni: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetriesFile {
     /// Tries of the service including the first; 1 means no retry.
     pub attempts: Spanned<u32>,
+    /// Exponential backoff with full jitter between tries.
     pub backoff: Option<BackoffFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffFile {
+    /// The first retry's wait, before jitter. Default 20ms.
     pub base: Option<Spanned<String>>,
+    /// The longest wait between tries. Default 200ms.
     pub max: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerFile {
+    /// Open when this share of tries in the window failed. Default 0.5.
     pub failure_ratio: Option<Spanned<f64>>,
+    /// Tries in the window before the ratio counts. Default 20.
     pub min_requests: Option<Spanned<u32>>,
+    /// How far back failures count. Default 10s.
     pub window: Option<Spanned<String>>,
+    /// How long it stays open before probing. Default 15s.
     pub open_for: Option<Spanned<String>>,
+    /// Successful probes that close it again. Default 3.
     pub half_open_probes: Option<Spanned<u32>>,
     /// `false` turns the breaker off.
     pub enabled: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthFile {
     /// HTTP path to GET; absent: a TCP connect check.
     pub path: Option<Spanned<String>>,
+    /// Time between checks. Default 2s.
     pub interval: Option<Spanned<String>>,
+    /// A check slower than this failed. Default 1s.
     pub timeout: Option<Spanned<String>>,
+    /// Failed checks in a row that mark it down. Default 3.
     pub unhealthy_after: Option<Spanned<u32>>,
+    /// Passed checks in a row that mark it up again. Default 2.
     pub healthy_after: Option<Spanned<u32>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsFile {
+    /// Default 1s.
     pub connect: Option<Spanned<String>>,
+    /// Time to the response head, and between body reads. Default 30s.
     pub response: Option<Spanned<String>>,
+    /// How long an idle pooled connection is kept. Default 60s.
     pub idle: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteFile {
+    /// Unique; the `route` label of every metric and the `x-strangler-route` header.
     pub name: Spanned<String>,
+    /// Which requests the route takes: a path or prefix, and optionally methods, headers, cookies, query parameters and host.
     #[serde(rename = "match")]
     pub matcher: Spanned<MatchFile>,
+    /// legacy, shadow, canary or migrated.
     pub mode: Spanned<Mode>,
+    /// The new service (a name under `upstreams`); needed by shadow, canary and migrated.
     pub service: Option<Spanned<String>>,
+    /// The share sent to the service in mode canary, and what keeps a user on one side.
     pub canary: Option<Spanned<CanaryFile>>,
     /// Fall back to the legacy upstream when the service fails (canary and migrated). Default true.
     pub fallback: Option<bool>,
@@ -202,7 +288,7 @@ pub struct RouteFile {
 }
 
 /// A route's `rate_limit:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitFile {
     /// Requests per second, sustained (fractions allowed: 0.5 is one every two seconds).
@@ -215,7 +301,7 @@ pub struct RateLimitFile {
 }
 
 /// `force_side:`: who may choose a request's side, and with which header.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForceSideFile {
     /// The header a tester sends: `new` or `legacy`. Default `x-strangler-side`.
@@ -231,7 +317,7 @@ pub struct ForceSideFile {
 }
 
 /// A route's `rewrite:`, one of the two.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewriteFile {
     /// Replaces the matched `match.prefix`: `/api/orders/7` becomes `/v1/orders/7` with `/v1/orders`.
@@ -240,7 +326,7 @@ pub struct RewriteFile {
     pub path: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutopilotFile {
     /// Act on routes with a `rollout`. Default true once `autopilot:` is present.
@@ -252,13 +338,14 @@ pub struct AutopilotFile {
     pub interval: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutFile {
     /// `legacy`, `shadow`, canary percents (numbers), `migrated`, in order.
     pub steps: Spanned<Vec<Spanned<StepFile>>>,
     /// Least time at each step. Default 10m.
     pub hold: Option<Spanned<String>>,
+    /// What the evidence must show before the next step.
     #[serde(default)]
     pub gates: GatesFile,
     /// `rollback` (default) or `pause`.
@@ -268,14 +355,14 @@ pub struct RolloutFile {
 }
 
 /// A rollout step: a mode name or a canary percent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum StepFile {
     Percent(f64),
     Name(String),
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatesFile {
     /// Evidence needed at a step: compared copies in shadow, new-side requests in canary. Default 500.
@@ -290,7 +377,7 @@ pub struct GatesFile {
     pub fallback_rate: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowFile {
     /// Share of matching requests copied, 0..=1. Default 1.
@@ -305,6 +392,7 @@ pub struct ShadowFile {
     pub compare_headers: Option<Vec<Spanned<String>>>,
     /// `strict` (default) or `any`.
     pub array_order: Option<Spanned<String>>,
+    /// Numbers this close count as equal. Default 0.
     pub numeric_tolerance: Option<Spanned<f64>>,
     /// Learn non-deterministic fields by asking the legacy upstream twice.
     pub noise: Option<Spanned<NoiseFile>>,
@@ -315,17 +403,21 @@ pub struct ShadowFile {
     pub forward_credentials: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoiseFile {
+    /// The share of copied requests also sent to the monolith a second time, 0..1.
     pub sample: Spanned<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchFile {
+    /// An exact path (/api/cart) or a template (/api/orders/{id}).
     pub path: Option<Spanned<String>>,
+    /// A path prefix, matched on whole segments (/api/orders takes /api/orders/7, not /api/ordersX).
     pub prefix: Option<Spanned<String>>,
+    /// Methods taken, e.g. [GET, HEAD]; default every method.
     pub methods: Option<Vec<Spanned<String>>>,
     /// Header name to an exact value, `true` (or the keyword `present`) for present, or
     /// `{ regex: "^ios-" }`.
@@ -339,7 +431,7 @@ pub struct MatchFile {
 }
 
 /// What a header, cookie or query parameter must be.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged, expecting = "expected a value, true (for present) or { regex: PATTERN }")]
 pub enum WantFile {
     /// `true`: present, with any value (`false` is refused).
@@ -351,22 +443,24 @@ pub enum WantFile {
     Regex(RegexFile),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegexFile {
+    /// The pattern (Rust regex syntax), at most 1,024 characters.
     pub regex: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryFile {
+    /// The share of users sent to the service, 0..100.
     pub percent: Spanned<f64>,
     /// `header:NAME` or `cookie:NAME`; absent means a random split per request.
     pub sticky: Option<Spanned<String>>,
 }
 
 /// The four stages a route moves through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Legacy,
@@ -442,13 +536,13 @@ impl std::error::Error for ConfigErrors {}
 
 /// Only the route names and where each route starts; read first so that a
 /// type error deep inside a route can still name the route it is in.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct Skeleton {
     #[serde(default)]
     routes: Vec<Spanned<RouteHead>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct RouteHead {
     name: Option<String>,
 }

@@ -137,6 +137,8 @@ enum Command {
         #[arg(long)]
         traffic: bool,
     },
+    /// Print the JSON Schema of rules.yaml (the repository keeps it as rules.schema.json).
+    Schema,
 }
 
 /// `strangler autopilot`: the external controller's loop.
@@ -397,6 +399,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             traffic,
         } => {
             demo::run(&config, &data_dir, traffic).context("demo failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            println!("{}", strangler::config::schema());
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Spanned;
 use http::{HeaderName, Method};
-use serde_saphyr::{Location, Spanned};
+use serde_saphyr::Location;
 
 use super::*;
 use crate::config::{self, ConfigError, ConfigErrors, Mode, Place, RulesFile};

@@ -6,8 +6,8 @@
 
 use std::net::IpAddr;
 
+use crate::config::Spanned;
 use http::{HeaderMap, HeaderName};
-use serde_saphyr::Spanned;
 use subtle::ConstantTimeEq;
 
 use super::compile::{relative_to, Compiler};

@@ -7,10 +7,10 @@
 
 use std::borrow::Cow;
 
+use crate::config::Spanned;
 use http::header::{COOKIE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::bytes::{Regex, RegexBuilder};
-use serde_saphyr::Spanned;
 
 use super::compile::Compiler;
 use crate::config::{MatchFile, RegexFile, WantFile};

@@ -1,8 +1,8 @@
 //! A route's `rate_limit:`, compiled: the quota and what keys it. The limiter's state lives in
 //! `crate::ratelimit`.
 
+use crate::config::Spanned;
 use http::HeaderName;
-use serde_saphyr::Spanned;
 
 use super::compile::Compiler;
 use crate::config::RateLimitFile;

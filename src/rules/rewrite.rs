@@ -1,7 +1,7 @@
 //! A route's `rewrite:`: the path its new side gets instead of the client's, compiled once at
 //! load and applied only when a request goes to the route's service.
 
-use serde_saphyr::Spanned;
+use crate::config::Spanned;
 
 use super::compile::Compiler;
 use super::PathMatch;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_saphyr::Spanned;
+use crate::config::Spanned;
 
 use super::compile::Compiler;
 use super::*;

@@ -5,9 +5,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::Spanned;
 use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
-use serde_saphyr::Spanned;
 
 use super::compile::{relative_to, Compiler};
 use super::*;
