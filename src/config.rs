@@ -105,6 +105,8 @@ pub struct RulesFile {
     pub autopilot: Option<Spanned<AutopilotFile>>,
     /// Testers first: a trusted request may choose its side on any route with a service.
     pub force_side: Option<Spanned<ForceSideFile>>,
+    /// How upstream host names are resolved. Default: the system's resolver configuration.
+    pub dns: Option<Spanned<DnsFile>>,
     /// `routes:` left empty (null) means no routes, like an absent key.
     #[serde(default, deserialize_with = "null_as_empty")]
     #[schemars(with = "Option<Vec<RouteFile>>")]
@@ -118,8 +120,12 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) ->
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
-    /// http://host:port or https://host:port, without a path.
+    /// http://host:port or https://host:port, without a path. A host name is resolved again
+    /// every `dns_refresh`, and its addresses take turns.
     pub url: Spanned<String>,
+    /// How often a host name in `url` is resolved again (a Kubernetes Service's pods move).
+    /// Default 5s.
+    pub dns_refresh: Option<Spanned<String>>,
     /// Host header to send instead of the client's.
     pub host: Option<Spanned<String>>,
     /// Connect, response and idle timeouts.
@@ -285,6 +291,14 @@ pub struct RouteFile {
     /// A cap on the requests per second the new side receives; past it the monolith answers
     /// (or 429 when the route can't fall back). Per replica.
     pub rate_limit: Option<Spanned<RateLimitFile>>,
+}
+
+/// `dns:`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    /// Name servers to ask instead of /etc/resolv.conf's: IP or IP:port (port 53 by default).
+    pub servers: Vec<Spanned<String>>,
 }
 
 /// A route's `rate_limit:`.

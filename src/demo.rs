@@ -40,10 +40,13 @@ pub fn run(config: &Path, data_dir: &Path, traffic: bool) -> anyhow::Result<()> 
             .upstreams
             .iter()
             .find(|u| u.name == name)
-            .map(|u| u.addr)
+            .and_then(|u| match u.address {
+                strangler::rules::Address::Fixed(a) => Some(a),
+                strangler::rules::Address::Name { .. } => None,
+            })
             .with_context(|| {
                 format!(
-                    "{}: the demo needs an upstream named \"{name}\" (monolith, inventory, orders)",
+                    "{}: the demo needs an upstream named \"{name}\" (monolith, inventory, orders) with an IP address in its url",
                     config.display()
                 )
             })

@@ -1,4 +1,5 @@
-//! Active health checks: every upstream is probed on its own interval, TCP connect or HTTP GET.
+//! Active health checks: every address of every upstream is probed on its upstream's interval,
+//! TCP connect or HTTP GET.
 //!
 //! An unhealthy service is treated like an open circuit (its requests fall back); an unhealthy
 //! legacy upstream makes `/readyz` answer 503.
@@ -33,34 +34,41 @@ impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         // Pingora's connector, so an https:// upstream is probed over TLS with its own CA and SNI.
         let connector = Arc::new(TransportConnector::new(None));
-        let mut next: HashMap<String, Instant> = HashMap::new();
+        // Keyed by upstream name and address: each address of a host name is probed on its own.
+        let mut next: HashMap<(String, SocketAddr), Instant> = HashMap::new();
         let mut wake = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep_until(wake) => {}
             }
-            // The rules may have been reloaded: probe what is in force now, keyed by name.
+            // The rules may have been reloaded, and names resolved anew: probe what is in force now.
             let live = self.live.load_full();
             let now = Instant::now();
+            let mut seen = std::collections::HashSet::new();
             for (i, up) in live.rules.upstreams.iter().enumerate() {
-                let due = next.entry(up.name.clone()).or_insert(now);
-                if now < *due {
-                    continue;
-                }
-                *due = now + up.health.interval;
-                let (state, cfg, connector) = (live.states[i].clone(), up.health.clone(), connector.clone());
-                let (addr, peer, host) = (up.addr, up.peer.clone(), up.host.clone());
-                tokio::spawn(async move {
-                    let ok = probe(&connector, addr, &peer, host, &cfg).await;
-                    let was = state.healthy();
-                    if state.probe_result(&cfg, ok) != was {
-                        let now_up = state.healthy();
-                        tracing::warn!(upstream = %state.name, healthy = now_up, "upstream health changed");
+                let state = &live.states[i];
+                for target in state.targets().iter() {
+                    let key = (up.name.clone(), target.addr);
+                    seen.insert(key.clone());
+                    let due = next.entry(key).or_insert(now);
+                    if now < *due {
+                        continue;
                     }
-                });
+                    *due = now + up.health.interval;
+                    let (target, cfg, connector) = (target.clone(), up.health.clone(), connector.clone());
+                    let (name, host) = (state.name.clone(), up.host.clone());
+                    tokio::spawn(async move {
+                        let ok = probe(&connector, target.addr, &target.peer(), host, &cfg).await;
+                        let was = target.healthy();
+                        if target.probe_result(&cfg, ok) != was {
+                            let now_up = target.healthy();
+                            tracing::warn!(upstream = %name, address = %target.addr, healthy = now_up, "upstream health changed");
+                        }
+                    });
+                }
             }
-            next.retain(|name, _| live.rules.upstreams.iter().any(|u| &u.name == name));
+            next.retain(|key, _| seen.contains(key));
             wake = next.values().copied().fold(now + MAX_SLEEP, Instant::min);
         }
     }

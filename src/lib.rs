@@ -46,6 +46,7 @@ pub mod client;
 pub mod config;
 pub mod diff;
 pub mod discovery;
+pub mod dns;
 pub mod explain;
 pub mod fallback;
 pub mod headers;

@@ -2,6 +2,7 @@
 //! metric handles. Swapped whole (`ArcSwap`) by a reload; every request pins one snapshot.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -9,7 +10,7 @@ use http::HeaderValue;
 use crate::metrics::{Metrics, RouteHandles};
 use crate::ratelimit::Limiter;
 use crate::resilience::UpstreamState;
-use crate::rules::{RuleSet, NO_ROUTE};
+use crate::rules::{Address, RuleSet, Upstream, NO_ROUTE};
 use crate::shadow::RouteShadow;
 
 /// The rules in force and everything built or carried over with them. Immutable once made.
@@ -60,13 +61,24 @@ impl Live {
 
     fn build(rules: RuleSet, config_hash: u64, metrics: &Metrics, generation: u64, previous: Option<&Live>) -> Live {
         let handles = metrics.handles(&rules, previous.map(|p| (&p.rules, &p.handles)));
+        // An upstream that keeps its name and URL keeps its addresses, circuits and health.
         let states = rules
             .upstreams
             .iter()
             .map(|u| {
-                previous
-                    .and_then(|p| p.states.iter().find(|s| s.name == u.name).cloned())
-                    .unwrap_or_else(|| Arc::new(UpstreamState::new(&u.name)))
+                let kept = previous.and_then(|p| p.states.iter().find(|s| s.name == u.name && s.url == u.url));
+                match kept {
+                    Some(s) => {
+                        s.rebase(&u.peer);
+                        s.clone()
+                    }
+                    None => Arc::new(UpstreamState::new(
+                        &u.name,
+                        &u.url,
+                        &first_addresses(u, &rules.dns_servers),
+                        &u.peer,
+                    )),
+                }
             })
             .collect();
         let before: HashMap<&str, &Arc<RouteShadow>> = previous
@@ -123,8 +135,21 @@ impl Live {
         }
     }
 
-    /// Once a second: drop rate-limit keys whose budget is full again.
+    /// Every few seconds: drop rate-limit keys whose budget is full again.
     pub fn tidy(&self) {
         self.limiters.iter().flatten().for_each(|l| l.tidy());
+    }
+}
+
+/// The addresses an upstream starts with: its URL's, or its host name's now. A name that does
+/// not resolve yet starts with none (its requests fail until it does) and is tried again every
+/// `dns_refresh`.
+fn first_addresses(u: &Upstream, servers: &[SocketAddr]) -> Vec<SocketAddr> {
+    match &u.address {
+        Address::Fixed(a) => vec![*a],
+        Address::Name { host, port, .. } => crate::dns::lookup_blocking(servers, host, *port).unwrap_or_else(|e| {
+            tracing::warn!(upstream = %u.name, "dns: {host} does not resolve ({e}); its requests fail until it does, asked again every dns_refresh");
+            Vec::new()
+        }),
     }
 }

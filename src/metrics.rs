@@ -36,6 +36,8 @@ pub struct Metrics {
     retries: IntCounterVec,
     circuit_state: IntGaugeVec,
     upstream_up: IntGaugeVec,
+    upstream_addresses: IntGaugeVec,
+    dns_lookups: IntCounterVec,
     in_flight: IntGaugeVec,
     shadow_total: IntCounterVec,
     shadow_skipped: IntCounterVec,
@@ -196,8 +198,20 @@ impl Metrics {
             upstream_up: gauges(
                 &r,
                 "strangler_upstream_up",
-                "1 if the upstream passes its health checks, else 0.",
+                "1 if any address of the upstream passes its health checks, else 0.",
                 &["upstream"],
+            ),
+            upstream_addresses: gauges(
+                &r,
+                "strangler_upstream_addresses",
+                "Addresses an upstream has now (its host name's DNS answer), and how many are healthy.",
+                &["upstream", "health"],
+            ),
+            dns_lookups: counters(
+                &r,
+                "strangler_dns_lookups_total",
+                "Lookups of upstream host names; a failed one keeps the last good addresses.",
+                &["upstream", "result"],
             ),
             in_flight: gauges(
                 &r,
@@ -301,6 +315,13 @@ impl Metrics {
         m
     }
 
+    /// One lookup of an upstream's host name.
+    pub fn dns_lookup(&self, upstream: &str, ok: bool) {
+        self.dns_lookups
+            .with_label_values(&[upstream, if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
     /// The text exposition of every metric. Upstream gauges are read from the live state now,
     /// so the request path never touches them.
     pub fn render(
@@ -314,11 +335,17 @@ impl Metrics {
             .set(upstreams.get(legacy).map_or(0, |u| i64::from(u.healthy())));
         self.circuit_state.reset();
         self.upstream_up.reset();
+        self.upstream_addresses.reset();
         self.in_flight.reset();
         for u in upstreams {
-            self.circuit_state
-                .with_label_values(&[&u.name])
-                .set(u.breaker.state() as i64);
+            self.circuit_state.with_label_values(&[&u.name]).set(u.circuit() as i64);
+            let targets = u.targets();
+            let healthy = targets.iter().filter(|t| t.healthy()).count();
+            for (health, n) in [("healthy", healthy), ("unhealthy", targets.len() - healthy)] {
+                self.upstream_addresses
+                    .with_label_values(&[&u.name, health])
+                    .set(n as i64);
+            }
             self.upstream_up
                 .with_label_values(&[&u.name])
                 .set(i64::from(u.healthy()));

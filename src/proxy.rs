@@ -27,7 +27,7 @@ use crate::fallback::{self, Decision, Reason};
 use crate::headers::*;
 use crate::live::Live;
 use crate::metrics::{CopySkip, Metrics};
-use crate::resilience::InFlight;
+use crate::resilience::{InFlight, Target};
 use crate::rules::{RouteId, RuleSet, Side, UpstreamId, DEFAULT_ROUTE_TIMEOUT};
 use crate::shadow::{self, Capture, Job, Shadower};
 
@@ -59,6 +59,10 @@ pub struct Ctx {
     fallback: Option<Reason>,
     /// The bulkhead slot held while the request is on the new service.
     slot: Option<InFlight>,
+    /// The address `admit` chose for the first try of the service.
+    pick: Option<Arc<Target>>,
+    /// The address of the try in flight: its circuit hears how it went.
+    tried: Option<Arc<Target>>,
     /// The response header went downstream: nothing may be retried after this.
     responded: bool,
     /// `upstream_response_filter` already decided what a 5xx leads to.
@@ -95,6 +99,8 @@ impl ProxyHttp for Strangler {
             replayable: false,
             fallback: None,
             slot: None,
+            pick: None,
+            tried: None,
             responded: false,
             decided: false,
             request_id: None,
@@ -247,7 +253,23 @@ impl ProxyHttp for Strangler {
                 tokio::time::sleep(wait.min(ctx.deadline.saturating_duration_since(Instant::now()))).await;
             }
         }
-        let mut peer = HttpPeer::clone(&up.peer);
+        // The address: the one `admit` chose, a retry's own (any whose circuit allows), or the
+        // monolith's next one.
+        let now = Instant::now();
+        let state = &live.states[ctx.target];
+        let target = match ctx.pick.take() {
+            Some(t) => Some(t),
+            None if ctx.side == Side::New => state.pick(up.breaker.as_ref(), now).or_else(|| state.pick_any(now)),
+            None => state.pick_any(now),
+        };
+        let Some(target) = target else {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                "the upstream has no address: its host name does not resolve",
+            );
+        };
+        let mut peer = HttpPeer::clone(&target.peer());
+        ctx.tried = Some(target);
         if ctx.route.is_some_and(|id| live.rules.routes[id].service.is_some()) {
             // Every try, and the fallback, must end by the route's deadline.
             let left = ctx.deadline.saturating_duration_since(Instant::now());
@@ -655,28 +677,24 @@ impl Strangler {
         let up = &live.rules.upstreams[service];
         // A service that keeps failing its copies opens its circuit; copies then wait it out
         // instead of piling up timeouts in the proxy.
-        let health = &live.states[service];
-        if !health.healthy()
-            || !up
-                .breaker
-                .as_ref()
-                .is_none_or(|cfg| health.breaker.allow(cfg, Instant::now()))
-        {
+        let now = Instant::now();
+        let Some(target) = live.states[service].pick(up.breaker.as_ref(), now) else {
             cap.to_task = None;
             metrics.skip(CopySkip::CircuitOpen);
             return;
-        }
+        };
         cap.to_task = shadow::start(Job {
-            breaker: up.breaker.clone().map(|cfg| (health.clone(), cfg)),
+            service: target.peer(),
+            breaker: up.breaker.clone().map(|cfg| (target, cfg)),
             shadower: self.shadower.clone(),
             max_in_flight: live.rules.shadow_max_in_flight,
             state,
             metrics,
             spec: cap.spec.clone(),
-            service: up.peer.clone(),
             service_timeout: up.connect_timeout + up.response_timeout,
             noise_copy: (cap.spec.noise_sample.is_some_and(|p| rand::random::<f64>() < p) && request.idempotent())
-                .then(|| live.rules.upstreams[live.rules.legacy].peer.clone()),
+                .then(|| live.states[live.rules.legacy].pick_any(now).map(|t| t.peer()))
+                .flatten(),
             request,
             body: std::mem::take(&mut cap.body),
         });
@@ -693,16 +711,14 @@ impl Ctx {
 fn admit(live: &Live, ctx: &mut Ctx) -> Option<Reason> {
     let state = &live.states[ctx.target];
     let up = &live.rules.upstreams[ctx.target];
-    let closed = up
-        .breaker
-        .as_ref()
-        .is_none_or(|cfg| state.breaker.allow(cfg, Instant::now()));
-    if !state.healthy() || !closed {
+    // An address that is healthy and whose circuit is closed (or lets a probe through).
+    let Some(target) = state.pick(up.breaker.as_ref(), Instant::now()) else {
         return Some(Reason::CircuitOpen);
-    }
+    };
     match InFlight::acquire(state, up.max_in_flight) {
         Some(slot) => {
             ctx.slot = Some(slot);
+            ctx.pick = Some(target);
             None
         }
         None => Some(Reason::Overloaded),
@@ -727,8 +743,8 @@ fn fall_back(live: &Live, ctx: &mut Ctx, reason: Reason) -> bool {
 
 /// Feed the outcome of a try of the service to its circuit breaker.
 fn feed_breaker(live: &Live, ctx: &Ctx, ok: bool) {
-    if let Some(cfg) = &live.rules.upstreams[ctx.target].breaker {
-        live.states[ctx.target].breaker.record(cfg, ok, Instant::now());
+    if let (Some(cfg), Some(t)) = (&live.rules.upstreams[ctx.target].breaker, &ctx.tried) {
+        t.breaker.record(cfg, ok, Instant::now());
     }
 }
 

@@ -369,6 +369,13 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         },
     ));
     server.add_service(background_service(
+        "strangler dns",
+        crate::dns::DnsService {
+            live: live_for_health.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "strangler health",
         HealthService { live: live_for_health },
     ));

@@ -19,7 +19,7 @@ use crate::client;
 use crate::diff::{self, Answer, Difference, Seg};
 use crate::headers::X_STRANGLER_SHADOW;
 use crate::metrics::{CopySkip, ShadowMetrics};
-use crate::resilience::{BreakerConfig, UpstreamState};
+use crate::resilience::{BreakerConfig, Target};
 use crate::rules::{ShadowSpec, UpstreamPeer};
 
 mod mismatch;
@@ -292,7 +292,7 @@ pub struct Job {
     pub service: UpstreamPeer,
     pub service_timeout: Duration,
     /// The service's breaker: copies that fail count against it, like proxied requests do.
-    pub breaker: Option<(Arc<UpstreamState>, BreakerConfig)>,
+    pub breaker: Option<(Arc<Target>, BreakerConfig)>,
     /// The legacy upstream, when this request also asks it a second time to learn noise.
     pub noise_copy: Option<UpstreamPeer>,
     pub request: client::Request,

@@ -31,6 +31,7 @@ pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
     let discovery = c.discovery(raw, &routes);
     let autopilot = c.autopilot(raw);
     let force_side = c.force_side(raw);
+    let dns_servers = c.dns_servers(raw);
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -38,6 +39,7 @@ pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
         settings,
         trusted_proxies,
         force_side,
+        dns_servers,
         shadow_max_in_flight: raw
             .shadow_max_in_flight
             .as_ref()

@@ -49,6 +49,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 pub const DEFAULT_FALLBACK_ON: [u16; 3] = [502, 503, 504];
 pub const DEFAULT_MAX_ENDPOINTS: usize = 2000;
 pub const DEFAULT_FOLD_AFTER: usize = 25;
+/// How often an upstream's host name is resolved again, and the least that may be set.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+pub const MIN_DNS_REFRESH: Duration = Duration::from_millis(100);
 
 /// Which side of the migration serves a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,11 +69,34 @@ impl Side {
     }
 }
 
+/// Where an upstream is: an address written in its URL, or a host name to resolve.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Address {
+    Fixed(SocketAddr),
+    /// Resolved when the rules are put in force and again every `refresh`; each address gets
+    /// its own circuit and health (`crate::resilience::Target`).
+    Name {
+        host: String,
+        port: u16,
+        refresh: Duration,
+    },
+}
+
+impl Address {
+    /// The address the peer template is built with; a name's are filled in per target.
+    pub fn placeholder(&self) -> SocketAddr {
+        match self {
+            Address::Fixed(a) => *a,
+            Address::Name { port, .. } => SocketAddr::from(([0, 0, 0, 0], *port)),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
     pub url: String,
-    pub addr: SocketAddr,
+    pub address: Address,
     /// `Host` to send instead of the client's.
     pub host: Option<HeaderValue>,
     pub connect_timeout: Duration,
@@ -106,6 +132,13 @@ impl UpstreamPeer {
     /// The key of this upstream's idle connections: address, TLS, SNI and CA.
     pub fn pool_key(&self) -> u64 {
         self.key
+    }
+
+    /// The same peer (TLS, SNI, CA, timeouts) at another address: one of a host name's.
+    pub fn with_address(&self, addr: SocketAddr) -> UpstreamPeer {
+        let mut peer = HttpPeer::clone(&self.peer);
+        peer._address = pingora_core::protocols::l4::socket::SocketAddr::Inet(addr);
+        UpstreamPeer::new(peer)
     }
 }
 
@@ -308,6 +341,9 @@ pub struct RuleSet {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Testers first: who may choose a request's side (`force_side:`).
     pub force_side: Option<ForceSide>,
+    /// `dns.servers`: the name servers that resolve upstream host names; empty means the
+    /// system's (/etc/resolv.conf, with its search domains, and /etc/hosts).
+    pub dns_servers: Vec<SocketAddr>,
     pub shadow_max_in_flight: usize,
     pub allow_semicolons: bool,
     pub preserve_header_case: bool,

@@ -1,7 +1,8 @@
-//! Upstreams in the compiler: URLs resolved, peers built with their timeouts and TLS, and the
-//! retry, circuit-breaker and health-check settings of each.
+//! Upstreams in the compiler: URLs parsed (a host name is resolved later, by `crate::dns`), peers
+//! built with their timeouts and TLS, and the retry, circuit-breaker and health-check settings of
+//! each; and `dns:`, the name servers to ask.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ impl Compiler<'_> {
         let mut out = Vec::with_capacity(raw.upstreams.len());
         for (name, u) in &raw.upstreams {
             let at = &u.value.url.referenced;
-            let (addr, tls, url_host) = match parse_url(&u.value.url.value) {
+            let (address, tls, url_host) = match parse_url(&u.value.url.value) {
                 Ok(a) => a,
                 Err(why) => {
                     self.err(
@@ -59,7 +60,20 @@ impl Compiler<'_> {
                 &format!("upstream \"{name}\": timeouts.idle"),
                 DEFAULT_IDLE_TIMEOUT,
             );
-            let mut peer = HttpPeer::new(addr, tls, String::new());
+            let dns_refresh = self.duration(
+                &u.value.dns_refresh,
+                &format!("upstream \"{name}\": dns_refresh"),
+                DEFAULT_DNS_REFRESH,
+            );
+            let address = match address {
+                Host::Ip(addr) => Address::Fixed(addr),
+                Host::Name(host, port) => Address::Name {
+                    host,
+                    port,
+                    refresh: dns_refresh.max(MIN_DNS_REFRESH),
+                },
+            };
+            let mut peer = HttpPeer::new(address.placeholder(), tls, String::new());
             if let Some(t) = &u.value.tls {
                 if !tls {
                     self.err(
@@ -104,7 +118,7 @@ impl Compiler<'_> {
             out.push(Upstream {
                 name: name.clone(),
                 url: u.value.url.value.clone(),
-                addr,
+                address,
                 host,
                 connect_timeout,
                 response_timeout,
@@ -115,6 +129,27 @@ impl Compiler<'_> {
                 max_in_flight,
                 health,
             });
+        }
+        out
+    }
+
+    /// `dns.servers`: IP or IP:port (53 by default) each.
+    pub(super) fn dns_servers(&mut self, raw: &RulesFile) -> Vec<SocketAddr> {
+        let Some(dns) = &raw.dns else { return Vec::new() };
+        let mut out = Vec::new();
+        for s in &dns.value.servers {
+            let v = s.value.trim();
+            let parsed = v
+                .parse::<SocketAddr>()
+                .or_else(|_| v.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            match parsed {
+                Ok(a) => out.push(a),
+                Err(_) => self.err(
+                    &s.referenced,
+                    None,
+                    format!("dns.servers: \"{v}\" is not an IP address or IP:port (e.g. 10.96.0.10 or 127.0.0.1:5353)"),
+                ),
+            }
         }
         out
     }
@@ -235,7 +270,7 @@ impl Compiler<'_> {
 
 /// `http://host[:port]` to a socket address, resolved once at load time.
 /// Where an upstream URL points: its address, whether it is `https://`, and its host name.
-fn parse_url(url: &str) -> Result<(SocketAddr, bool, String), String> {
+fn parse_url(url: &str) -> Result<(Host, bool, String), String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|_| "not a URL (want http://host:port or https://host:port)".to_string())?;
@@ -250,12 +285,17 @@ fn parse_url(url: &str) -> Result<(SocketAddr, bool, String), String> {
     let host = uri.host().ok_or("missing host")?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(default_port);
-    let addr = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("can't resolve host: {e}"))?
-        .next()
-        .ok_or_else(|| "host has no address".to_string())?;
-    Ok((addr, tls, host.to_string()))
+    let parsed = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Host::Ip(SocketAddr::new(ip, port)),
+        // Resolved when the rules are put in force, and again every `dns_refresh` (crate::dns).
+        Err(_) => Host::Name(host.to_ascii_lowercase(), port),
+    };
+    Ok((parsed, tls, host.to_string()))
+}
+
+enum Host {
+    Ip(SocketAddr),
+    Name(String, u16),
 }
 
 /// The CA certificates in a PEM file, for verifying an upstream.
