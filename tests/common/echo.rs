@@ -9,6 +9,11 @@ use serde_json::{json, Map, Value};
 /// Start an echo server named `name` on 127.0.0.1:0. It answers every request with
 /// `{"server": name, "method", "path" (with query, as received), "headers": {name: [values]}, "peer_port"}`.
 pub async fn start(name: &'static str) -> SocketAddr {
+    start_at(name, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// `start`, on a given address (another loopback address, a chosen port).
+pub async fn start_at(name: &'static str, at: SocketAddr) -> SocketAddr {
     let app = axum::Router::new().fallback(move |req: Request| async move {
         let mut headers = Map::new();
         for (k, v) in req.headers() {
@@ -22,7 +27,7 @@ pub async fn start(name: &'static str) -> SocketAddr {
         let peer_port = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0.port());
         Json(json!({"server": name, "method": req.method().as_str(), "path": path, "headers": headers, "peer_port": peer_port}))
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind(at).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
