@@ -96,8 +96,10 @@ start_backends() {
   sleep 0.5
 }
 
-# rules N [on|off|autopilot]: write strangler's rules file for N routes into $WORK/rules and print
-# its path; the migration map on (the default) or off, or on with the autopilot judging the route.
+# rules N [on|off|autopilot|ratelimit|ratelimit-ip]: write strangler's rules file for N routes
+# into $WORK/rules and print its path; the migration map on (the default) or off, or on with the
+# autopilot judging the route, or with a rate limit on the route (one budget, or one per client
+# IP) that the load never reaches, so every request pays for the check and none is limited.
 # /api/orders goes to the "orders" upstream, everything else to legacy, and N-1 more routes that
 # the benchmark's request never takes, so matching has a real table to search. The rules sit in a
 # directory of their own: the reload watcher wakes for every write in the rules file's directory,
@@ -109,7 +111,13 @@ rules() {
     [ "$map" = off ] && echo "discovery: { enabled: false }"
     # autopilot: the measured route has a rollout at its last step, judged every second.
     [ "$map" = autopilot ] && echo "autopilot: { enabled: true, interval: 1s }"
-    echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders$([ "$map" = autopilot ] && echo ", rollout: { steps: [25, migrated], hold: 1s }") }"
+    local extra=""
+    case "$map" in
+      autopilot) extra=", rollout: { steps: [25, migrated], hold: 1s }";;
+      ratelimit) extra=", rate_limit: { per_second: 1000000, burst: 1000000 }";;
+      ratelimit-ip) extra=", rate_limit: { per_second: 1000000, burst: 1000000, key: ip }";;
+    esac
+    echo "routes:"; echo "  - { name: orders, match: { prefix: /api/orders }, mode: migrated, service: orders$extra }"
     for i in $(seq 1 $((n - 1))); do
       case $((i % 3)) in
         0) echo "  - { name: r$i, match: { prefix: /svc$i }, mode: legacy }";;

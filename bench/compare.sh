@@ -5,6 +5,8 @@
 #   PGO=1 bench/compare.sh      # profile-guided builds of strangler and bare Pingora (bench/pgo.sh)
 #   BEFORE=/tmp/strangler-OLD bench/compare.sh  # also an earlier strangler binary, same rules
 #   ROUNDS=5 bench/compare.sh   # CPU ratios such as the map's few percent need more rounds
+#   ONLY="bare-pingora strangler strangler-map-off" STEADY=0 bench/compare.sh
+#                               # only these rows of the CPU part, and no fixed-rate or idle part
 #
 # Setup (the one described in issue 8): the backend is nginx answering a fixed 200 on two ports,
 # pinned with wrk to CPU 0. Each proxy runs one worker pinned to CPU 1 and routes /api/orders/ to
@@ -82,8 +84,12 @@ launch() {
 
 # run NAME PORT CMD...: load the proxy from CPU 0 and print one result line. The request is
 # GET $REQ_PATH (/api/orders/1, the 150-byte answer, by default).
+# wanted NAME: the row is in ONLY, or ONLY is empty.
+wanted() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+
 run() {
   local name="$1" port="$2"; shift 2
+  wanted "$name" || return 0
   launch "$name" "$port" "$WORK/$name.log" "$@"
   local copies_before; copies_before="$(compared_copies "$name")"
   local before; before="$(cpu_ticks "$measured")"
@@ -122,6 +128,7 @@ compared_copies() {
 }
 
 results="$WORK/results"
+R20_RATE="$(rules 20 ratelimit)" R20_RATE_IP="$(rules 20 ratelimit-ip)"
 R20="$(rules 20)" R20_NO_MAP="$(rules 20 off)" R1K="$(rules 1000)" R10K="$(rules 10000)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
 strangler_run "$BIN"
 STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
@@ -135,6 +142,9 @@ for round in $(seq 1 "$ROUNDS"); do
   run strangler 8483 "${STRANGLER[@]}" --config "$R20" >> "$results"
   # The migration map (issue 23) switched off: what every request pays for it is the difference.
   run strangler-map-off 8483 "${STRANGLER[@]}" --config "$R20_NO_MAP" >> "$results"
+  # A rate limit on the route (issue 21), never reached: the check's own cost.
+  run strangler-rate-limit 8483 "${STRANGLER[@]}" --config "$R20_RATE" >> "$results"
+  run strangler-rate-limit-ip 8483 "${STRANGLER[@]}" --config "$R20_RATE_IP" >> "$results"
   # An earlier build on the same rules (BEFORE=PATH): the cost of a round's changes.
   [ -z "${BEFORE:-}" ] || run strangler-before 8483 "$BEFORE" "${STRANGLER[@]:1}" --config "$R20" >> "$results"
   run strangler-1k-routes 8483 "${STRANGLER[@]}" --config "$R1K" >> "$results"
@@ -151,7 +161,8 @@ echo
 echo "medians of $ROUNDS rounds (p50 and p99: first round), ${DURATION}s each, $CONNS connections, proxy on CPU 1 with one worker:"
 printf "%-22s %12s %10s %10s %14s %8s %8s %9s\n" proxy "requests/s" p50 p99 "CPU µs/req" user system compared
 declare -A cpu user system
-for name in nginx haproxy bare-pingora strangler strangler-map-off ${BEFORE:+strangler-before} strangler-1k-routes strangler-10k-routes nginx-access-log strangler-access-log strangler-shadow-0 strangler-shadow-1 strangler-shadow-0-10k strangler-shadow-1-10k; do
+for name in nginx haproxy bare-pingora strangler strangler-map-off strangler-rate-limit strangler-rate-limit-ip ${BEFORE:+strangler-before} strangler-1k-routes strangler-10k-routes nginx-access-log strangler-access-log strangler-shadow-0 strangler-shadow-1 strangler-shadow-0-10k strangler-shadow-1-10k; do
+  wanted "$name" || continue
   rps="$(awk -v n="$name" '$1 == n {print $2}' "$results" | median)"
   p50="$(awk -v n="$name" '$1 == n {print $3}' "$results" | head -1)"
   p99="$(awk -v n="$name" '$1 == n {print $4}' "$results" | head -1)"
@@ -163,19 +174,25 @@ for name in nginx haproxy bare-pingora strangler strangler-map-off ${BEFORE:+str
 done
 echo "(compared: the share of requests whose copy was compared, lowest round; 1.000 is every one)"
 echo
+# have NAME...: every one of these rows was measured (ONLY may leave some out).
+have() { local n; for n in "$@"; do [ -n "${cpu[$n]:-}" ] || return 1; done; }
 for base in nginx haproxy bare-pingora; do
+  have strangler "$base" || continue
   awk -v s="${cpu[strangler]}" -v b="${cpu[$base]}" -v n="$base" 'BEGIN {printf "strangler / %-13s %.2fx CPU per request\n", n, s / b}'
 done
-awk -v su="${user[strangler]}" -v ss="${system[strangler]}" -v bu="${user[bare-pingora]}" -v bs="${system[bare-pingora]}" \
+! have strangler bare-pingora || awk -v su="${user[strangler]}" -v ss="${system[strangler]}" -v bu="${user[bare-pingora]}" -v bs="${system[bare-pingora]}" \
   'BEGIN {printf "strangler / bare-pingora  %.2fx user time, %.2fx system time per request\n", su / bu, ss / bs}'
-awk -v a="${cpu[strangler]}" -v s="${cpu[strangler-map-off]}" 'BEGIN {printf "migration map on / off: %.3fx CPU per request\n", a / s}'
-[ -z "${BEFORE:-}" ] || awk -v a="${cpu[strangler-map-off]}" -v b="${cpu[strangler-before]}" -v c="${cpu[strangler]}" \
+! have strangler strangler-map-off || awk -v a="${cpu[strangler]}" -v s="${cpu[strangler-map-off]}" 'BEGIN {printf "migration map on / off: %.3fx CPU per request\n", a / s}'
+! have strangler strangler-rate-limit || awk -v a="${cpu[strangler-rate-limit]}" -v s="${cpu[strangler]}" 'BEGIN {printf "rate limit (one budget) on / off: %.3fx CPU per request\n", a / s}'
+! have strangler strangler-rate-limit-ip || awk -v a="${cpu[strangler-rate-limit-ip]}" -v s="${cpu[strangler]}" 'BEGIN {printf "rate limit (per client IP) on / off: %.3fx CPU per request\n", a / s}'
+! have strangler-map-off strangler-before strangler || awk -v a="${cpu[strangler-map-off]}" -v b="${cpu[strangler-before]}" -v c="${cpu[strangler]}" \
   'BEGIN {printf "map off / the earlier build: %.3fx, map on / the earlier build: %.3fx CPU per request\n", a / b, c / b}'
-awk -v a="${cpu[strangler-10k-routes]}" -v s="${cpu[strangler]}" 'BEGIN {printf "strangler 10k routes / 20 routes: %.2fx\n", a / s}'
-awk -v a="${cpu[strangler-access-log]}" -v s="${cpu[strangler]}" -v n="${cpu[nginx-access-log]}" -v m="${cpu[nginx]}" \
+! have strangler strangler-10k-routes || awk -v a="${cpu[strangler-10k-routes]}" -v s="${cpu[strangler]}" 'BEGIN {printf "strangler 10k routes / 20 routes: %.2fx\n", a / s}'
+! have strangler strangler-access-log nginx nginx-access-log || awk -v a="${cpu[strangler-access-log]}" -v s="${cpu[strangler]}" -v n="${cpu[nginx-access-log]}" -v m="${cpu[nginx]}" \
   'BEGIN {printf "access log on / off: strangler %.2fx, nginx %.2fx CPU per request\n", a / s, n / m}'
-awk -v a="${cpu[strangler-shadow-1]}" -v s="${cpu[strangler-shadow-0]}" 'BEGIN {printf "strangler shadow, every request copied and compared / none: %.2fx CPU per request\n", a / s}'
-awk -v a="${cpu[strangler-shadow-1-10k]}" -v s="${cpu[strangler-shadow-0-10k]}" 'BEGIN {printf "the same with 10 KiB answers: %.2fx CPU per request\n", a / s}'
+! have strangler-shadow-1 strangler-shadow-0 || awk -v a="${cpu[strangler-shadow-1]}" -v s="${cpu[strangler-shadow-0]}" 'BEGIN {printf "strangler shadow, every request copied and compared / none: %.2fx CPU per request\n", a / s}'
+! have strangler-shadow-1-10k strangler-shadow-0-10k || awk -v a="${cpu[strangler-shadow-1-10k]}" -v s="${cpu[strangler-shadow-0-10k]}" 'BEGIN {printf "the same with 10 KiB answers: %.2fx CPU per request\n", a / s}'
+[ "${STEADY:-1}" != 0 ] || exit 0
 
 # p99 at a fixed, moderate rate (open loop, latency counted from when each request was due):
 # RATE_ROUNDS runs each (default 5), proxies interleaved, medians reported (one run's p99 moves a

@@ -30,7 +30,8 @@ pgo_if_asked
 start_backends
 
 # The rules of bench/compare.sh: a migrated /api/orders route among 20, and the shadow pair.
-R20="$(rules 20)" R20_NO_MAP="$(rules 20 off)" R20_AUTOPILOT="$(rules 20 autopilot)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
+R20="$(rules 20)" R20_NO_MAP="$(rules 20 off)" R20_AUTOPILOT="$(rules 20 autopilot)"
+R20_RATE="$(rules 20 ratelimit)" R20_RATE_IP="$(rules 20 ratelimit-ip)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
 
 # measure NAME PORT CMD...: prints "NAME instructions-per-request".
 measure() {
@@ -62,6 +63,9 @@ measure strangler 8483 "${STRANGLER[@]}" --config "$R20" >> "$results"
 measure strangler-map-off 8483 "${STRANGLER[@]}" --config "$R20_NO_MAP" >> "$results"
 # The autopilot on, judging the measured route every second (issue 19).
 measure strangler-autopilot 8483 "${STRANGLER[@]}" --config "$R20_AUTOPILOT" >> "$results"
+# A rate limit on the route that the load never reaches (issue 21): one budget, one per client IP.
+measure strangler-rate-limit 8483 "${STRANGLER[@]}" --config "$R20_RATE" >> "$results"
+measure strangler-rate-limit-ip 8483 "${STRANGLER[@]}" --config "$R20_RATE_IP" >> "$results"
 if [ -n "${BEFORE:-}" ]; then
   # An earlier build, on the same rules (it has no map to switch off).
   measure strangler-before 8483 "$BEFORE" "${STRANGLER[@]:1}" --config "$R20" >> "$results"
@@ -78,6 +82,8 @@ ir() { awk -v n="$1" '$1 == n {print $2}' "$results"; }
 awk -v s="$(ir strangler)" -v b="$(ir bare-pingora)" 'BEGIN {printf "strangler / bare-pingora: %.2fx\n", s / b}'
 awk -v a="$(ir strangler-access-log)" -v b="$(ir strangler)" 'BEGIN {printf "access log on / off: %.2fx\n", a / b}'
 awk -v a="$(ir strangler)" -v b="$(ir strangler-map-off)" 'BEGIN {printf "migration map on / off: %.3fx\n", a / b}'
+awk -v a="$(ir strangler-rate-limit)" -v b="$(ir strangler)" 'BEGIN {printf "rate limit (one budget) on / off: %.3fx\n", a / b}'
+awk -v a="$(ir strangler-rate-limit-ip)" -v b="$(ir strangler)" 'BEGIN {printf "rate limit (per client IP) on / off: %.3fx\n", a / b}'
 awk -v a="$(ir strangler-autopilot)" -v b="$(ir strangler)" 'BEGIN {printf "autopilot on (judging the route every second) / off: %.3fx\n", a / b}'
 if [ -n "${BEFORE:-}" ]; then
   awk -v a="$(ir strangler-map-off)" -v b="$(ir strangler-before)" 'BEGIN {printf "map off / the earlier build: %.3fx\n", a / b}'
