@@ -209,9 +209,9 @@ struct EndpointQuery {
 
 /// `GET /api/endpoints?state=S&capability=C`: the migration map, busiest first, and the progress.
 async fn endpoints(State(s): State<AdminState>, Query(q): Query<EndpointQuery>) -> Response {
-    const STATES: [&str; 4] = ["legacy", "shadow", "canary", "migrated"];
-    if let Some(state) = q.state.as_deref().filter(|st| !STATES.contains(st)) {
-        let body = json!({"error": "bad_state", "state": state, "allowed": STATES});
+    use crate::discovery::ALL_STATES;
+    if let Some(state) = q.state.as_deref().filter(|st| !ALL_STATES.contains(st)) {
+        let body = json!({"error": "bad_state", "state": state, "allowed": ALL_STATES});
         return (StatusCode::BAD_REQUEST, Json(body)).into_response();
     }
     let live = s.live.load();

@@ -154,6 +154,10 @@ pub struct DiscoveryFile {
     pub fold_after: Option<Spanned<u64>>,
     /// Templates of your own (`/reports/{name}`), used before learned ones.
     pub templates: Option<Vec<Spanned<String>>>,
+    /// The monolith's OpenAPI document (JSON or YAML): a file (relative to this one) or an
+    /// http(s):// URL read at load. Its operations join the map, and those nobody calls show as
+    /// `unseen`; its path templates are used before learned ones.
+    pub openapi: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

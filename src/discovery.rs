@@ -489,6 +489,44 @@ impl Map {
                 })
             })
             .collect();
+        // The monolith's documented operations that nobody has called: `unseen`, code nobody
+        // needs to migrate. Left out of progress.
+        let no_headers = http::HeaderMap::new();
+        let unseen = rules
+            .discovery
+            .openapi
+            .iter()
+            .filter(|(m, t)| !st.endpoints.contains_key(format!("{m} {t}").as_str()))
+            .filter_map(|(m, t)| {
+                let method = Method::from_bytes(m.as_bytes()).ok()?;
+                let route = rules
+                    .lookup(&crate::rules::Request::new(&method, t, &no_headers))
+                    .map(|id| &rules.routes[id]);
+                let cap = route
+                    .and_then(|r| r.capability.clone())
+                    .unwrap_or_else(|| crate::rules::default_capability(t));
+                let keep = state.is_none_or(|want| want == UNSEEN) && capability.is_none_or(|c| c == cap);
+                keep.then(|| {
+                    json!({
+                        "method": m,
+                        "template": t,
+                        "capability": cap,
+                        "requests": 0,
+                        "rate_per_s": 0.0,
+                        "status": {"1xx": 0, "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0},
+                        "latency_ms": {"legacy": {"p50": null, "p99": null}, "new": {"p50": null, "p99": null}},
+                        "first_seen": null,
+                        "last_seen": null,
+                        "state": UNSEEN,
+                        "route": route.map(|r| r.name.as_str()),
+                        "mode": route.map(|r| r.mode.as_str()),
+                        "service": route.and_then(|r| r.service).map(|id| rules.upstreams[id].name.as_str()),
+                        "new_share": 0.0,
+                        "learned": false,
+                    })
+                })
+            });
+        let endpoints: Vec<Value> = endpoints.into_iter().chain(unseen).collect();
         json!({
             "endpoints": endpoints,
             "other": {"requests": st.other.requests},
@@ -500,15 +538,15 @@ impl Map {
     /// Publish `strangler_endpoints{state}` and `strangler_migration_progress_ratio{by}`.
     fn publish(&self, rules: &RuleSet, metrics: &Metrics) {
         let view = self.view(rules, None, None);
-        let mut counts = [0i64; 4];
+        let mut counts = [0i64; 5];
         for e in view["endpoints"].as_array().into_iter().flatten() {
-            if let Some(i) = STATES.iter().position(|s| e["state"] == *s) {
+            if let Some(i) = ALL_STATES.iter().position(|s| e["state"] == *s) {
                 counts[i] += 1;
             }
         }
         let p = &view["progress"];
         metrics.endpoint_map(
-            STATES.iter().copied().zip(counts).collect::<Vec<_>>().as_slice(),
+            ALL_STATES.iter().copied().zip(counts).collect::<Vec<_>>().as_slice(),
             p["by_requests"].as_f64().unwrap_or(0.0),
             p["by_endpoints"].as_f64().unwrap_or(0.0),
             p["by_endpoints_weighted"].as_f64().unwrap_or(0.0),
@@ -602,6 +640,10 @@ impl State {
 }
 
 const STATES: [&str; 4] = ["legacy", "shadow", "canary", "migrated"];
+/// A documented operation (`discovery.openapi`) that no request has reached.
+const UNSEEN: &str = "unseen";
+/// Every state an endpoint can be in, for filters.
+pub const ALL_STATES: [&str; 5] = ["legacy", "shadow", "canary", "migrated", UNSEEN];
 
 /// An endpoint's stage: its route's mode, or `legacy` when no route takes it.
 fn state_of(route: Option<&Route>) -> &'static str {

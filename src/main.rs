@@ -93,7 +93,8 @@ enum Command {
         /// The running proxy's admin address.
         #[arg(long, default_value = server::DEFAULT_ADMIN)]
         admin: String,
-        /// Only endpoints in this state: legacy, shadow, canary or migrated.
+        /// Only endpoints in this state: legacy, shadow, canary, migrated, or unseen (documented in
+        /// discovery.openapi, never called).
         #[arg(long)]
         state: Option<String>,
         /// Only endpoints of this capability.

@@ -67,8 +67,17 @@ pub fn router(db: Db) -> Router {
         .route("/", get(pages::home))
         .route("/products/{id}", get(pages::product))
         .route("/account/{id}", get(pages::account))
+        .route("/openapi.json", get(openapi))
         .with_state(db);
     shop_kit::http::finish(app, "legacy-monolith", None)
+}
+
+/// The OpenAPI document of every endpoint here (`legacy-monolith/openapi.json`, checked against
+/// this router by tests/openapi.rs).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 async fn list_products(State(db): State<Db>, Query(query): Query<PageQuery>) -> ApiResult<Json<ProductPage>> {

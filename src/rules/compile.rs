@@ -263,6 +263,20 @@ impl Compiler<'_> {
                 self.err(&t.referenced, None, format!("discovery.templates: \"{v}\" {why}"));
             }
         }
+        // The monolith's OpenAPI templates, after the ones written above; one that clashes with
+        // another's parameter names is left to the learner.
+        let openapi = d
+            .and_then(|d| d.openapi.as_ref())
+            .map(|o| self.openapi(o))
+            .unwrap_or_default();
+        for (_, t) in &openapi {
+            if templates.at(t).is_ok_and(|m| m.value == t) {
+                continue;
+            }
+            if let Err(e) = templates.insert(t.as_str(), t.clone()) {
+                tracing::debug!("discovery.openapi: {t} is not used as a template: {e}");
+            }
+        }
         let state_dir = match &raw.state_dir {
             Some(dir) if dir.value.trim().is_empty() => {
                 self.err(
@@ -291,6 +305,7 @@ impl Compiler<'_> {
             max_endpoints,
             fold_after,
             templates,
+            openapi,
             state_dir,
             capabilities,
         }

@@ -8,6 +8,7 @@
 mod compile;
 mod force;
 mod matching;
+mod openapi;
 mod rate;
 mod rewrite;
 mod rollout;
@@ -564,8 +565,10 @@ pub struct Discovery {
     pub enabled: bool,
     pub max_endpoints: usize,
     pub fold_after: usize,
-    /// `discovery.templates`, as a router: used before a learned template.
+    /// `discovery.templates`, then `discovery.openapi`'s, as a router: used before a learned template.
     templates: matchit::Router<String>,
+    /// `discovery.openapi`'s operations: upper-case method and path template.
+    pub openapi: Vec<(String, String)>,
     /// Where the map is kept: `state_dir`, or `.strangler/` beside the rules file.
     pub state_dir: PathBuf,
     /// The capabilities the rules name (a route's `capability:`, or its path's): the only
