@@ -282,6 +282,13 @@ fn rules_json(live: &Live) -> serde_json::Value {
                 "match": { kind: pattern, "methods": r.method_names, "headers": r.conditions.iter().filter_map(|c| match &c.field { Field::Header(h) => Some(h.as_str()), _ => None }).collect::<Vec<_>>(), "host": r.host.as_ref().map(HostMatch::describe), "conditions": r.conditions.iter().map(Condition::describe).collect::<Vec<_>>() },
                 "mode": r.mode.as_str(),
                 "service": r.service.map(|s| rules.upstreams[s].name.as_str()),
+                "compose": r.compose.as_ref().map(|c| c.parts.iter().map(|p| json!({
+                    "part": p.name,
+                    "service": rules.upstreams[p.upstream].name,
+                    "path": p.path_text,
+                    "required": p.required,
+                    "for_each": p.for_each.as_ref().map(|f| f.text.as_str()),
+                })).collect::<Vec<_>>()),
                 "canary_percent": r.canary.as_ref().map(|c| c.percent),
                 "shadow": r.shadow.as_ref().map(|sh| json!({
                     "sample": sh.sample,

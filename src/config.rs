@@ -268,8 +268,8 @@ pub struct RouteFile {
     /// Which requests the route takes: a path or prefix, and optionally methods, headers, cookies, query parameters and host.
     #[serde(rename = "match")]
     pub matcher: Spanned<MatchFile>,
-    /// legacy, shadow, canary or migrated.
-    pub mode: Spanned<Mode>,
+    /// legacy, shadow, canary, migrated, or compose (migrated, answered by `compose:`).
+    pub mode: Spanned<ModeFile>,
     /// The new service (a name under `upstreams`); needed by shadow, canary and migrated.
     pub service: Option<Spanned<String>>,
     /// The share sent to the service in mode canary, and what keeps a user on one side.
@@ -295,6 +295,29 @@ pub struct RouteFile {
     /// A cap on the requests per second the new side receives; past it the monolith answers
     /// (or 429 when the route can't fall back). Per replica.
     pub rate_limit: Option<Spanned<RateLimitFile>>,
+    /// The new side as one JSON answer built from several services' answers, by part name
+    /// (API-gateway aggregation). Instead of `service`.
+    pub compose: Option<Spanned<BTreeMap<String, Spanned<ComposePartFile>>>>,
+    /// With `compose`: the most requests one `for_each` part may make. Default 50.
+    pub max_fan_out: Option<Spanned<u64>>,
+}
+
+/// One part of a `compose:` answer.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComposePartFile {
+    /// The upstream that answers this part.
+    pub service: Spanned<String>,
+    /// The path asked, a template filled from `match.path`'s parameters (and, with `for_each`,
+    /// the item's value under the last key's name): `/api/orders/{id}`.
+    pub path: Spanned<String>,
+    /// A required part that fails fails the whole answer (502, or the monolith with fallback);
+    /// another becomes null, named in `x-strangler-partial`. Default false. A 404 is null.
+    pub required: Option<bool>,
+    /// Ask once per value found in another part's answer, `PART.key[*].key`
+    /// (`order.items[*].sku`); the part is the list of answers. It starts as soon as that part's
+    /// answer is in.
+    pub for_each: Option<Spanned<String>>,
 }
 
 /// `dns:`.
@@ -475,6 +498,30 @@ pub struct CanaryFile {
     pub percent: Spanned<f64>,
     /// `header:NAME` or `cookie:NAME`; absent means a random split per request.
     pub sticky: Option<Spanned<String>>,
+}
+
+/// `mode:` as written: one of the four stages, or `compose`, which is `migrated` with the answer
+/// built by `compose:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeFile {
+    Legacy,
+    Shadow,
+    Canary,
+    Migrated,
+    Compose,
+}
+
+impl ModeFile {
+    /// The stage: `compose` is `migrated`.
+    pub fn mode(self) -> Mode {
+        match self {
+            ModeFile::Legacy => Mode::Legacy,
+            ModeFile::Shadow => Mode::Shadow,
+            ModeFile::Canary => Mode::Canary,
+            ModeFile::Migrated | ModeFile::Compose => Mode::Migrated,
+        }
+    }
 }
 
 /// The four stages a route moves through.

@@ -18,10 +18,12 @@ pub enum Reason {
     Overloaded,
     /// The route's `rate_limit:` for its new side was used up.
     RateLimited,
+    /// A required part of a composed answer failed.
+    PartFailed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::ConnectError,
         Reason::Timeout,
         Reason::Status5xx,
@@ -29,6 +31,7 @@ impl Reason {
         Reason::CircuitOpen,
         Reason::Overloaded,
         Reason::RateLimited,
+        Reason::PartFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Reason {
             Reason::CircuitOpen => "circuit_open",
             Reason::Overloaded => "overloaded",
             Reason::RateLimited => "rate_limited",
+            Reason::PartFailed => "part_failed",
         }
     }
 
@@ -47,7 +51,7 @@ impl Reason {
     pub fn never_reached(self) -> bool {
         matches!(
             self,
-            Reason::ConnectError | Reason::CircuitOpen | Reason::Overloaded | Reason::RateLimited
+            Reason::ConnectError | Reason::CircuitOpen | Reason::Overloaded | Reason::RateLimited | Reason::PartFailed
         )
     }
 }

@@ -31,3 +31,5 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 pub const X_STRANGLER_SHADOW: HeaderName = HeaderName::from_static("x-strangler-shadow");
 /// `x-strangler-debug: 1` asks for the generation and config hash on the response.
 pub const X_STRANGLER_DEBUG: HeaderName = HeaderName::from_static("x-strangler-debug");
+/// On a composed answer: the parts left null because they failed, comma-separated.
+pub const X_STRANGLER_PARTIAL: HeaderName = HeaderName::from_static("x-strangler-partial");

@@ -43,6 +43,7 @@ pub mod access;
 pub mod admin;
 pub mod autopilot;
 pub mod client;
+pub mod compose;
 pub mod config;
 pub mod diff;
 pub mod discovery;

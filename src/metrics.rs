@@ -57,6 +57,9 @@ pub struct Metrics {
     progress: GaugeVec,
     capability_requests: IntCounterVec,
     forced: IntCounterVec,
+    compose_parts: IntCounterVec,
+    compose_latency: HistogramVec,
+    compose_partial: IntCounterVec,
     /// `strangler_rejected_requests_total` by reason, resolved once for every known reason.
     rejected_by: HashMap<&'static str, IntCounter>,
     last_reload_ok: IntGauge,
@@ -101,6 +104,15 @@ impl Metrics {
             )
             .buckets(DURATION_BUCKETS.to_vec()),
             &["route", "side"],
+        )
+        .expect("valid metric");
+        let compose_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "strangler_compose_part_duration_seconds",
+                "Time each part of a composed answer took (a for_each part: all its requests), by route and part.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "part"],
         )
         .expect("valid metric");
         let m = Metrics {
@@ -286,6 +298,19 @@ impl Metrics {
                 "strangler_forced_total",
                 "Requests whose side a trusted tester chose (force_side), by route and side.",
                 &["route", "side"],
+            ),
+            compose_parts: counters(
+                &r,
+                "strangler_compose_parts_total",
+                "Parts of composed answers by route, part and result: ok, not_found, or why it failed.",
+                &["route", "part", "result"],
+            ),
+            compose_latency: register(&r, compose_latency),
+            compose_partial: counters(
+                &r,
+                "strangler_compose_partial_total",
+                "Composed answers sent with a part left null because it failed (x-strangler-partial), by route.",
+                &["route"],
             ),
             last_reload_ok: register(
                 &r,
@@ -483,6 +508,17 @@ impl Metrics {
         self.capability_requests
             .with_label_values(&[capability, side.as_str()])
             .inc_by(n);
+    }
+
+    /// One part of a composed answer: its result and how long it took.
+    pub fn compose_part(&self, route: &str, part: &str, result: &str, seconds: f64) {
+        self.compose_parts.with_label_values(&[route, part, result]).inc();
+        self.compose_latency.with_label_values(&[route, part]).observe(seconds);
+    }
+
+    /// A composed answer went out with failed parts left null.
+    pub fn compose_partial(&self, route: &str) {
+        self.compose_partial.with_label_values(&[route]).inc();
     }
 
     /// Count a request whose side a trusted tester chose (rare: testers only).

@@ -15,7 +15,9 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::HOST;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::compose::Composed;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -29,7 +31,7 @@ use crate::live::Live;
 use crate::metrics::{CopySkip, Metrics};
 use crate::resilience::{InFlight, Target};
 use crate::rules::{RouteId, RuleSet, Side, UpstreamId, DEFAULT_ROUTE_TIMEOUT};
-use crate::shadow::{self, Capture, Job, Shadower};
+use crate::shadow::{self, Capture, Job, NewSide, Shadower};
 
 pub struct Strangler {
     pub live: Arc<ArcSwap<Live>>,
@@ -59,6 +61,8 @@ pub struct Ctx {
     fallback: Option<Reason>,
     /// The bulkhead slot held while the request is on the new service.
     slot: Option<InFlight>,
+    /// A composite route's `match.path` parameters in this request's path.
+    compose_params: Option<Vec<(String, String)>>,
     /// The address `admit` chose for the first try of the service.
     pick: Option<Arc<Target>>,
     /// The address of the try in flight: its circuit hears how it went.
@@ -99,6 +103,7 @@ impl ProxyHttp for Strangler {
             replayable: false,
             fallback: None,
             slot: None,
+            compose_params: None,
             pick: None,
             tried: None,
             responded: false,
@@ -146,6 +151,12 @@ impl ProxyHttp for Strangler {
         });
         let r = route.map(|id| &live.rules.routes[id]);
         ctx.side = r.map_or(Side::Legacy, |r| r.side(&req.headers));
+        // A composite route composes GETs; its parameters are read before the path moves on.
+        let compose = r.and_then(|r| r.compose.clone()).filter(|_| req.method == Method::GET);
+        if r.is_some_and(|r| r.compose.is_some()) && compose.is_none() {
+            ctx.side = Side::Legacy;
+        }
+        let compose_params = r.and_then(|r| r.compose.as_ref()).map(|c| c.params(&path));
         // Testers first: a trusted request may choose its side on any route with a service.
         if let (Some(force), Some(r)) = (&live.rules.force_side, r.filter(|r| r.service.is_some())) {
             if let Some(side) = force.side(&req.headers, client_ip(session, &live.rules)) {
@@ -185,6 +196,8 @@ impl ProxyHttp for Strangler {
                 .and_then(|l| l.check(&req.headers, client_ip(session, &live.rules)).err());
             let refused = match limited {
                 Some(wait) => Some((Reason::RateLimited, wait)),
+                // A composite route admits each part on its own upstream.
+                None if compose.is_some() => None,
                 // Open circuit or full bulkhead: a moment later may well work.
                 None => admit(&live, ctx).map(|r| (r, Duration::from_secs(1))),
             };
@@ -207,6 +220,40 @@ impl ProxyHttp for Strangler {
                 }
             }
         }
+        ctx.compose_params = compose_params;
+        if let (Some(id), Some(c), Some(params), Side::New) = (route, &compose, ctx.compose_params.clone(), ctx.side) {
+            let job = crate::compose::Job {
+                live: &live,
+                route: id,
+                compose: c,
+                params,
+                transport: &self.shadower.transport,
+                metrics: &self.metrics,
+                deadline: ctx.deadline,
+                request_id: req.headers.get(&X_REQUEST_ID).cloned(),
+            };
+            let composed = crate::compose::run(&job).await;
+            let route_name = live.route_headers[id].to_str().unwrap_or_default().to_string();
+            match composed {
+                Composed::Answer { body, partial } => {
+                    let partial = partial.join(", ");
+                    respond_composed(session, 200, body, &live, &route_name, &partial).await?;
+                    return Ok(true);
+                }
+                Composed::NotFound { body } => {
+                    respond_composed(session, 404, body, &live, &route_name, "").await?;
+                    return Ok(true);
+                }
+                Composed::Failed { part, reason, body } => {
+                    tracing::warn!(route = %route_name, part = %part, reason = reason.as_str(), "compose: a required part failed");
+                    if !fall_back(&live, ctx, Reason::PartFailed) {
+                        respond_composed(session, 502, body, &live, &route_name, "").await?;
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        let req = session.req_header();
         if let (Some(id), Some(spec)) = (route, r.and_then(|r| r.shadow.as_ref())) {
             // Shadow routes, and the legacy share of canary routes, send a copy to the service.
             if ctx.side == Side::Legacy && ctx.fallback.is_none() {
@@ -615,7 +662,16 @@ impl Strangler {
     /// unless it has to wait for a request body.
     fn prepare_copy(&self, session: &mut Session, up: &RequestHeader, ctx: &mut Ctx) -> Result<()> {
         let live = ctx.live.clone().expect("request_filter sets live");
-        let Some(service) = ctx.route.and_then(|id| live.rules.routes[id].service) else {
+        let route = ctx.route.map(|id| &live.rules.routes[id]);
+        if route.is_some_and(|r| r.compose.is_some()) {
+            // A composite route's copy is its composition: no request of its own to build.
+            let Some(cap) = ctx.shadow.as_mut() else { return Ok(()) };
+            cap.header = Some(client::HeadBuilder::new(&up.method, up.raw_path()));
+            cap.wants_body = false;
+            self.start_copy(ctx);
+            return Ok(());
+        }
+        let Some(service) = route.and_then(|r| r.service) else {
             ctx.shadow = None;
             return Ok(());
         };
@@ -663,6 +719,40 @@ impl Strangler {
             return;
         };
         let route = &live.rules.routes[id];
+        if let Some(c) = route.compose.clone() {
+            // A composite route's copy: its parts are asked, and the composition compared.
+            let (Some(cap), Some(state), Some(metrics)) = (
+                ctx.shadow.as_mut(),
+                live.shadow_states[id].clone(),
+                live.handles.route(Some(id)).shadow.clone(),
+            ) else {
+                return;
+            };
+            let Some(head) = cap.header.take() else { return };
+            let request = head.finish(cap.body_len);
+            cap.started = true;
+            cap.to_task = shadow::start(Job {
+                new_side: NewSide::Compose(crate::compose::Owned {
+                    live: live.clone(),
+                    route: id,
+                    compose: c,
+                    params: ctx.compose_params.take().unwrap_or_default(),
+                    metrics: self.metrics.clone(),
+                    request_id: ctx.request_id.clone(),
+                }),
+                breaker: None,
+                shadower: self.shadower.clone(),
+                max_in_flight: live.rules.shadow_max_in_flight,
+                state,
+                metrics,
+                spec: cap.spec.clone(),
+                service_timeout: route.timeout,
+                noise_copy: None,
+                request,
+                body: std::mem::take(&mut cap.body),
+            });
+            return;
+        }
         let (Some(cap), Some(service), Some(state), Some(metrics)) = (
             ctx.shadow.as_mut(),
             route.service,
@@ -684,7 +774,7 @@ impl Strangler {
             return;
         };
         cap.to_task = shadow::start(Job {
-            service: target.peer(),
+            new_side: NewSide::Service(target.peer()),
             breaker: up.breaker.clone().map(|cfg| (target, cfg)),
             shadower: self.shadower.clone(),
             max_in_flight: live.rules.shadow_max_in_flight,
@@ -806,6 +896,30 @@ impl Strangler {
 
 async fn respond(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
     respond_with(session, status, body, &[]).await
+}
+
+/// A composed answer (or its 404 or 502): JSON, the connection kept alive.
+async fn respond_composed(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    live: &Live,
+    route: &str,
+    partial: &str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    if !partial.is_empty() {
+        resp.insert_header(X_STRANGLER_PARTIAL, partial)?;
+    }
+    if live.rules.response_headers {
+        resp.insert_header(STRANGLER_ROUTE, route)?;
+        resp.insert_header(STRANGLER_UPSTREAM, "compose")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    let body = (session.req_header().method != Method::HEAD).then_some(body);
+    session.write_response_body(body, true).await
 }
 
 async fn respond_with(session: &mut Session, status: u16, body: Bytes, extra: &[(HeaderName, &str)]) -> Result<()> {

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use http::{HeaderMap, HeaderName};
 use pingora_core::connectors::TransportConnector;
 use tokio::sync::oneshot;
@@ -129,7 +130,7 @@ impl RouteShadow {
 /// The global side of shadowing: the connector for new connections (idle ones are kept per
 /// thread, see `client`), the in-flight cap, and the thread large comparisons run on.
 pub struct Shadower {
-    transport: TransportConnector,
+    pub transport: TransportConnector,
     in_flight: AtomicUsize,
     /// A one-thread runtime of its own for comparisons past `INLINE_COMPARE`: a 1 MiB diff
     /// never stalls the requests of a worker thread, and all of them together use one core at most.
@@ -289,7 +290,8 @@ pub struct Job {
     pub state: Arc<RouteShadow>,
     pub metrics: Arc<ShadowMetrics>,
     pub spec: Arc<ShadowSpec>,
-    pub service: UpstreamPeer,
+    /// Where the copy goes: the route's service, or its composition.
+    pub new_side: NewSide,
     pub service_timeout: Duration,
     /// The service's breaker: copies that fail count against it, like proxied requests do.
     pub breaker: Option<(Arc<Target>, BreakerConfig)>,
@@ -297,6 +299,13 @@ pub struct Job {
     pub noise_copy: Option<UpstreamPeer>,
     pub request: client::Request,
     pub body: Vec<Bytes>,
+}
+
+/// A shadowed route's new side.
+pub enum NewSide {
+    Service(UpstreamPeer),
+    /// A composite route: its parts are asked, and the composed answer is compared.
+    Compose(crate::compose::Owned),
 }
 
 /// Answers larger than this together are compared on the comparison thread, not on the worker.
@@ -339,15 +348,18 @@ async fn send_copy(
     legacy_rx: oneshot::Receiver<LegacyAnswer>,
 ) -> Option<(Job, LegacyAnswer, Answer, Option<Answer>)> {
     let started = Instant::now();
-    let new = client::send(
-        &job.shadower.transport,
-        &job.service,
-        &job.request,
-        &job.body,
-        job.spec.max_body,
-        &job.spec.compare.compare_headers,
-        job.service_timeout,
-    );
+    let new = match &job.new_side {
+        NewSide::Service(peer) => Either::Left(client::send(
+            &job.shadower.transport,
+            peer,
+            &job.request,
+            &job.body,
+            job.spec.max_body,
+            &job.spec.compare.compare_headers,
+            job.service_timeout,
+        )),
+        NewSide::Compose(c) => Either::Right(c.answer(&job.shadower.transport, started + job.service_timeout)),
+    };
     let again = async {
         let legacy = job.noise_copy.as_ref()?;
         let r = client::send(

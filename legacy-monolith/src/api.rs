@@ -133,6 +133,15 @@ pub struct Order {
     pub created_at: String,
 }
 
+/// `GET /api/orders/{id}/details`: an order, its payment (null until paid) and the stock of its
+/// SKUs, in the order of its lines.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OrderDetails {
+    pub order: Order,
+    pub payment: Option<Payment>,
+    pub stock: Vec<Stock>,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct UserOrders {
     pub user_id: i64,

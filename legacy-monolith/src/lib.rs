@@ -23,7 +23,7 @@ use shop_kit::ApiResult;
 use tokio::net::TcpListener;
 
 use crate::api::{
-    Order, OrderRequest, PageQuery, Payment, PaymentRequest, Product, ProductPage, Released, Reservation,
+    Order, OrderDetails, OrderRequest, PageQuery, Payment, PaymentRequest, Product, ProductPage, Released, Reservation,
     ReservationRequest, Stock, User, UserOrders,
 };
 
@@ -60,6 +60,7 @@ pub fn router(db: Db) -> Router {
         .route("/api/inventory/reservations/{id}", delete(release))
         .route("/api/orders", post(create_order))
         .route("/api/orders/{id}", get(get_order))
+        .route("/api/orders/{id}/details", get(order_details))
         .route("/api/users/{id}", get(get_user))
         .route("/api/users/{id}/orders", get(user_orders))
         .route("/api/payments", post(pay))
@@ -127,6 +128,24 @@ async fn create_order(
 
 async fn get_order(State(db): State<Db>, Path(id): Path<i64>) -> ApiResult<Json<Order>> {
     Ok(Json(db.read(move |c| store::order(c, id)).await?))
+}
+
+/// One order with its payment (or null) and the stock of each of its SKUs: the endpoint that
+/// joins three capabilities, which strangler's `compose` mode rebuilds from the services.
+async fn order_details(State(db): State<Db>, Path(id): Path<i64>) -> ApiResult<Json<OrderDetails>> {
+    Ok(Json(
+        db.read(move |c| {
+            let order = store::order(c, id)?;
+            let payment = store::payment_for(c, id).ok();
+            let stock = order
+                .items
+                .iter()
+                .map(|line| store::stock(c, &line.sku))
+                .collect::<ApiResult<Vec<Stock>>>()?;
+            Ok(OrderDetails { order, payment, stock })
+        })
+        .await?,
+    ))
 }
 
 async fn get_user(State(db): State<Db>, Path(id): Path<i64>) -> ApiResult<Json<User>> {

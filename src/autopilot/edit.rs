@@ -129,7 +129,7 @@ pub fn set_step(path: &Path, text: &str, name: &str, step: Step) -> Result<Strin
         edit(&mut out).ok_or_else(|| EditError::NoPlace("mode", name.into()))?;
     }
     check(path, &out, name, |r| {
-        r.mode.value == step.mode()
+        r.mode.value.mode() == step.mode()
             && match step {
                 Step::Canary(p) => r
                     .canary

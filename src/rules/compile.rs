@@ -451,7 +451,7 @@ impl Compiler<'_> {
         };
         let (conditions, host) = self.conditions(m, n);
 
-        let mode = f.mode.value;
+        let mode = f.mode.value.mode();
         let service = self.service(f, n, upstreams, known);
         let canary = self.route_canary(f, n);
         let fallback_on = self.fallback_on(f, n);
@@ -460,7 +460,8 @@ impl Compiler<'_> {
         let shadow = self.route_shadow(f, n);
         let rollout = self.rollout(f, n);
         let rewrite = self.rewrite(f.rewrite.as_ref(), n, path.as_ref(), service.is_some());
-        let rate_limit = self.rate_limit(f.rate_limit.as_ref(), n, service.is_some());
+        let compose = self.compose(f, n, path.as_ref(), upstreams, known).map(Arc::new);
+        let rate_limit = self.rate_limit(f.rate_limit.as_ref(), n, service.is_some() || compose.is_some());
         let capability = f.capability.as_ref().and_then(|c| {
             let v = c.value.trim();
             let ok = !v.is_empty() && v.len() <= 64 && !v.contains(['/', '{', '}']) && !v.chars().any(char::is_control);
@@ -491,6 +492,7 @@ impl Compiler<'_> {
             rollout,
             rewrite,
             rate_limit,
+            compose,
             name,
             line: r.referenced.line(),
             match_at: f.matcher.referenced,
@@ -700,11 +702,13 @@ impl Compiler<'_> {
         upstreams: &[&str],
         known: &str,
     ) -> Option<UpstreamId> {
-        let mode = f.mode.value;
+        let mode = f.mode.value.mode();
         match (&f.service, mode) {
             // A legacy route may name the service it will move to: only requests that force their
             // side (`force_side:`) go there; a route with a rollout keeps it at every step.
             (None, Mode::Legacy) => None,
+            // Its parts are its new side (checked by `compose`).
+            (None, _) if f.compose.is_some() => None,
             (None, m) => {
                 self.err(
                     &f.mode.referenced,
@@ -729,7 +733,7 @@ impl Compiler<'_> {
 
     /// `canary:`, only on a canary route, and required there.
     fn route_canary(&mut self, f: &config::RouteFile, n: Option<&str>) -> Option<Canary> {
-        let mode = f.mode.value;
+        let mode = f.mode.value.mode();
         match (&f.canary, mode) {
             (Some(c), Mode::Canary) => self.canary(c, n),
             // The autopilot leaves the entry in place between canary steps: checked, unused.
@@ -781,7 +785,7 @@ impl Compiler<'_> {
 
     /// `shadow:`, on shadow routes (where it is optional) and canary routes.
     fn route_shadow(&mut self, f: &config::RouteFile, n: Option<&str>) -> Option<Arc<ShadowSpec>> {
-        let mode = f.mode.value;
+        let mode = f.mode.value.mode();
         match (&f.shadow, mode) {
             (Some(sh), Mode::Shadow | Mode::Canary) => self.shadow(Some(sh), n).map(Arc::new),
             (None, Mode::Shadow) => self.shadow(None, n).map(Arc::new),

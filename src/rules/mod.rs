@@ -6,6 +6,7 @@
 //! within one pattern the first rule in the file whose methods and headers match wins.
 
 mod compile;
+mod compose;
 mod force;
 mod matching;
 mod openapi;
@@ -30,10 +31,11 @@ use crate::diff::Compare;
 use crate::resilience::{BreakerConfig, HealthConfig, RetryConfig};
 
 pub use compile::compile;
+pub use compose::{Compose, ComposePart, ForEach, Step as JsonStep};
 pub use force::ForceSide;
 pub use matching::{Condition, Field, HostMatch, Request, Want};
 pub use rate::{LimitKey, RateLimit};
-pub use rewrite::Rewrite;
+pub use rewrite::{Part as PathPiece, Rewrite};
 
 pub type UpstreamId = usize;
 pub type RouteId = usize;
@@ -237,6 +239,8 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     /// The cap on what the new side receives (`crate::ratelimit` keeps the counts).
     pub rate_limit: Option<RateLimit>,
+    /// The new side as one answer composed from several services' (`crate::compose` runs it).
+    pub compose: Option<Arc<Compose>>,
 }
 
 /// A route's compiled `shadow:` block.

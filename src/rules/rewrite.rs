@@ -78,7 +78,7 @@ impl Rewrite {
 }
 
 /// `{name}` pieces of a template and the text between them; `Err` names what's wrong.
-fn pieces(template: &str) -> Result<Vec<Part>, String> {
+pub(super) fn pieces(template: &str) -> Result<Vec<Part>, String> {
     let mut out = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {

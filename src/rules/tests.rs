@@ -226,6 +226,46 @@ fn refusals_name_the_route_and_place() {
             "  - { name: a, match: { prefix: /a }, mode: migrated, service: svc, rate_limit: { per_second: 5, per_minute: 9 } }\n",
             "unknown field `per_minute`",
         ),
+        (
+            "  - { name: a, match: { path: /a }, mode: compose, compose: { p: { service: nope, path: /p } } }\n",
+            "route \"a\": compose.p: unknown upstream \"nope\" (known: mono, svc)",
+        ),
+        (
+            "  - { name: a, match: { prefix: /a }, mode: compose, compose: { p: { service: svc, path: /p } } }\n",
+            "compose needs match.path (its parameters fill the parts' paths)",
+        ),
+        (
+            "  - { name: a, match: { path: \"/a/{id}\" }, mode: compose, compose: { p: { service: svc, path: \"/p/{id}\" }, q: { service: svc, path: \"/q/{sku}\", for_each: p.items.sku } } }\n",
+            "compose.q.for_each \"p.items.sku\" needs exactly one [*]",
+        ),
+        (
+            "  - { name: a, match: { path: \"/a/{id}\" }, mode: compose, compose: { q: { service: svc, path: \"/q/{sku}\", for_each: \"zz.items[*].sku\" } } }\n",
+            "compose.q.for_each \"zz.items[*].sku\": no part \"zz\" (parts: q)",
+        ),
+        (
+            "  - { name: a, match: { path: \"/a/{id}\" }, mode: compose, compose: { p: { service: svc, path: \"/p/{x}\" } } }\n",
+            "compose.p.path uses {x}, which nothing fills (there are: {id})",
+        ),
+        (
+            "  - { name: a, match: { path: /a }, mode: migrated, service: svc, compose: { p: { service: svc, path: /p } } }\n",
+            "set service or compose, not both: compose is the new side",
+        ),
+        (
+            "  - { name: a, match: { path: /a }, mode: migrated, service: svc, max_fan_out: 5 }\n",
+            "max_fan_out is for routes with compose",
+        ),
+        (
+            "  - { name: a, match: { path: /a }, mode: compose }\n",
+            "mode compose needs `compose:` (its parts)",
+        ),
+        (
+            "  - { name: a, match: { path: /a }, mode: compose, compose: { p: { service: svc, path: \"/p/{v}\", for_each: \"q.x[*].v\" }, q: { service: svc, path: \"/q/{v}\", for_each: \"p.x[*].v\" } } }\n",
+            "compose: parts p, q wait for each other",
+        ),
+        (
+            "  - { name: a, match: { path: /a }, mode: compose, compose: { p: { service: svc, path: /p } }, max_fan_out: 0 }\n",
+            "max_fan_out must be within 1..=1000, got 0",
+        ),
     ];
     for (routes, want) in cases {
         let err = compile(routes)
