@@ -1,6 +1,6 @@
 //! Composite endpoints (`compose:`), end to end against the real shop: the monolith's
 //! `/api/orders/{id}/details` rebuilt from the orders service, the monolith's payments and the
-//! inventory service, compared in shadow (every seeded order matches), served when migrated,
+//! inventory service, compared in shadow (every one of the 120 seeded orders matches), served when migrated,
 //! surviving a failed optional part, failing a required one clearly (502, or the monolith with
 //! fallback), parts asked at the same time, and a fan-out past its cap refused.
 
@@ -81,7 +81,7 @@ async fn in_shadow_every_seeded_order_composes_to_the_monoliths_answer() {
         &format!("    shadow: {{ ignore: {IGNORE} }}\n"),
     );
     let proxy = Proxy::start(&text).await;
-    const ORDERS: u64 = 40;
+    const ORDERS: u64 = 120; // every seeded order
     for id in 1..=ORDERS {
         let (status, h, body) = get(proxy.url(&format!("/api/orders/{id}/details"))).await;
         assert_eq!(status, 200, "order {id}: {body}");
@@ -153,6 +153,25 @@ async fn migrated_the_composition_answers_and_a_missing_payment_is_null() {
     // No such order: the required part's 404 is the answer's.
     let (status, _, body) = get(proxy.url("/api/orders/99999/details")).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{body}");
+    drop(proxy);
+
+    // In canary, the new share is composed (here all of it), the rest the monolith's.
+    for (percent, want) in [("100", "compose"), ("0", "monolith")] {
+        let canary = rules(
+            &shop,
+            "canary",
+            "orders",
+            "monolith",
+            &format!("    canary: {{ percent: {percent} }}\n"),
+        );
+        let proxy = Proxy::start(&canary).await;
+        let (status, h, _) = get(proxy.url("/api/orders/1/details")).await;
+        assert_eq!(
+            (status, header(&h, "x-strangler-upstream")),
+            (200, Some(want)),
+            "canary {percent}%"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
