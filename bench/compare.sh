@@ -176,17 +176,27 @@ echo "(compared: the share of requests whose copy was compared, lowest round; 1.
 echo
 # have NAME...: every one of these rows was measured (ONLY may leave some out).
 have() { local n; for n in "$@"; do [ -n "${cpu[$n]:-}" ] || return 1; done; }
+# paired A B: A's CPU per request over B's in the same round (the k-th run of each), median over
+# the rounds: steadier than the ratio of the medians when the machine's load drifts between rows.
+paired() {
+  awk -v a="$1" -v b="$2" '$1 == a {x[++i] = $5} $1 == b {y[++j] = $5}
+    END {for (k = 1; k <= (i < j ? i : j); k++) printf "%.3f\n", x[k] / y[k]}' "$results" | median
+}
 for base in nginx haproxy bare-pingora; do
   have strangler "$base" || continue
   awk -v s="${cpu[strangler]}" -v b="${cpu[$base]}" -v n="$base" 'BEGIN {printf "strangler / %-13s %.2fx CPU per request\n", n, s / b}'
 done
 ! have strangler bare-pingora || awk -v su="${user[strangler]}" -v ss="${system[strangler]}" -v bu="${user[bare-pingora]}" -v bs="${system[bare-pingora]}" \
   'BEGIN {printf "strangler / bare-pingora  %.2fx user time, %.2fx system time per request\n", su / bu, ss / bs}'
-! have strangler strangler-map-off || awk -v a="${cpu[strangler]}" -v s="${cpu[strangler-map-off]}" 'BEGIN {printf "migration map on / off: %.3fx CPU per request\n", a / s}'
-! have strangler strangler-rate-limit || awk -v a="${cpu[strangler-rate-limit]}" -v s="${cpu[strangler]}" 'BEGIN {printf "rate limit (one budget) on / off: %.3fx CPU per request\n", a / s}'
-! have strangler strangler-rate-limit-ip || awk -v a="${cpu[strangler-rate-limit-ip]}" -v s="${cpu[strangler]}" 'BEGIN {printf "rate limit (per client IP) on / off: %.3fx CPU per request\n", a / s}'
+! have strangler strangler-map-off || awk -v a="${cpu[strangler]}" -v s="${cpu[strangler-map-off]}" -v p="$(paired strangler strangler-map-off)" \
+  'BEGIN {printf "migration map on / off: %.3fx CPU per request (median of the rounds: %.3fx)\n", a / s, p}'
+! have strangler strangler-rate-limit || awk -v a="${cpu[strangler-rate-limit]}" -v s="${cpu[strangler]}" -v p="$(paired strangler-rate-limit strangler)" \
+  'BEGIN {printf "rate limit (one budget) on / off: %.3fx CPU per request (median of the rounds: %.3fx)\n", a / s, p}'
+! have strangler strangler-rate-limit-ip || awk -v a="${cpu[strangler-rate-limit-ip]}" -v s="${cpu[strangler]}" -v p="$(paired strangler-rate-limit-ip strangler)" \
+  'BEGIN {printf "rate limit (per client IP) on / off: %.3fx CPU per request (median of the rounds: %.3fx)\n", a / s, p}'
 ! have strangler-map-off strangler-before strangler || awk -v a="${cpu[strangler-map-off]}" -v b="${cpu[strangler-before]}" -v c="${cpu[strangler]}" \
-  'BEGIN {printf "map off / the earlier build: %.3fx, map on / the earlier build: %.3fx CPU per request\n", a / b, c / b}'
+  -v p="$(paired strangler-map-off strangler-before)" -v q="$(paired strangler strangler-before)" \
+  'BEGIN {printf "map off / the earlier build: %.3fx, map on / the earlier build: %.3fx CPU per request (medians of the rounds: %.3fx, %.3fx)\n", a / b, c / b, p, q}'
 ! have strangler strangler-10k-routes || awk -v a="${cpu[strangler-10k-routes]}" -v s="${cpu[strangler]}" 'BEGIN {printf "strangler 10k routes / 20 routes: %.2fx\n", a / s}'
 ! have strangler strangler-access-log nginx nginx-access-log || awk -v a="${cpu[strangler-access-log]}" -v s="${cpu[strangler]}" -v n="${cpu[nginx-access-log]}" -v m="${cpu[nginx]}" \
   'BEGIN {printf "access log on / off: strangler %.2fx, nginx %.2fx CPU per request\n", a / s, n / m}'

@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 use crate::client::{self, HeadBuilder, SendError};
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::resilience::InFlight;
 use crate::rules::{Compose, ComposePart, JsonStep, PathPiece, RouteId};
+use crate::upstream::InFlight;
 
 /// A part's answer may be this large.
 const MAX_PART_BODY: usize = 4 << 20;
@@ -317,6 +317,11 @@ pub struct Owned {
 }
 
 impl Owned {
+    /// As a shadow copy's new side.
+    pub fn into_copy(self) -> crate::shadow::ComposeFn {
+        Box::new(move |transport, deadline| Box::pin(async move { self.answer(transport, deadline).await }))
+    }
+
     /// The composed answer as one HTTP answer, for the comparison: 200, 404 or 502, JSON.
     pub async fn answer(
         &self,

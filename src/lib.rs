@@ -40,6 +40,7 @@
 //! ```
 
 pub mod access;
+pub mod addresses;
 pub mod admin;
 pub mod autopilot;
 pub mod client;
@@ -67,3 +68,4 @@ pub mod state;
 pub mod stats;
 pub mod suggest;
 pub mod tls;
+pub mod upstream;

@@ -9,9 +9,9 @@ use http::HeaderValue;
 
 use crate::metrics::{Metrics, RouteHandles};
 use crate::ratelimit::Limiter;
-use crate::resilience::UpstreamState;
 use crate::rules::{Address, RuleSet, Upstream, NO_ROUTE};
 use crate::shadow::RouteShadow;
+use crate::upstream::UpstreamState;
 
 /// The rules in force and everything built or carried over with them. Immutable once made.
 pub struct Live {

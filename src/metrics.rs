@@ -11,7 +11,7 @@ use prometheus::{
 
 use crate::config::Mode;
 use crate::fallback::{Reason, SkipReason};
-use crate::resilience::UpstreamState;
+use crate::upstream::UpstreamState;
 use std::collections::HashMap;
 
 use crate::rules::{Route, RuleSet, Side, NO_ROUTE};

@@ -29,9 +29,9 @@ use crate::fallback::{self, Decision, Reason};
 use crate::headers::*;
 use crate::live::Live;
 use crate::metrics::{CopySkip, Metrics};
-use crate::resilience::{InFlight, Target};
 use crate::rules::{RouteId, RuleSet, Side, UpstreamId, DEFAULT_ROUTE_TIMEOUT};
 use crate::shadow::{self, Capture, Job, NewSide, Shadower};
+use crate::upstream::{InFlight, Target};
 
 pub struct Strangler {
     pub live: Arc<ArcSwap<Live>>,
@@ -732,14 +732,17 @@ impl Strangler {
             let request = head.finish(cap.body_len);
             cap.started = true;
             cap.to_task = shadow::start(Job {
-                new_side: NewSide::Compose(crate::compose::Owned {
-                    live: live.clone(),
-                    route: id,
-                    compose: c,
-                    params: ctx.compose_params.take().unwrap_or_default(),
-                    metrics: self.metrics.clone(),
-                    request_id: ctx.request_id.clone(),
-                }),
+                new_side: NewSide::Compose(
+                    crate::compose::Owned {
+                        live: live.clone(),
+                        route: id,
+                        compose: c,
+                        params: ctx.compose_params.take().unwrap_or_default(),
+                        metrics: self.metrics.clone(),
+                        request_id: ctx.request_id.clone(),
+                    }
+                    .into_copy(),
+                ),
                 breaker: None,
                 shadower: self.shadower.clone(),
                 max_in_flight: live.rules.shadow_max_in_flight,

@@ -370,7 +370,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
     ));
     server.add_service(background_service(
         "strangler dns",
-        crate::dns::DnsService {
+        crate::addresses::DnsService {
             live: live_for_health.clone(),
             metrics: metrics.clone(),
         },

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::Either;
+use futures_util::future::{BoxFuture, Either};
 use http::{HeaderMap, HeaderName};
 use pingora_core::connectors::TransportConnector;
 use tokio::sync::oneshot;
@@ -20,8 +20,9 @@ use crate::client;
 use crate::diff::{self, Answer, Difference, Seg};
 use crate::headers::X_STRANGLER_SHADOW;
 use crate::metrics::{CopySkip, ShadowMetrics};
-use crate::resilience::{BreakerConfig, Target};
+use crate::resilience::BreakerConfig;
 use crate::rules::{ShadowSpec, UpstreamPeer};
+use crate::upstream::Target;
 
 mod mismatch;
 pub mod saved;
@@ -301,11 +302,19 @@ pub struct Job {
     pub body: Vec<Bytes>,
 }
 
+/// A composite route's copy: given the connector and the deadline, the composed answer.
+pub type ComposeFn = Box<
+    dyn for<'a> FnOnce(&'a TransportConnector, Instant) -> BoxFuture<'a, Result<(Answer, bool), client::SendError>>
+        + Send,
+>;
+
 /// A shadowed route's new side.
 pub enum NewSide {
     Service(UpstreamPeer),
     /// A composite route: its parts are asked, and the composed answer is compared.
-    Compose(crate::compose::Owned),
+    Compose(ComposeFn),
+    /// Already on its way.
+    Sent,
 }
 
 /// Answers larger than this together are compared on the comparison thread, not on the worker.
@@ -344,21 +353,26 @@ pub fn start(job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
 /// Send the copy (and the noise copy), and wait for the legacy answer. `None` when the
 /// comparison is already settled (legacy failed, copy failed, a body too large).
 async fn send_copy(
-    job: Job,
+    mut job: Job,
     legacy_rx: oneshot::Receiver<LegacyAnswer>,
 ) -> Option<(Job, LegacyAnswer, Answer, Option<Answer>)> {
     let started = Instant::now();
-    let new = match &job.new_side {
-        NewSide::Service(peer) => Either::Left(client::send(
+    let (peer, compose) = match std::mem::replace(&mut job.new_side, NewSide::Sent) {
+        NewSide::Service(p) => (Some(p), None),
+        NewSide::Compose(f) => (None, Some(f)),
+        NewSide::Sent => (None, None),
+    };
+    let new = match (&peer, compose) {
+        (_, Some(compose)) => Either::Right(compose(&job.shadower.transport, started + job.service_timeout)),
+        (peer, None) => Either::Left(client::send(
             &job.shadower.transport,
-            peer,
+            peer.as_ref()?,
             &job.request,
             &job.body,
             job.spec.max_body,
             &job.spec.compare.compare_headers,
             job.service_timeout,
         )),
-        NewSide::Compose(c) => Either::Right(c.answer(&job.shadower.transport, started + job.service_timeout)),
     };
     let again = async {
         let legacy = job.noise_copy.as_ref()?;

@@ -1,5 +1,5 @@
 //! A route's `compose:`, compiled: the parts of one JSON answer, the upstream and path of each,
-//! and which part waits for which. `crate::compose` runs them.
+//! and which part waits for which. compose.rs (at the top) runs them.
 
 use std::collections::BTreeMap;
 

@@ -77,7 +77,7 @@ impl Side {
 pub enum Address {
     Fixed(SocketAddr),
     /// Resolved when the rules are put in force and again every `refresh`; each address gets
-    /// its own circuit and health (`crate::resilience::Target`).
+    /// its own circuit and health (a `Target` in upstream.rs).
     Name {
         host: String,
         port: u16,
@@ -237,9 +237,9 @@ pub struct Route {
     pub rollout: Option<Rollout>,
     /// The path the new side gets instead of the client's.
     pub rewrite: Option<Rewrite>,
-    /// The cap on what the new side receives (`crate::ratelimit` keeps the counts).
+    /// The cap on what the new side receives (ratelimit.rs keeps the counts).
     pub rate_limit: Option<RateLimit>,
-    /// The new side as one answer composed from several services' (`crate::compose` runs it).
+    /// The new side as one answer composed from several services' (compose.rs runs it).
     pub compose: Option<Arc<Compose>>,
 }
 

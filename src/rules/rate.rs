@@ -1,5 +1,5 @@
 //! A route's `rate_limit:`, compiled: the quota and what keys it. The limiter's state lives in
-//! `crate::ratelimit`.
+//! ratelimit.rs.
 
 use crate::config::Spanned;
 use http::HeaderName;

@@ -1,4 +1,4 @@
-//! Upstreams in the compiler: URLs parsed (a host name is resolved later, by `crate::dns`), peers
+//! Upstreams in the compiler: URLs parsed (a host name is resolved later, by dns.rs), peers
 //! built with their timeouts and TLS, and the retry, circuit-breaker and health-check settings of
 //! each; and `dns:`, the name servers to ask.
 
@@ -287,7 +287,7 @@ fn parse_url(url: &str) -> Result<(Host, bool, String), String> {
     let port = uri.port_u16().unwrap_or(default_port);
     let parsed = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => Host::Ip(SocketAddr::new(ip, port)),
-        // Resolved when the rules are put in force, and again every `dns_refresh` (crate::dns).
+        // Resolved when the rules are put in force, and again every `dns_refresh` (see dns.rs).
         Err(_) => Host::Name(host.to_ascii_lowercase(), port),
     };
     Ok((parsed, tls, host.to_string()))
