@@ -96,17 +96,9 @@ fn bench(c: &mut Criterion) {
 /// on how many distinct paths the round holds: each distinct path is folded into its template
 /// once, every sample is tallied.
 fn fold(c: &mut Criterion) {
-    use strangler::discovery::{Map, Sample, Settings};
+    use strangler::discovery::{Map, Round, Settings};
     const N: u64 = 10_000;
     let rules = compile(10);
-    let sample = |path: String| Sample {
-        method: Method::GET,
-        uri: path.parse().unwrap(),
-        route: None,
-        side: strangler::rules::Side::Legacy,
-        status: 200,
-        seconds: 0.002,
-    };
     type Mix = (&'static str, fn(u64) -> String);
     let mixes: [Mix; 3] = [
         ("one path", |_| "/api/orders/1".to_string()),
@@ -116,6 +108,21 @@ fn fold(c: &mut Criterion) {
         }),
         ("every path distinct", |i| format!("/api/users/{i}/orders")),
     ];
+    let round = |path: fn(u64) -> String| {
+        let mut r = Round::default();
+        for i in 0..N {
+            r.push(
+                &Method::GET,
+                &path(i),
+                None,
+                0,
+                strangler::rules::Side::Legacy,
+                200,
+                0.002,
+            );
+        }
+        r
+    };
     let mut g = c.benchmark_group("migration map fold, 10,000 samples a round");
     g.throughput(criterion::Throughput::Elements(N));
     for (name, path) in mixes {
@@ -128,8 +135,8 @@ fn fold(c: &mut Criterion) {
         );
         g.bench_function(name, |b| {
             b.iter_batched(
-                || (0..N).map(|i| sample(path(i))).collect::<Vec<_>>(),
-                |round| map.fold(&rules, round),
+                || round(path),
+                |r| map.fold(&rules, &[(&rules, 0)], r),
                 criterion::BatchSize::LargeInput,
             )
         });

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::{HeaderValue, Method, Uri};
+use http::Method;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
@@ -47,18 +47,85 @@ const LATENCY_BUCKETS: [f64; 15] = [
 const MINUTE_SLOTS: usize = 12;
 const HOUR_SLOTS: usize = 60;
 
-/// One served request, as the request path hands it over.
+/// One served request, as the request path hands it over. Nothing in it is reference-counted:
+/// a sample dropped on the folder's thread releases nothing of the request's.
 pub struct Sample {
     pub method: Method,
-    pub uri: Uri,
-    /// The route that took it (its `x-strangler-route` value), if any.
-    pub route: Option<HeaderValue>,
-    pub side: Side,
-    pub status: u16,
-    pub seconds: f64,
+    /// The path's bytes in its round's `paths`: start and length.
+    path: (u32, u32),
+    /// The route that took it, by index in the rules of `generation`.
+    route: Option<u32>,
+    generation: u64,
+    side: Side,
+    status: u16,
+    seconds: f64,
 }
 
-type Buffer = Arc<Mutex<Vec<Sample>>>;
+/// One worker's samples since the last fold, and their paths, back to back in one buffer.
+#[derive(Default)]
+pub struct Round {
+    samples: Vec<Sample>,
+    paths: String,
+}
+
+impl Round {
+    fn with_capacity(samples: usize) -> Round {
+        Round {
+            samples: Vec::with_capacity(samples),
+            paths: String::with_capacity(samples * 24),
+        }
+    }
+
+    /// Add one request: its method, its path (as sent), the route (index in the rules of
+    /// `generation`) that took it, the side, the status and the time taken.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        method: &Method,
+        path: &str,
+        route: Option<usize>,
+        generation: u64,
+        side: Side,
+        status: u16,
+        seconds: f64,
+    ) {
+        let start = self.paths.len() as u32;
+        self.paths.push_str(path);
+        self.samples.push(Sample {
+            method: method.clone(),
+            path: (start, path.len() as u32),
+            route: route.map(|r| r as u32),
+            generation,
+            side,
+            status,
+            seconds,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    fn path(&self, s: &Sample) -> &str {
+        let (start, len) = (s.path.0 as usize, s.path.1 as usize);
+        &self.paths[start..start + len]
+    }
+
+    fn append(&mut self, other: Round) {
+        let base = self.paths.len() as u32;
+        self.paths.push_str(&other.paths);
+        self.samples.extend(other.samples.into_iter().map(|mut s| {
+            s.path.0 += base;
+            s
+        }));
+    }
+}
+
+type Buffer = Arc<Mutex<Round>>;
 
 /// Every worker thread's buffer, registered on its first sample.
 static BUFFERS: Mutex<Vec<Buffer>> = Mutex::new(Vec::new());
@@ -66,18 +133,28 @@ static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 
 thread_local! {
     static MINE: Buffer = {
-        let b: Buffer = Arc::new(Mutex::new(Vec::with_capacity(256)));
+        let b: Buffer = Arc::new(Mutex::new(Round::with_capacity(256)));
         BUFFERS.lock().unwrap_or_else(|p| p.into_inner()).push(b.clone());
         b
     };
 }
 
-/// Hand one request to the map. The lock is this thread's own; the folder takes it once a second.
-pub fn observe(sample: Sample) {
+/// Hand one request to the map. The lock is this thread's own; the folder takes it once a
+/// second. The path is copied (a few bytes): holding the request's own buffers until the fold,
+/// and releasing them from another thread, cost more.
+pub fn observe(
+    method: &Method,
+    path: &str,
+    route: Option<usize>,
+    generation: u64,
+    side: Side,
+    status: u16,
+    seconds: f64,
+) {
     MINE.with(|b| {
         let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
         if b.len() < BUFFER {
-            b.push(sample);
+            b.push(method, path, route, generation, side, status, seconds);
         } else {
             DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -86,17 +163,17 @@ pub fn observe(sample: Sample) {
 
 /// Every worker's samples. Each worker gets back an empty buffer of the size it last needed,
 /// made outside its lock, so that it doesn't grow its buffer again from nothing every round.
-fn drain() -> Vec<Sample> {
+fn drain() -> Round {
     let buffers = BUFFERS.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut all = Vec::new();
+    let mut all = Round::default();
     for b in buffers {
         let lock = || b.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = Vec::with_capacity(lock().len().clamp(256, BUFFER));
-        let mut taken = std::mem::replace(&mut *lock(), fresh);
+        let fresh = Round::with_capacity(lock().len().clamp(256, BUFFER));
+        let taken = std::mem::replace(&mut *lock(), fresh);
         if all.is_empty() {
             all = taken;
         } else {
-            all.append(&mut taken);
+            all.append(taken);
         }
     }
     all
@@ -353,15 +430,15 @@ impl Map {
     /// tally. Each distinct path is then folded into its template once per round, weighted by
     /// its count, and its tally merged into its endpoint. Per-capability counts are settled once
     /// per endpoint touched.
-    pub fn fold(&self, rules: &RuleSet, samples: Vec<Sample>) -> HashMap<(String, Side), u64> {
+    pub fn fold(&self, rules: &RuleSet, known: &[(&RuleSet, u64)], round: Round) -> HashMap<(String, Side), u64> {
         let mut counted: HashMap<(String, Side), u64> = HashMap::new();
-        if samples.is_empty() {
+        if round.is_empty() {
             return counted;
         }
         let mut tallies: Vec<Tally> = Vec::new();
-        let mut seen: HashMap<(&str, Option<&[u8]>, &Method), usize> = HashMap::with_capacity(64);
-        for (n, s) in samples.iter().enumerate() {
-            let key = (s.uri.path(), s.route.as_ref().map(HeaderValue::as_bytes), &s.method);
+        let mut seen: HashMap<(&str, Option<u32>, u64, &Method), usize> = HashMap::with_capacity(64);
+        for (n, s) in round.samples.iter().enumerate() {
+            let key = (round.path(s), s.route, s.generation, &s.method);
             let i = *seen.entry(key).or_insert_with(|| {
                 tallies.push(Tally::new(n));
                 tallies.len() - 1
@@ -374,19 +451,23 @@ impl Map {
         let st = &mut *guard;
         st.settings.max_endpoints = rules.discovery.max_endpoints;
         let routes: HashMap<&str, &Route> = rules.routes.iter().map(|r| (r.name.as_str(), r)).collect();
+        // A sample names its route by index in the rules it was served under: those rules, or
+        // (across a reload) the route of the same name in these.
+        let route_of = |s: &Sample| -> Option<&Route> {
+            let id = s.route? as usize;
+            let (then, _) = known.iter().find(|(_, g)| *g == s.generation)?;
+            let name = then.routes.get(id)?.name.as_str();
+            routes.get(name).copied()
+        };
         let mut renamed = Vec::new();
         let mut key = String::with_capacity(128);
         for t in &tallies {
-            let s = &samples[t.first];
-            let route = s
-                .route
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .and_then(|n| routes.get(n).copied());
+            let s = &round.samples[t.first];
+            let route = route_of(s);
             key.clear();
             key.push_str(s.method.as_str());
             key.push(' ');
-            let learned = endpoint_template(rules, route, &s.uri, t.n, &mut st.folder, &mut renamed, &mut key);
+            let learned = endpoint_template(rules, route, round.path(s), t.n, &mut st.folder, &mut renamed, &mut key);
             let e = match st.endpoints.get_mut(key.as_str()) {
                 Some(e) => e,
                 None => {
@@ -661,7 +742,7 @@ fn state_of(route: Option<&Route>) -> &'static str {
 fn endpoint_template(
     rules: &RuleSet,
     route: Option<&Route>,
-    uri: &Uri,
+    raw_path: &str,
     hits: u64,
     folder: &mut Folder,
     renamed: &mut Vec<template::Renamed>,
@@ -671,8 +752,7 @@ fn endpoint_template(
         out.push_str(p);
         return false;
     }
-    let path =
-        crate::path::normalize_with(uri.path(), rules.allow_semicolons).unwrap_or(std::borrow::Cow::Borrowed("/"));
+    let path = crate::path::normalize_with(raw_path, rules.allow_semicolons).unwrap_or(std::borrow::Cow::Borrowed("/"));
     if let Some(t) = rules.discovery.written_template(&path) {
         out.push_str(t);
         return false;
@@ -739,15 +819,25 @@ pub struct MapService {
     pub map: Arc<Map>,
     pub live: Arc<ArcSwap<Live>>,
     pub metrics: Arc<Metrics>,
+    /// The rules of the last fold, for samples served before a reload.
+    pub previous: Mutex<Option<Arc<Live>>>,
 }
 
 impl MapService {
     fn fold_now(&self) {
-        let live = self.live.load();
-        for ((capability, side), n) in self.map.fold(&live.rules, drain()) {
+        let live = self.live.load_full();
+        let mut previous = self.previous.lock().unwrap_or_else(|p| p.into_inner());
+        // Samples served just before a reload name their route in the rules before it.
+        let mut known = vec![(&live.rules, live.generation)];
+        if let Some(p) = previous.as_ref().filter(|p| p.generation != live.generation) {
+            known.push((&p.rules, p.generation));
+        }
+        for ((capability, side), n) in self.map.fold(&live.rules, &known, drain()) {
             self.metrics.capability_requests(&capability, side, n);
         }
         self.map.publish(&live.rules, &self.metrics);
+        drop(known);
+        *previous = Some(live);
     }
 }
 
@@ -795,15 +885,18 @@ mod tests {
         crate::rules::compile(file, &crate::config::parse(file, text).unwrap()).unwrap()
     }
 
-    fn sample(path: &str, route: Option<&'static str>) -> Sample {
-        Sample {
-            method: Method::GET,
-            uri: path.parse().unwrap(),
-            route: route.map(HeaderValue::from_static),
-            side: Side::Legacy,
-            status: 200,
-            seconds: 0.002,
+    /// A round of GETs, each (path, the index of the route that took it), served under
+    /// generation 0.
+    fn round<P: AsRef<str>>(samples: impl IntoIterator<Item = (P, Option<usize>)>) -> Round {
+        let mut r = Round::default();
+        for (path, route) in samples {
+            r.push(&Method::GET, path.as_ref(), route, 0, Side::Legacy, 200, 0.002);
         }
+        r
+    }
+
+    fn fold(map: &Map, rules: &RuleSet, r: Round) {
+        map.fold(rules, &[(rules, 0)], r);
     }
 
     fn templates(map: &Map) -> Vec<String> {
@@ -822,14 +915,38 @@ mod tests {
                 fold_after: 25,
             },
         );
-        map.fold(
+        fold(
+            &map,
             &rules,
-            (0..100_000)
-                .map(|i| sample(&format!("/api/users/{i}/cart"), None))
-                .collect(),
+            round((0..100_000).map(|i| (format!("/api/users/{i}/cart"), None))),
         );
         assert_eq!(templates(&map), ["/api/users/{id}/cart"]);
         assert_eq!(map.lock().endpoints.values().next().unwrap().requests, 100_000);
+    }
+
+    #[test]
+    fn a_sample_served_before_a_reload_keeps_its_route() {
+        let before = rules();
+        let text = "legacy: mono\nupstreams:\n  mono: { url: \"http://127.0.0.1:1\" }\n  svc: { url: \"http://127.0.0.1:2\" }\nroutes:\n  - { name: cart, match: { prefix: /api/cart }, mode: legacy }\n  - { name: orders, match: { path: \"/api/orders/{order}\" }, mode: shadow, service: svc }\n";
+        let file = Path::new("rules.yaml");
+        let after = crate::rules::compile(file, &crate::config::parse(file, text).unwrap()).unwrap();
+        let map = Map::open(
+            &StateDir::memory(),
+            Settings {
+                max_endpoints: 100,
+                fold_after: 25,
+            },
+        );
+        // Served under generation 0, where "orders" was route 0; folded under generation 1,
+        // where route 0 is "cart".
+        map.fold(
+            &after,
+            &[(&after, 1), (&before, 0)],
+            round([("/api/orders/7", Some(0))]),
+        );
+        let st = map.lock();
+        let e = &st.endpoints["GET /api/orders/{order}"];
+        assert_eq!(e.route.as_deref(), Some("orders"));
     }
 
     #[test]
@@ -842,9 +959,9 @@ mod tests {
             },
         );
         // One round: a busy real name, and then more names seen once than `fold_after` allows.
-        let mut round: Vec<Sample> = (0..1_000).map(|_| sample("/products/blue-mug", None)).collect();
-        round.extend((0..10).map(|i| sample(&format!("/products/junk-{i}"), None)));
-        map.fold(&rules(), round);
+        let busy = (0..1_000).map(|_| ("/products/blue-mug".to_string(), None));
+        let once = (0..10).map(|i| (format!("/products/junk-{i}"), None));
+        fold(&map, &rules(), round(busy.chain(once)));
         assert_eq!(templates(&map), ["/products/blue-mug", "/products/{param}"]);
         let st = map.lock();
         assert_eq!(st.endpoints["GET /products/blue-mug"].requests, 1_000);
@@ -863,13 +980,13 @@ mod tests {
         );
         let real = ["/api/catalog/products", "/products/7", "/account/3", "/"];
         let mut samples = Vec::new();
-        for round in 0..200 {
+        for i in 0..200 {
             for p in real {
-                samples.push(sample(p, None));
+                samples.push((p.to_string(), None));
             }
-            samples.push(sample(&format!("/api/orders/{round}"), Some("orders")));
+            samples.push((format!("/api/orders/{i}"), Some(0)));
         }
-        map.fold(&rules, samples);
+        fold(&map, &rules, round(samples));
         // Random junk: letters only (no identifier), up to three segments deep.
         let mut seed = 7u64;
         let mut word = || {
@@ -881,14 +998,13 @@ mod tests {
                 .collect::<String>()
         };
         for _ in 0..10 {
-            let junk: Vec<Sample> = (0..10_000)
+            let junk: Vec<(String, Option<usize>)> = (0..10_000)
                 .map(|i| {
                     let depth = 1 + i % 3;
-                    let path: String = (0..depth).map(|_| format!("/{}", word())).collect();
-                    sample(&path, None)
+                    ((0..depth).map(|_| format!("/{}", word())).collect(), None)
                 })
                 .collect();
-            map.fold(&rules, junk);
+            fold(&map, &rules, round(junk));
         }
         let t = templates(&map);
         for want in [

@@ -644,14 +644,16 @@ impl ProxyHttp for Strangler {
             live.handles.route(ctx.route).side(ctx.side).observe(status, seconds);
             if live.rules.discovery.enabled {
                 let req = session.req_header();
-                crate::discovery::observe(crate::discovery::Sample {
-                    method: req.method.clone(),
-                    uri: req.uri.clone(),
-                    route: ctx.route.map(|id| live.route_headers[id].clone()),
-                    side: ctx.side,
+                let (route, generation) = (ctx.route, live.generation);
+                crate::discovery::observe(
+                    &req.method,
+                    req.uri.path(),
+                    route,
+                    generation,
+                    ctx.side,
                     status,
                     seconds,
-                });
+                );
             }
         }
     }

@@ -349,6 +349,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
             map: map.clone(),
             live: live_for_map,
             metrics: metrics.clone(),
+            previous: std::sync::Mutex::new(None),
         },
     ));
     server.add_service(background_service(
