@@ -15,19 +15,6 @@ use common::proxy::Proxy;
 const DELAY: Duration = Duration::from_millis(200);
 const ROUNDS: usize = 15;
 
-async fn slow_server() -> std::net::SocketAddr {
-    let app = axum::Router::new().fallback(|| async {
-        tokio::time::sleep(DELAY).await;
-        axum::Json(
-            serde_json::json!({"ok": true, "items": (0..8).map(|i| serde_json::json!({"v": i})).collect::<Vec<_>>()}),
-        )
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
 async fn median_ms(client: &reqwest::Client, url: &str) -> f64 {
     let mut times = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
@@ -43,7 +30,7 @@ async fn median_ms(client: &reqwest::Client, url: &str) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let slow = slow_server().await;
+    let (slow, _) = common::echo::start_slow(DELAY).await;
     let mono = common::echo::start("monolith").await;
     let text = format!(
         "legacy: monolith\n\

@@ -271,15 +271,7 @@ async fn ask(job: &Job<'_>, part: &ComposePart, params: Vec<(String, String)>) -
     let _slot = InFlight::acquire(state, up.max_in_flight).ok_or(Failure::Overloaded)?;
     let path = fill(part, &params);
     let mut head = HeadBuilder::new(&Method::GET, path.as_bytes());
-    let host = up.host.clone().unwrap_or_else(|| {
-        let peer = target.peer();
-        let name = if peer.sni.is_empty() {
-            target.addr.to_string()
-        } else {
-            peer.sni.clone()
-        };
-        HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("localhost"))
-    });
+    let host = target.host(up.host.as_ref());
     head.field(&http::header::HOST, &host);
     head.field(&http::header::ACCEPT, &HeaderValue::from_static("application/json"));
     if let Some(id) = &job.request_id {

@@ -47,18 +47,7 @@ pub async fn lookup(resolver: &TokioResolver, host: &str, port: u16) -> Result<V
     Ok(addrs)
 }
 
-/// `lookup`, blocking, for load time: on a thread and runtime of its own, so that it may be
-/// called from sync code running inside another runtime.
+/// `lookup`, blocking, for load time (`crate::blocking`).
 pub fn lookup_blocking(servers: &[SocketAddr], host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async { lookup(&resolver(servers)?, host, port).await })
-        })
-        .join()
-        .unwrap_or_else(|_| Err("the lookup panicked".into()))
-    })
+    crate::blocking::run(|| async { lookup(&resolver(servers)?, host, port).await })
 }

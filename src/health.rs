@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::live::Live;
 use crate::resilience::HealthConfig;
+use crate::upstream::Target;
 
 /// The longest the scheduler sleeps, so a reload's new upstreams are probed within a second.
 /// Otherwise it sleeps until the next probe is due: a proxy with probes every 2 s wakes about
@@ -59,7 +60,7 @@ impl BackgroundService for HealthService {
                     let (target, cfg, connector) = (target.clone(), up.health.clone(), connector.clone());
                     let (name, host) = (state.name.clone(), up.host.clone());
                     tokio::spawn(async move {
-                        let ok = probe(&connector, target.addr, &target.peer(), host, &cfg).await;
+                        let ok = probe(&connector, &target, host.as_ref(), &cfg).await;
                         let was = target.healthy();
                         if target.probe_result(&cfg, ok) != was {
                             let now_up = target.healthy();
@@ -76,29 +77,21 @@ impl BackgroundService for HealthService {
 
 async fn probe(
     connector: &TransportConnector,
-    addr: SocketAddr,
-    peer: &crate::rules::UpstreamPeer,
-    host: Option<HeaderValue>,
+    target: &Target,
+    host: Option<&HeaderValue>,
     cfg: &HealthConfig,
 ) -> bool {
     let Some(path) = &cfg.path else {
         return matches!(
-            tokio::time::timeout(cfg.timeout, tokio::net::TcpStream::connect(addr)).await,
+            tokio::time::timeout(cfg.timeout, tokio::net::TcpStream::connect(target.addr)).await,
             Ok(Ok(_))
         );
     };
-    let host = host.unwrap_or_else(|| {
-        let name = if peer.sni.is_empty() {
-            addr.to_string()
-        } else {
-            peer.sni.clone()
-        };
-        HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("localhost"))
-    });
+    let host = target.host(host);
     let mut head = crate::client::HeadBuilder::new(&http::Method::GET, path.as_bytes());
     head.field(&http::header::HOST, &host);
     let req = head.finish(0);
-    crate::client::send(connector, peer, &req, &[], 64 * 1024, &[], cfg.timeout)
+    crate::client::send(connector, &target.peer(), &req, &[], 64 * 1024, &[], cfg.timeout)
         .await
         .is_ok_and(|(answer, _)| (200..300).contains(&answer.status))
 }

@@ -43,6 +43,7 @@ pub mod access;
 pub mod addresses;
 pub mod admin;
 pub mod autopilot;
+pub mod blocking;
 pub mod client;
 pub mod compose;
 pub mod config;

@@ -193,7 +193,7 @@ impl ProxyHttp for Strangler {
         if ctx.side == Side::New {
             let limited = route
                 .and_then(|id| live.limiters[id].as_ref())
-                .and_then(|l| l.check(&req.headers, client_ip(session, &live.rules)).err());
+                .and_then(|l| l.check(&req.headers, || client_ip(session, &live.rules)).err());
             let refused = match limited {
                 Some(wait) => Some((Reason::RateLimited, wait)),
                 // A composite route admits each part on its own upstream.
@@ -264,7 +264,7 @@ impl ProxyHttp for Strangler {
                     m.inspect(|m| m.skip(CopySkip::SampledOut));
                 } else if live.limiters[id]
                     .as_ref()
-                    .is_some_and(|l| l.check(&req.headers, client_ip(session, &live.rules)).is_err())
+                    .is_some_and(|l| l.check(&req.headers, || client_ip(session, &live.rules)).is_err())
                 {
                     // Copies count against the new side's budget too.
                     m.inspect(|m| m.skip(CopySkip::RateLimited));
@@ -721,75 +721,68 @@ impl Strangler {
             return;
         };
         let route = &live.rules.routes[id];
-        if let Some(c) = route.compose.clone() {
-            // A composite route's copy: its parts are asked, and the composition compared.
-            let (Some(cap), Some(state), Some(metrics)) = (
-                ctx.shadow.as_mut(),
-                live.shadow_states[id].clone(),
-                live.handles.route(Some(id)).shadow.clone(),
-            ) else {
-                return;
-            };
-            let Some(head) = cap.header.take() else { return };
-            let request = head.finish(cap.body_len);
-            cap.started = true;
-            cap.to_task = shadow::start(Job {
-                new_side: NewSide::Compose(
-                    crate::compose::Owned {
-                        live: live.clone(),
-                        route: id,
-                        compose: c,
-                        params: ctx.compose_params.take().unwrap_or_default(),
-                        metrics: self.metrics.clone(),
-                        request_id: ctx.request_id.clone(),
-                    }
-                    .into_copy(),
-                ),
-                breaker: None,
-                shadower: self.shadower.clone(),
-                max_in_flight: live.rules.shadow_max_in_flight,
-                state,
-                metrics,
-                spec: cap.spec.clone(),
-                service_timeout: route.timeout,
-                noise_copy: None,
-                request,
-                body: std::mem::take(&mut cap.body),
-            });
-            return;
-        }
-        let (Some(cap), Some(service), Some(state), Some(metrics)) = (
-            ctx.shadow.as_mut(),
-            route.service,
+        let (Some(state), Some(metrics)) = (
             live.shadow_states[id].clone(),
             live.handles.route(Some(id)).shadow.clone(),
         ) else {
             return;
         };
+        if route.compose.is_none() && route.service.is_none() {
+            return;
+        }
+        let Some(cap) = ctx.shadow.as_mut() else { return };
         let Some(head) = cap.header.take() else { return };
         let request = head.finish(cap.body_len);
         cap.started = true;
-        let up = &live.rules.upstreams[service];
-        // A service that keeps failing its copies opens its circuit; copies then wait it out
-        // instead of piling up timeouts in the proxy.
         let now = Instant::now();
-        let Some(target) = live.states[service].pick(up.breaker.as_ref(), now) else {
-            cap.to_task = None;
-            metrics.skip(CopySkip::CircuitOpen);
-            return;
+        // Where the copy goes: a composite route's parts (compared as one answer), or the
+        // service's next address whose circuit lets it through. A service that keeps failing its
+        // copies opens its circuit; copies then wait it out instead of piling up timeouts.
+        let (new_side, breaker, service_timeout) = match (&route.compose, route.service) {
+            (Some(c), _) => {
+                let owned = crate::compose::Owned {
+                    live: live.clone(),
+                    route: id,
+                    compose: c.clone(),
+                    params: ctx.compose_params.take().unwrap_or_default(),
+                    metrics: self.metrics.clone(),
+                    request_id: ctx.request_id.clone(),
+                };
+                (NewSide::Compose(owned.into_copy()), None, route.timeout)
+            }
+            (None, Some(service)) => {
+                let up = &live.rules.upstreams[service];
+                let Some(target) = live.states[service].pick(up.breaker.as_ref(), now) else {
+                    cap.to_task = None;
+                    metrics.skip(CopySkip::CircuitOpen);
+                    return;
+                };
+                let breaker = up.breaker.clone().map(|cfg| (target.clone(), cfg));
+                (
+                    NewSide::Service(target.peer()),
+                    breaker,
+                    up.connect_timeout + up.response_timeout,
+                )
+            }
+            (None, None) => return,
         };
+        // Noise is learned by asking the monolith twice; a composition has no single service to
+        // learn it for.
+        let noise_copy = (route.compose.is_none()
+            && cap.spec.noise_sample.is_some_and(|p| rand::random::<f64>() < p)
+            && request.idempotent())
+        .then(|| live.states[live.rules.legacy].pick_any(now).map(|t| t.peer()))
+        .flatten();
         cap.to_task = shadow::start(Job {
-            new_side: NewSide::Service(target.peer()),
-            breaker: up.breaker.clone().map(|cfg| (target, cfg)),
+            new_side,
+            breaker,
             shadower: self.shadower.clone(),
             max_in_flight: live.rules.shadow_max_in_flight,
             state,
             metrics,
             spec: cap.spec.clone(),
-            service_timeout: up.connect_timeout + up.response_timeout,
-            noise_copy: (cap.spec.noise_sample.is_some_and(|p| rand::random::<f64>() < p) && request.idempotent())
-                .then(|| live.states[live.rules.legacy].pick_any(now).map(|t| t.peer()))
-                .flatten(),
+            service_timeout,
+            noise_copy,
             request,
             body: std::mem::take(&mut cap.body),
         });

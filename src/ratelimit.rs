@@ -50,8 +50,9 @@ impl Limiter {
         }
     }
 
-    /// Take one request from the budget, or say how long until one is free.
-    pub fn check(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<(), Duration> {
+    /// Take one request from the budget, or say how long until one is free. `client` (the
+    /// client's address, through `trusted_proxies`) is asked only when the budget is per IP.
+    pub fn check(&self, headers: &HeaderMap, client: impl FnOnce() -> Option<IpAddr>) -> Result<(), Duration> {
         let outcome = match &self.budget {
             Budget::Route(l) => l.check(),
             Budget::Keyed(l) => l.check_key(&self.key(headers, client)),
@@ -59,10 +60,10 @@ impl Limiter {
         outcome.map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
-    fn key(&self, headers: &HeaderMap, client: Option<IpAddr>) -> u64 {
+    fn key(&self, headers: &HeaderMap, client: impl FnOnce() -> Option<IpAddr>) -> u64 {
         match &self.spec.key {
             LimitKey::Route => 0,
-            LimitKey::Ip => self.seed.hash_one(client),
+            LimitKey::Ip => self.seed.hash_one(client()),
             LimitKey::Header(name) => self.seed.hash_one(headers.get(name).map(|v| v.as_bytes())),
             LimitKey::Cookie(name) => self.seed.hash_one(
                 headers
@@ -108,9 +109,9 @@ mod tests {
         let l = limiter(LimitKey::Route);
         let h = HeaderMap::new();
         for _ in 0..3 {
-            assert!(l.check(&h, None).is_ok());
+            assert!(l.check(&h, || None).is_ok());
         }
-        let wait = l.check(&h, None).unwrap_err();
+        let wait = l.check(&h, || None).unwrap_err();
         assert!(
             wait > Duration::from_secs(900) && wait <= Duration::from_secs(1000),
             "{wait:?}"
@@ -126,16 +127,16 @@ mod tests {
             h
         };
         for _ in 0..3 {
-            assert!(l.check(&with("a"), None).is_ok());
+            assert!(l.check(&with("a"), || None).is_ok());
         }
-        assert!(l.check(&with("a"), None).is_err());
-        assert!(l.check(&with("b"), None).is_ok(), "another key has its own budget");
+        assert!(l.check(&with("a"), || None).is_err());
+        assert!(l.check(&with("b"), || None).is_ok(), "another key has its own budget");
         let none = HeaderMap::new();
         for _ in 0..3 {
-            assert!(l.check(&none, None).is_ok());
+            assert!(l.check(&none, || None).is_ok());
         }
         assert!(
-            l.check(&none, None).is_err(),
+            l.check(&none, || None).is_err(),
             "requests without the key share one budget"
         );
         assert_eq!(l.keys(), 3);
@@ -143,19 +144,19 @@ mod tests {
         let ip = limiter(LimitKey::Ip);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         for _ in 0..3 {
-            assert!(ip.check(&none, Some(a)).is_ok());
+            assert!(ip.check(&none, || Some(a)).is_ok());
         }
-        assert!(ip.check(&none, Some(a)).is_err());
-        assert!(ip.check(&none, Some(b)).is_ok());
+        assert!(ip.check(&none, || Some(a)).is_err());
+        assert!(ip.check(&none, || Some(b)).is_ok());
 
         let cookie = limiter(LimitKey::Cookie("sid".into()));
         let mut h = HeaderMap::new();
         h.insert("cookie", HeaderValue::from_static("a=1; sid=xyz"));
         for _ in 0..3 {
-            assert!(cookie.check(&h, None).is_ok());
+            assert!(cookie.check(&h, || None).is_ok());
         }
-        assert!(cookie.check(&h, None).is_err());
-        assert!(cookie.check(&none, None).is_ok());
+        assert!(cookie.check(&h, || None).is_err());
+        assert!(cookie.check(&none, || None).is_ok());
     }
 
     #[test]
@@ -166,7 +167,7 @@ mod tests {
             key: LimitKey::Ip,
         });
         for i in 0..100u8 {
-            let _ = l.check(&HeaderMap::new(), Some(IpAddr::from([10, 0, 0, i])));
+            let _ = l.check(&HeaderMap::new(), || Some(IpAddr::from([10, 0, 0, i])));
         }
         assert_eq!(l.keys(), 100);
         std::thread::sleep(Duration::from_millis(20));

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 
 use crate::resilience::{Breaker, BreakerConfig, CircuitState, HealthConfig};
 use crate::rules::UpstreamPeer;
@@ -41,6 +42,21 @@ impl Target {
 
     pub fn healthy(&self) -> bool {
         self.healthy.load(Acquire)
+    }
+
+    /// The `Host` a request of the proxy's own (a health probe, a composite part) sends here:
+    /// the upstream's `host:` if set, else its TLS name, else this address.
+    pub fn host(&self, configured: Option<&HeaderValue>) -> HeaderValue {
+        if let Some(h) = configured {
+            return h.clone();
+        }
+        let peer = self.peer.load();
+        let name = if peer.sni.is_empty() {
+            self.addr.to_string()
+        } else {
+            peer.sni.clone()
+        };
+        HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("localhost"))
     }
 
     /// The peer to send to at this address.

@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::proxy::{metric, Proxy};
@@ -265,30 +263,9 @@ async fn a_fan_out_past_its_cap_is_refused_by_name() {
     );
 }
 
-/// A server whose every answer takes 200 ms, that records the most requests it held at once.
-async fn slow_server() -> (SocketAddr, Arc<AtomicUsize>) {
-    let now = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let (n, p) = (now.clone(), peak.clone());
-    let app = axum::Router::new().fallback(move || {
-        let (n, p) = (n.clone(), p.clone());
-        async move {
-            let held = n.fetch_add(1, Ordering::SeqCst) + 1;
-            p.fetch_max(held, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            n.fetch_sub(1, Ordering::SeqCst);
-            axum::Json(serde_json::json!({"ok": true}))
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, peak)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn parts_are_asked_at_the_same_time() {
-    let (slow, peak) = slow_server().await;
+    let (slow, peak) = common::echo::start_slow(Duration::from_millis(200)).await;
     let mono = common::echo::start("monolith").await;
     let text = format!(
         "legacy: monolith\n\

@@ -44,28 +44,18 @@ fn parse(text: &str) -> Result<Value, String> {
     }
 }
 
-/// GET `url`, on a thread and runtime of its own (the compiler is sync and may run anywhere).
+/// GET `url`, blocking (the compiler is sync and may run anywhere).
 fn fetch(url: &str) -> Result<String, String> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async {
-                let client = reqwest::Client::builder()
-                    .timeout(FETCH_TIMEOUT)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                let r = client.get(url).send().await.map_err(|e| e.to_string())?;
-                if !r.status().is_success() {
-                    return Err(format!("status {}", r.status()));
-                }
-                r.text().await.map_err(|e| e.to_string())
-            })
-        })
-        .join()
-        .unwrap_or_else(|_| Err("the fetch panicked".into()))
+    crate::blocking::run(|| async {
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("status {}", r.status()));
+        }
+        r.text().await.map_err(|e| e.to_string())
     })
 }
 

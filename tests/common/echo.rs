@@ -72,3 +72,34 @@ pub async fn start_upgrade_echo() -> SocketAddr {
     });
     addr
 }
+
+/// A server whose every answer takes `delay`: `{"ok": true}`, and for `/list` also
+/// `"items": [{"v": 0}, ..., {"v": 7}]`. It records the most requests it held at once (the
+/// returned counter), so a test can see requests overlap without timing them.
+pub async fn start_slow(delay: std::time::Duration) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n, p) = (now.clone(), peak.clone());
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let (n, p) = (n.clone(), p.clone());
+        async move {
+            let held = n.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(held, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            n.fetch_sub(1, Ordering::SeqCst);
+            let mut body = json!({"ok": true});
+            if req.uri().path() == "/list" {
+                body["items"] = (0..8).map(|i| json!({"v": i})).collect();
+            }
+            Json(body)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, peak)
+}
