@@ -1,4 +1,5 @@
 //! Routing bypass: every known trick either routes as the normalized path, or gets a 400.
+//! Encoded variants of cookies, query parameters and hosts are in tests/matching.rs.
 
 mod common;
 

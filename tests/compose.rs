@@ -287,3 +287,36 @@ async fn parts_are_asked_at_the_same_time() {
     // Asked one after the other, the server would never have held two at once.
     assert_eq!(peak.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_autopilot_moves_a_composite_route_on_its_evidence() {
+    let shop = start_shop().await;
+    let extra = format!(
+        "    shadow: {{ ignore: {IGNORE} }}\n\
+         \x20   rollout: {{ steps: [shadow, migrated], hold: 1s, gates: {{ min_requests: 20, match_rate: 99% }} }}\n"
+    );
+    let text = format!(
+        "autopilot: {{ enabled: true, interval: 100ms }}\n{}",
+        rules(&shop, "shadow", "orders", "monolith", &extra)
+    );
+    let proxy = Proxy::start(&text).await;
+    // Matching copies until the autopilot promotes the route; then the composition answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut id = 0;
+    loop {
+        id = id % 120 + 1;
+        let (status, h, _) = get(proxy.url(&format!("/api/orders/{id}/details"))).await;
+        assert_eq!(status, 200);
+        if header(&h, "x-strangler-upstream") == Some("compose") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not promoted: {}",
+            proxy.admin_json("/api/autopilot").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let file = std::fs::read_to_string(&proxy.rules).unwrap();
+    assert!(file.contains("    mode: migrated"), "{file}");
+}

@@ -43,11 +43,11 @@ impl Compiler<'_> {
     pub(super) fn rollout(&mut self, f: &config::RouteFile, n: Option<&str>) -> Option<Rollout> {
         let r = &f.rollout.as_ref()?.value;
         let before = self.errors.len();
-        if f.service.is_none() {
+        if f.service.is_none() && f.compose.is_none() {
             self.err(
                 &f.name.referenced,
                 n,
-                "`rollout` needs `service:`, the upstream the route moves to".into(),
+                "`rollout` needs `service:` (the upstream the route moves to) or `compose:`".into(),
             );
         }
         let mut steps: Vec<Step> = Vec::new();
