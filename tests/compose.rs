@@ -291,9 +291,12 @@ async fn parts_are_asked_at_the_same_time() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_autopilot_moves_a_composite_route_on_its_evidence() {
     let shop = start_shop().await;
+    // The composition asks the order, then its items' stock: two round trips where the monolith
+    // makes one query, so its p99 is a few times the monolith's on a loaded machine (1.8x in CI).
+    // This test is about the match-rate evidence; the p99 gate is loosened so load cannot hold it.
     let extra = format!(
         "    shadow: {{ ignore: {IGNORE} }}\n\
-         \x20   rollout: {{ steps: [shadow, migrated], hold: 1s, gates: {{ min_requests: 20, match_rate: 99% }} }}\n"
+         \x20   rollout: {{ steps: [shadow, migrated], hold: 1s, gates: {{ min_requests: 20, match_rate: 99%, p99: 20x }} }}\n"
     );
     let text = format!(
         "autopilot: {{ enabled: true, interval: 100ms }}\n{}",
