@@ -243,6 +243,20 @@ async fn mismatches(State(s): State<AdminState>, Query(q): Query<MismatchQuery>)
         .collect();
     all.sort_by(|a, b| b.at_unix.total_cmp(&a.at_unix));
     all.truncate(limit);
+    // `tracing.link` turns each trace id into a link to the team's tracing tool.
+    let all: Vec<serde_json::Value> = all
+        .into_iter()
+        .map(|m| {
+            let url = (!m.trace_id.is_empty())
+                .then(|| live.rules.tracing.link_to(&m.trace_id))
+                .flatten();
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            if let (Some(url), Some(obj)) = (url, v.as_object_mut()) {
+                obj.insert("trace_url".into(), url.into());
+            }
+            v
+        })
+        .collect();
     Json(json!({"mismatches": all})).into_response()
 }
 

@@ -107,6 +107,9 @@ pub struct RulesFile {
     pub force_side: Option<Spanned<ForceSideFile>>,
     /// How upstream host names are resolved. Default: the system's resolver configuration.
     pub dns: Option<Spanned<DnsFile>>,
+    /// OpenTelemetry traces, sent by OTLP. The standard `OTEL_*` environment variables override
+    /// these keys. Off when no endpoint is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub tracing: Option<Spanned<TracingFile>>,
     /// `routes:` left empty (null) means no routes, like an absent key.
     #[serde(default, deserialize_with = "null_as_empty")]
     #[schemars(with = "Option<Vec<RouteFile>>")]
@@ -326,6 +329,29 @@ pub struct ComposePartFile {
 pub struct DnsFile {
     /// Name servers to ask instead of /etc/resolv.conf's: IP or IP:port (port 53 by default).
     pub servers: Vec<Spanned<String>>,
+}
+
+/// `tracing:`. Each key has a standard environment variable that overrides it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    /// The OTLP collector, e.g. `http://127.0.0.1:4318` (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    /// For HTTP, `/v1/traces` is added to it.
+    pub endpoint: Option<Spanned<String>>,
+    /// `http/protobuf` (default), `http/json` or `grpc` (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+    pub protocol: Option<Spanned<String>>,
+    /// The proxy's `service.name` on its spans. Default `strangler` (`OTEL_SERVICE_NAME`).
+    pub service_name: Option<Spanned<String>>,
+    /// `parentbased_always_on` (default), `parentbased_always_off`, `parentbased_traceidratio`,
+    /// `always_on`, `always_off` or `traceidratio` (`OTEL_TRACES_SAMPLER`).
+    pub sampler: Option<Spanned<String>>,
+    /// The ratio for the `traceidratio` samplers, 0 to 1 (`OTEL_TRACES_SAMPLER_ARG`). Default 1.
+    pub sampler_arg: Option<Spanned<f64>>,
+    /// Finished spans waiting for export at most; past it spans are dropped and counted in
+    /// `strangler_trace_spans_dropped_total`. Default 2048 (`OTEL_BSP_MAX_QUEUE_SIZE`).
+    pub queue: Option<Spanned<u64>>,
+    /// A link from a mismatch to its trace, e.g. `https://jaeger.example/trace/{trace_id}`.
+    pub link: Option<Spanned<String>>,
 }
 
 /// A route's `rate_limit:`.

@@ -20,6 +20,7 @@
 //! - `discovery` the migration map: endpoints learned from traffic, progress, kept in `state_dir`
 //! - `state`   the state directory: opened once, atomic writes, corrupt files set aside
 //! - `access`  the access log line
+//! - `telemetry` OpenTelemetry spans of a request, its attempts and its shadow copy; OTLP export
 //! - `metrics` every Prometheus metric; per-route handles built at load
 //! - `reload`  hot reload: file watch, SIGHUP, POST /api/reload; keep the last good rules
 //! - `admin`   the admin listener: health, metrics, JSON API, dashboard page
@@ -68,5 +69,6 @@ pub mod shadow;
 pub mod state;
 pub mod stats;
 pub mod suggest;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;

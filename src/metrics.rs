@@ -60,6 +60,9 @@ pub struct Metrics {
     compose_parts: IntCounterVec,
     compose_latency: HistogramVec,
     compose_partial: IntCounterVec,
+    /// Spans the collector took, and spans lost (a full queue, a failed export).
+    pub trace_exported: IntCounter,
+    pub trace_dropped: IntCounter,
     /// `strangler_rejected_requests_total` by reason, resolved once for every known reason.
     rejected_by: HashMap<&'static str, IntCounter>,
     last_reload_ok: IntGauge,
@@ -218,6 +221,22 @@ impl Metrics {
                 "strangler_upstream_addresses",
                 "Addresses an upstream has now (its host name's DNS answer), and how many are healthy.",
                 &["upstream", "health"],
+            ),
+            trace_exported: register(
+                &r,
+                IntCounter::new(
+                    "strangler_trace_spans_exported_total",
+                    "Spans the OTLP collector took.",
+                )
+                .expect("valid metric"),
+            ),
+            trace_dropped: register(
+                &r,
+                IntCounter::new(
+                    "strangler_trace_spans_dropped_total",
+                    "Spans lost: the export queue was full, or the collector did not take them (down, slow, refusing).",
+                )
+                .expect("valid metric"),
             ),
             dns_lookups: counters(
                 &r,

@@ -31,6 +31,7 @@ use crate::live::Live;
 use crate::metrics::{CopySkip, Metrics};
 use crate::rules::{RouteId, RuleSet, Side, UpstreamId, DEFAULT_ROUTE_TIMEOUT};
 use crate::shadow::{self, Capture, Job, NewSide, Shadower};
+use crate::telemetry::{Finish, RequestTrace, Telemetry, Try};
 use crate::upstream::{InFlight, Target};
 
 pub struct Strangler {
@@ -38,6 +39,8 @@ pub struct Strangler {
     pub metrics: Arc<Metrics>,
     pub shadower: Arc<Shadower>,
     pub access_log: bool,
+    /// OpenTelemetry spans, when a collector is configured.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 /// Per-request state. `live` pins one rule set for the whole request, even across a reload.
@@ -82,6 +85,8 @@ pub struct Ctx {
     /// Request body bytes allowed (the route's `max_body` or `limits.max_body`), and seen so far.
     body_limit: u64,
     body_seen: u64,
+    /// The request's spans, when tracing is on.
+    trace: Option<RequestTrace>,
 }
 
 #[async_trait]
@@ -114,6 +119,7 @@ impl ProxyHttp for Strangler {
             shadow: None,
             body_limit: u64::MAX,
             body_seen: 0,
+            trace: None,
         }
     }
 
@@ -124,6 +130,9 @@ impl ProxyHttp for Strangler {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let live = self.live.load_full();
+        if let Some(t) = &self.telemetry {
+            ctx.trace = Some(t.request(&session.req_header().headers));
+        }
         if let Err(no) = crate::limits::check_head(session, &live.rules.settings.limits) {
             return self.refuse(session, no).await;
         }
@@ -316,6 +325,14 @@ impl ProxyHttp for Strangler {
             );
         };
         let mut peer = HttpPeer::clone(&target.peer());
+        if let (Some(trace), Some(telemetry)) = (ctx.trace.as_mut(), &self.telemetry) {
+            let kind = match (ctx.side, ctx.fallback) {
+                (Side::Legacy, Some(_)) => Try::Fallback,
+                (Side::New, _) if ctx.attempt > 1 => Try::Retry,
+                _ => Try::First,
+            };
+            trace.attempt(telemetry, &up.name, target.addr, ctx.attempt.max(1), kind);
+        }
         ctx.tried = Some(target);
         if ctx.route.is_some_and(|id| live.rules.routes[id].service.is_some()) {
             // Every try, and the fallback, must end by the route's deadline.
@@ -332,6 +349,9 @@ impl ProxyHttp for Strangler {
     }
 
     fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(t) = ctx.trace.as_mut() {
+            t.end_attempt(None, Some(e.etype().as_str()));
+        }
         if ctx.side == Side::New {
             return on_failure(session, ctx, Reason::ConnectError, e, true);
         }
@@ -349,6 +369,9 @@ impl ProxyHttp for Strangler {
     ) -> Box<Error> {
         if std::mem::take(&mut ctx.decided) {
             return e;
+        }
+        if let Some(t) = ctx.trace.as_mut() {
+            t.end_attempt(None, Some(e.etype().as_str()));
         }
         if ctx.side == Side::New && !ctx.responded {
             let reason = match e.etype() {
@@ -388,6 +411,9 @@ impl ProxyHttp for Strangler {
             ErrorType::HTTPStatus(status),
             "the service answered with a fallback status",
         );
+        if let Some(t) = ctx.trace.as_mut() {
+            t.end_attempt(Some(status), Some("fallback status"));
+        }
         let e = on_failure(session, ctx, Reason::Status5xx, e, false);
         if e.retry() {
             // Nothing has gone downstream yet: the retry loop tries again elsewhere.
@@ -419,8 +445,13 @@ impl ProxyHttp for Strangler {
             }
         }
         if !live.rules.preserve_header_case {
-            // Room for what follows: the request id, x-forwarded-for, -proto and -host, and host.
-            lowercase_with_room(up, 5);
+            // Room for what follows: the request id, x-forwarded-for, -proto and -host, host,
+            // and traceparent.
+            lowercase_with_room(up, 5 + usize::from(ctx.trace.is_some()));
+        }
+        if let Some(t) = &ctx.trace {
+            // The upstream's span hangs under this attempt's.
+            up.insert_header(TRACEPARENT, t.upstream_header().clone())?;
         }
         if ctx.new_request_id {
             up.insert_header(REQUEST_ID, ctx.request_id.clone().expect("request_filter sets it"))?;
@@ -622,7 +653,10 @@ impl ProxyHttp for Strangler {
                     },
                     // Found or made once, in request_filter.
                     request_id: ctx.request_id.clone(),
-                    traceparent: req.headers.get(&TRACEPARENT).cloned(),
+                    traceparent: match &ctx.trace {
+                        Some(t) => Some(t.server_header()),
+                        None => req.headers.get(&TRACEPARENT).cloned(),
+                    },
                     forced: ctx.forced,
                 })
             }
@@ -639,6 +673,9 @@ impl ProxyHttp for Strangler {
         };
         if let Some(line) = access {
             line.emit("-");
+        }
+        if let Some(trace) = ctx.trace.take() {
+            finish_trace(trace, session, ctx, status);
         }
         if let Some(live) = ctx.live.as_ref() {
             live.handles.route(ctx.route).side(ctx.side).observe(status, seconds);
@@ -667,8 +704,14 @@ impl Strangler {
         let route = ctx.route.map(|id| &live.rules.routes[id]);
         if route.is_some_and(|r| r.compose.is_some()) {
             // A composite route's copy is its composition: no request of its own to build.
+            let span = ctx
+                .trace
+                .as_ref()
+                .zip(self.telemetry.as_ref())
+                .map(|(t, tel)| tel.child(t.context(), "shadow copy", "compose"));
             let Some(cap) = ctx.shadow.as_mut() else { return Ok(()) };
             cap.header = Some(client::HeadBuilder::new(&up.method, up.raw_path()));
+            cap.span = span;
             cap.wants_body = false;
             self.start_copy(ctx);
             return Ok(());
@@ -687,8 +730,15 @@ impl Strangler {
             .and_then(|rw| rw.apply(up.uri.path(), up.uri.query()));
         let path = rewritten.as_deref().map_or(up.raw_path(), str::as_bytes);
         let mut copy = client::HeadBuilder::new(&up.method, path);
+        // Traced, the copy is a span of its own: the service's span hangs under it.
+        let span = ctx
+            .trace
+            .as_ref()
+            .zip(self.telemetry.as_ref())
+            .map(|(t, tel)| tel.child(t.context(), "shadow copy", &live.rules.upstreams[service].name));
         for (name, value) in up.headers.iter() {
             let own = shadow::COPY_OWN_FIELDS.contains(name)
+                || (span.is_some() && name == TRACEPARENT)
                 || (!forward_credentials && (name == http::header::AUTHORIZATION || name == http::header::COOKIE));
             if !own {
                 copy.field(name, value);
@@ -705,10 +755,14 @@ impl Strangler {
             copy.field(&HOST, host);
         }
         copy.field(&X_STRANGLER_SHADOW, &http::HeaderValue::from_static("1"));
+        if let Some(span) = &span {
+            copy.field(&TRACEPARENT, &span.traceparent());
+        }
         // Pingora knows for HTTP/1 (content-length, chunked) and HTTP/2 (end of stream) alike.
         let has_body = !session.is_body_empty();
         let Some(cap) = ctx.shadow.as_mut() else { return Ok(()) };
         cap.header = Some(copy);
+        cap.span = span;
         cap.wants_body = has_body;
         if !has_body {
             self.start_copy(ctx);
@@ -755,6 +809,9 @@ impl Strangler {
                 let Some(target) = live.states[service].pick(up.breaker.as_ref(), now) else {
                     cap.to_task = None;
                     metrics.skip(CopySkip::CircuitOpen);
+                    if let Some(mut span) = cap.span.take() {
+                        shadow::skipped(&mut span, CopySkip::CircuitOpen);
+                    }
                     return;
                 };
                 let breaker = up.breaker.clone().map(|cfg| (target.clone(), cfg));
@@ -785,8 +842,31 @@ impl Strangler {
             noise_copy,
             request,
             body: std::mem::take(&mut cap.body),
+            span: cap.span.take(),
         });
     }
+}
+
+/// End the request's span with what it became: route, mode, side, status, fallback.
+fn finish_trace(trace: RequestTrace, session: &Session, ctx: &Ctx, status: u16) {
+    if !trace.recording() {
+        // Not sampled: nothing to say, and nothing is sent.
+        return;
+    }
+    let req = session.req_header();
+    let route = ctx.live.as_ref().zip(ctx.route).map(|(l, id)| &l.rules.routes[id]);
+    let template = route.map(|r| r.path.route_text());
+    let path = ctx.rewritten.as_ref().map_or(req.uri.path(), |u| u.path());
+    trace.finish(Finish {
+        method: req.method.as_str(),
+        path,
+        status,
+        route: route.map_or("(none)", |r| r.name.as_str()),
+        template: template.as_deref(),
+        mode: route.map(|r| r.mode.as_str()),
+        side: ctx.side.as_str(),
+        fallback: ctx.fallback.map(Reason::as_str),
+    });
 }
 
 impl Ctx {

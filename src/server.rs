@@ -96,6 +96,9 @@ pub enum StartError {
     },
     #[error("listen_tls: {0}")]
     Tls(String),
+    /// `tracing:` or an `OTEL_*` variable that can't be used.
+    #[error("{0}")]
+    Tracing(String),
 }
 
 /// Descriptors kept aside for listeners, upstream pools' spare, files and the admin API.
@@ -156,6 +159,8 @@ pub struct Prepared {
     pub listen: String,
     pub admin: String,
     pub routes: usize,
+    /// Spans still queued are sent when the server has stopped.
+    telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 /// Load the rules and bind both listeners, so every start-up mistake surfaces here.
@@ -213,6 +218,21 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         rules.settings.limits_set.max_connections,
     );
     let metrics = Arc::new(Metrics::new().with_refusals(crate::limits::reasons()));
+    // Taken at start, like state_dir: a reload that changes `tracing:` (but `link`) takes
+    // effect at the next start.
+    let tracing = rules
+        .tracing
+        .clone()
+        .with_env(|name| std::env::var(name).ok())
+        .map_err(StartError::Tracing)?;
+    let telemetry = crate::telemetry::Telemetry::start(
+        tracing,
+        crate::telemetry::Counters {
+            exported: metrics.trace_exported.clone(),
+            dropped: metrics.trace_dropped.clone(),
+        },
+    )
+    .map_err(StartError::Tracing)?;
     let routes = rules.routes.len();
     let live = Arc::new(ArcSwap::from_pointee(Live::first(rules, hash, &metrics)));
     let live_for_health = live.clone();
@@ -287,6 +307,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
             metrics: metrics.clone(),
             shadower: shadower.clone(),
             access_log: opts.access_log,
+            telemetry: telemetry.clone(),
         },
     );
     let mut options = HttpServerOptions::default();
@@ -386,6 +407,7 @@ pub fn prepare(opts: &Options) -> Result<Prepared, StartError> {
         listen,
         admin,
         routes,
+        telemetry,
     })
 }
 
@@ -398,6 +420,9 @@ impl Prepared {
             None => RunArgs::default(),
         };
         self.server.run(args);
+        if let Some(t) = &self.telemetry {
+            t.flush();
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use crate::headers::X_STRANGLER_SHADOW;
 use crate::metrics::{CopySkip, ShadowMetrics};
 use crate::resilience::BreakerConfig;
 use crate::rules::{ShadowSpec, UpstreamPeer};
+use crate::telemetry::ChildSpan;
 use crate::upstream::Target;
 
 mod mismatch;
@@ -215,6 +216,8 @@ pub struct Capture {
     pub response_len: usize,
     pub response_truncated: bool,
     pub to_task: Option<oneshot::Sender<LegacyAnswer>>,
+    /// The copy's span, when tracing is on; the copy's request carries its `traceparent`.
+    pub span: Option<ChildSpan>,
 }
 
 impl Capture {
@@ -232,6 +235,7 @@ impl Capture {
             response_len: 0,
             response_truncated: false,
             to_task: None,
+            span: None,
         }
     }
 
@@ -300,6 +304,27 @@ pub struct Job {
     pub noise_copy: Option<UpstreamPeer>,
     pub request: client::Request,
     pub body: Vec<Bytes>,
+    /// The copy's span: ended with the comparison's result when the job is done.
+    pub span: Option<ChildSpan>,
+}
+
+/// A copy's span says it is a shadow copy and how its comparison came out.
+fn outcome(span: Option<&mut ChildSpan>, result: &'static str, differences: usize, skip: Option<CopySkip>) {
+    let Some(span) = span else { return };
+    span.set("strangler.shadow", true);
+    span.set("strangler.shadow.result", result);
+    span.set("strangler.shadow.differences", differences as i64);
+    if let Some(why) = skip {
+        span.set("strangler.shadow.skip_reason", why.as_str());
+    }
+    if result == "error" {
+        span.fail("the copy failed");
+    }
+}
+
+/// A copy that never compared: its span says why.
+pub fn skipped(span: &mut ChildSpan, why: CopySkip) {
+    outcome(Some(span), "skipped", 0, Some(why));
 }
 
 /// A composite route's copy: given the connector and the deadline, the composed answer.
@@ -326,23 +351,24 @@ pub const INLINE_COMPARE: usize = 32 * 1024;
 ///
 /// The copy's exchange runs on the worker thread of the request that made it (no cross-thread
 /// wake per copy); a large comparison moves to the `Shadower`'s own thread.
-pub fn start(job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
+pub fn start(mut job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
     let Some(slot) = job.shadower.acquire(job.max_in_flight) else {
         job.metrics.skip(CopySkip::Overloaded);
+        outcome(job.span.as_mut(), "skipped", 0, Some(CopySkip::Overloaded));
         return None;
     };
     let (tx, rx) = oneshot::channel();
     // Boxed, so the spawn moves a pointer and not the whole exchange's state machine.
     tokio::spawn(Box::pin(async move {
-        if let Some((job, legacy, new, again)) = send_copy(job, rx).await {
+        if let Some((mut job, legacy, new, again)) = send_copy(job, rx).await {
             if legacy.answer.body.len() + new.body.len() > INLINE_COMPARE {
                 let runtime = job.shadower.runtime.clone();
                 runtime.spawn(async move {
                     let _slot = slot;
-                    judge(&job, legacy, new, again);
+                    judge(&mut job, legacy, new, again);
                 });
             } else {
-                judge(&job, legacy, new, again);
+                judge(&mut job, legacy, new, again);
                 drop(slot);
             }
         }
@@ -398,6 +424,7 @@ async fn send_copy(
     let m = &job.metrics;
     let Ok(legacy) = legacy_rx.await else {
         m.skip(CopySkip::LegacyError);
+        outcome(job.span.as_mut(), "skipped", 0, Some(CopySkip::LegacyError));
         return None;
     };
     m.legacy_latency.observe(legacy.latency.as_secs_f64());
@@ -408,6 +435,7 @@ async fn send_copy(
             tracing::debug!(route = %job.state.route, "shadow copy failed: {e}");
             m.failed.inc();
             access("error");
+            outcome(job.span.as_mut(), "error", 0, None);
             return None;
         }
     };
@@ -415,6 +443,7 @@ async fn send_copy(
     if legacy.truncated || new.1 {
         m.skip(CopySkip::BodyTooLarge);
         access("skipped");
+        outcome(job.span.as_mut(), "skipped", 0, Some(CopySkip::BodyTooLarge));
         return None;
     }
     Some((job, legacy, new.0, again))
@@ -422,7 +451,7 @@ async fn send_copy(
 
 /// Compare the two answers (learning noise from a second legacy answer first), count the
 /// result, write the access line, and keep a mismatch.
-fn judge(job: &Job, legacy: LegacyAnswer, new: Answer, again: Option<Answer>) {
+fn judge(job: &mut Job, legacy: LegacyAnswer, new: Answer, again: Option<Answer>) {
     let m = &job.metrics;
     let access = |result: &str| legacy.access.as_ref().inspect(|a| a.emit(result));
     // Two legacy answers to one request differ only where legacy is non-deterministic.
@@ -437,10 +466,12 @@ fn judge(job: &Job, legacy: LegacyAnswer, new: Answer, again: Option<Answer>) {
     if diffs.is_empty() {
         m.matched.inc();
         access("match");
+        outcome(job.span.as_mut(), "match", 0, None);
         return;
     }
     m.mismatched.inc();
     access("mismatch");
+    outcome(job.span.as_mut(), "mismatch", diffs.len(), None);
     let request = RequestParts::read(job.request.head());
     let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
     tracing::info!(target: "shadow", route = %job.state.route, request_id = request.request_id.as_str(), paths = ?paths, "mismatch");

@@ -32,6 +32,7 @@ pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
     let autopilot = c.autopilot(raw);
     let force_side = c.force_side(raw);
     let dns_servers = c.dns_servers(raw);
+    let tracing = c.tracing(raw);
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -49,6 +50,7 @@ pub fn compile(file: &Path, raw: &RulesFile) -> Result<RuleSet, ConfigErrors> {
         response_headers: raw.response_headers,
         discovery,
         autopilot,
+        tracing,
         legacy,
         upstreams,
         routes,

@@ -10,6 +10,7 @@ mod compose;
 mod force;
 mod matching;
 mod openapi;
+mod otel;
 mod rate;
 mod rewrite;
 mod rollout;
@@ -34,6 +35,7 @@ pub use compile::compile;
 pub use compose::{Compose, ComposePart, ForEach, Step as JsonStep};
 pub use force::ForceSide;
 pub use matching::{Condition, Field, HostMatch, Request, Want};
+pub use otel::{Protocol, Root, Sampler, Tracing};
 pub use rate::{LimitKey, RateLimit};
 pub use rewrite::{Part as PathPiece, Rewrite};
 
@@ -162,6 +164,16 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
+    /// The pattern as OpenTelemetry's `http.route`: a template or literal as written, a prefix
+    /// with `*` after it.
+    pub fn route_text(&self) -> String {
+        match self {
+            PathMatch::Literal(p) | PathMatch::Template(p) => p.clone(),
+            PathMatch::Prefix(p) if p.ends_with('/') => format!("{p}*"),
+            PathMatch::Prefix(p) => format!("{p}/*"),
+        }
+    }
+
     /// What makes two patterns one: templates by their shape (`/a/{id}` and `/a/{x}` are one).
     pub fn key(&self) -> PathMatch {
         match self {
@@ -355,6 +367,8 @@ pub struct RuleSet {
     pub response_headers: bool,
     pub discovery: Discovery,
     pub autopilot: Autopilot,
+    /// `tracing:` as the file says; the `OTEL_*` variables are laid over it at start.
+    pub tracing: Tracing,
     pub legacy: UpstreamId,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,

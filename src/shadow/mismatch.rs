@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::diff::{Answer, Difference};
-use crate::headers::X_REQUEST_ID;
+use crate::headers::{TRACEPARENT, X_REQUEST_ID};
 
 /// Mismatches kept per route for `GET /api/mismatches`.
 pub const RING: usize = 100;
@@ -32,6 +32,9 @@ pub struct Mismatch {
     pub method: String,
     pub path: String,
     pub request_id: String,
+    /// The trace the copy belongs to (from its `traceparent`), or empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
     pub request_headers: serde_json::Map<String, Value>,
     pub status: Value,
     pub differences: Vec<Difference>,
@@ -48,6 +51,8 @@ pub struct RequestParts {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Its `x-request-id`, or empty.
     pub request_id: String,
+    /// The trace id of its `traceparent`, or empty.
+    pub trace_id: String,
 }
 
 impl RequestParts {
@@ -75,7 +80,14 @@ impl RequestParts {
             .find(|(n, _)| *n == X_REQUEST_ID)
             .map(|(_, v)| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default();
+        let trace_id = headers
+            .iter()
+            .find(|(n, _)| *n == TRACEPARENT)
+            .and_then(|(_, v)| crate::telemetry::trace_id(v.as_bytes()))
+            .unwrap_or_default()
+            .to_string();
         RequestParts {
+            trace_id,
             method: req.method.unwrap_or_default().to_string(),
             target: req.path.unwrap_or_default().to_string(),
             headers,
@@ -143,6 +155,7 @@ pub fn build(
         method: request.method,
         path: request.target,
         request_id: request.request_id,
+        trace_id: request.trace_id,
         request_headers,
         status: json!({"legacy": legacy.status, "new": new.status}),
         differences: diffs,

@@ -294,6 +294,7 @@ mod tests {
             method: "GET".into(),
             path: "/api/orders/1".into(),
             request_id: id.into(),
+            trace_id: String::new(),
             request_headers: Default::default(),
             status: serde_json::json!({"legacy": 200, "new": 200}),
             differences: Vec::new(),

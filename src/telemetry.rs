@@ -1,0 +1,531 @@
+//! OpenTelemetry traces: the spans of a request (server, each upstream attempt, the shadow copy),
+//! the W3C trace context in and out, and their export by OTLP off the request path.
+//!
+//! Export runs on a thread of its own behind a bounded queue. A full queue or a failed export
+//! drops spans and counts them (`strangler_trace_spans_dropped_total`); a request never waits.
+//! The SDK's `BatchSpanProcessor` does the same but keeps its drop count private and does not
+//! count spans lost to a failed export, so the queue here is our own (`Queue`, below).
+
+use std::net::SocketAddr;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor};
+use opentelemetry_sdk::Resource;
+use prometheus::IntCounter;
+
+use crate::headers::TRACEPARENT;
+use crate::rules::{Protocol, Root, Sampler, Tracing};
+
+/// Spans sent in one export at most (the SDK's default).
+const BATCH: usize = 512;
+
+/// The tracer, while tracing is on. Cloned into every request's `Ctx` as an `Arc`.
+pub struct Telemetry {
+    tracer: SdkTracer,
+    provider: SdkTracerProvider,
+    pub settings: Tracing,
+}
+
+/// The counters the export keeps, from `metrics`.
+#[derive(Clone)]
+pub struct Counters {
+    pub exported: IntCounter,
+    pub dropped: IntCounter,
+}
+
+impl Telemetry {
+    /// Start the tracer and its export thread, or `None` when no collector is configured.
+    /// `settings` already has the environment laid over it.
+    pub fn start(settings: Tracing, counters: Counters) -> Result<Option<Arc<Telemetry>>, String> {
+        let Some(endpoint) = settings.endpoint.clone() else {
+            return Ok(None);
+        };
+        let url = match (settings.protocol, settings.endpoint_is_full) {
+            (Protocol::Grpc, _) | (_, true) => endpoint,
+            _ => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+        };
+        let resource = Resource::builder()
+            .with_service_name(settings.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let delay = std::env::var("OTEL_BSP_SCHEDULE_DELAY")
+            .ok()
+            .and_then(|ms| ms.trim().parse::<u64>().ok())
+            .map_or(Duration::from_secs(5), Duration::from_millis);
+        let queue = Queue::start(&url, settings.protocol, settings.queue, delay, &resource, counters)?;
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(queue)
+            .with_sampler(sampler(settings.sampler))
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("strangler");
+        tracing::info!(
+            collector = %url,
+            protocol = ?settings.protocol,
+            sampler = ?settings.sampler,
+            "tracing: spans go to the collector by OTLP"
+        );
+        Ok(Some(Arc::new(Telemetry {
+            tracer,
+            provider,
+            settings,
+        })))
+    }
+
+    /// Send what is queued; at shutdown, so the last requests' spans are not lost.
+    pub fn flush(&self) {
+        if let Err(e) = self.provider.force_flush() {
+            tracing::warn!("tracing: spans not sent at shutdown: {e}");
+        }
+    }
+
+    /// The server span of a request: it continues the caller's `traceparent` and `tracestate`,
+    /// or starts a trace.
+    pub fn request(&self, headers: &HeaderMap) -> RequestTrace {
+        let parent = if headers.contains_key(&TRACEPARENT) {
+            TraceContextPropagator::new().extract(&Headers(headers))
+        } else {
+            Context::new()
+        };
+        let span = self
+            .tracer
+            .span_builder("HTTP")
+            .with_kind(SpanKind::Server)
+            .start_with_context(&self.tracer, &parent);
+        let context = Context::new().with_span(span);
+        RequestTrace {
+            header: traceparent(context.span().span_context()),
+            context,
+            attempt: None,
+        }
+    }
+
+    /// A span of its own for a shadow copy or a composite part, under `parent`.
+    pub fn child(&self, parent: &Context, name: &'static str, upstream: &str) -> ChildSpan {
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Client)
+            .start_with_context(&self.tracer, parent);
+        let mut child = ChildSpan { span };
+        child.set("strangler.upstream", upstream.to_string());
+        child
+    }
+}
+
+fn sampler(s: Sampler) -> opentelemetry_sdk::trace::Sampler {
+    use opentelemetry_sdk::trace::Sampler as S;
+    let root = |r: Root| match r {
+        Root::On => S::AlwaysOn,
+        Root::Off => S::AlwaysOff,
+        Root::Ratio(r) => S::TraceIdRatioBased(r),
+    };
+    match s {
+        Sampler::Always(r) => root(r),
+        Sampler::ParentBased(r) => S::ParentBased(Box::new(root(r))),
+    }
+}
+
+/// A request's spans while it runs.
+pub struct RequestTrace {
+    /// The server span, as the parent of everything the request starts.
+    context: Context,
+    /// `traceparent` for the attempt in flight (or the server span, before any).
+    header: HeaderValue,
+    attempt: Option<ChildSpan>,
+}
+
+/// How an attempt of an upstream came about.
+#[derive(Clone, Copy)]
+pub enum Try {
+    First,
+    Retry,
+    Fallback,
+}
+
+impl RequestTrace {
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The `traceparent` of the request's own span: its trace id for the access log.
+    pub fn server_header(&self) -> HeaderValue {
+        traceparent(self.context.span().span_context())
+    }
+
+    /// The `traceparent` the upstream is sent: its parent is the attempt in flight.
+    pub fn upstream_header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    pub fn recording(&self) -> bool {
+        self.context.span().is_recording()
+    }
+
+    /// Start the span of a try of an upstream; a try still open is ended first, as failed.
+    pub fn attempt(&mut self, telemetry: &Telemetry, upstream: &str, address: SocketAddr, number: u32, kind: Try) {
+        self.end_attempt(None, Some("superseded"));
+        let name = match kind {
+            Try::First => "attempt",
+            Try::Retry => "retry",
+            Try::Fallback => "fallback",
+        };
+        let mut span = telemetry.child(&self.context, name, upstream);
+        self.header = traceparent(span.span_context());
+        if span.recording() {
+            span.set("server.address", address.ip().to_string());
+            span.set("server.port", i64::from(address.port()));
+            span.set("strangler.attempt", i64::from(number));
+            span.set("strangler.try", name);
+        }
+        self.attempt = Some(span);
+    }
+
+    /// End the try in flight with the upstream's status, or an error.
+    pub fn end_attempt(&mut self, status: Option<u16>, error: Option<&str>) {
+        let Some(mut span) = self.attempt.take() else { return };
+        if span.recording() {
+            if let Some(s) = status {
+                span.set("http.response.status_code", i64::from(s));
+            }
+            let failed = error.is_some() || status.is_some_and(|s| s >= 500);
+            span.set("strangler.outcome", if failed { "failed" } else { "ok" });
+            if let Some(e) = error {
+                span.set("error.type", e.to_string());
+                span.span.set_status(Status::error(e.to_string()));
+            } else if failed {
+                span.set("error.type", status.unwrap_or(0).to_string());
+                span.span.set_status(Status::error("5xx"));
+            }
+        }
+        span.span.end();
+    }
+
+    /// End the request's span. `route` is the route's name and `template` its path pattern.
+    pub fn finish(mut self, end: Finish<'_>) {
+        self.end_attempt(Some(end.status), None);
+        let span = self.context.span();
+        if !span.is_recording() {
+            return;
+        }
+        let name = match end.template {
+            Some(t) => format!("{} {t}", end.method),
+            None => end.method.to_string(),
+        };
+        span.update_name(name);
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", end.method.to_string()),
+            KeyValue::new("url.path", end.path.to_string()),
+            KeyValue::new("http.response.status_code", i64::from(end.status)),
+            KeyValue::new("strangler.route", end.route.to_string()),
+            KeyValue::new("strangler.side", end.side),
+        ];
+        if let Some(t) = end.template {
+            attrs.push(KeyValue::new("http.route", t.to_string()));
+        }
+        if let Some(m) = end.mode {
+            attrs.push(KeyValue::new("strangler.mode", m));
+        }
+        if let Some(r) = end.fallback {
+            attrs.push(KeyValue::new("strangler.fallback_reason", r));
+        }
+        if end.status >= 500 {
+            attrs.push(KeyValue::new("error.type", end.status.to_string()));
+            span.set_status(Status::error(""));
+        }
+        span.set_attributes(attrs);
+        span.end();
+    }
+}
+
+/// What the request's span says when it ends.
+pub struct Finish<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub route: &'a str,
+    pub template: Option<&'a str>,
+    pub mode: Option<&'static str>,
+    pub side: &'static str,
+    pub fallback: Option<&'static str>,
+}
+
+/// A span under a request's: an attempt, a shadow copy, a composite part. Ended when dropped.
+pub struct ChildSpan {
+    span: opentelemetry_sdk::trace::Span,
+}
+
+impl ChildSpan {
+    pub fn span_context(&self) -> &SpanContext {
+        self.span.span_context()
+    }
+
+    /// This span as the parent of the request it makes.
+    pub fn traceparent(&self) -> HeaderValue {
+        traceparent(self.span_context())
+    }
+
+    pub fn recording(&self) -> bool {
+        self.span.is_recording()
+    }
+
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+        if self.span.is_recording() {
+            self.span.set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    pub fn fail(&mut self, why: &str) {
+        if self.span.is_recording() {
+            self.span.set_status(Status::error(why.to_string()));
+        }
+    }
+}
+
+/// `00-TRACEID-SPANID-FLAGS` (W3C Trace Context), hex by hand: no `format!` per request.
+fn traceparent(sc: &SpanContext) -> HeaderValue {
+    let mut out = [b'-'; 55];
+    out[..2].copy_from_slice(b"00");
+    hex(&sc.trace_id().to_bytes(), &mut out[3..35]);
+    hex(&sc.span_id().to_bytes(), &mut out[36..52]);
+    hex(&[sc.trace_flags().to_u8()], &mut out[53..55]);
+    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+}
+
+fn hex(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
+/// The trace id in a `traceparent` (32 lowercase hex digits), or `None`.
+pub fn trace_id(traceparent: &[u8]) -> Option<&str> {
+    let id = traceparent
+        .get(3..35)
+        .filter(|id| traceparent.get(35) == Some(&b'-') && id.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))?;
+    std::str::from_utf8(id).ok()
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The bounded queue between the request path and the export thread.
+#[derive(Debug)]
+struct Queue {
+    tx: SyncSender<Msg>,
+    dropped: IntCounter,
+}
+
+enum Msg {
+    Span(Box<SpanData>),
+    Flush(SyncSender<()>),
+}
+
+impl Queue {
+    fn start(
+        url: &str,
+        protocol: Protocol,
+        capacity: usize,
+        delay: Duration,
+        resource: &Resource,
+        counters: Counters,
+    ) -> Result<Queue, String> {
+        let (tx, rx) = mpsc::sync_channel::<Msg>(capacity);
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (url, resource, c) = (url.to_string(), resource.clone(), counters.clone());
+        std::thread::Builder::new()
+            .name("strangler-otlp".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("tracing: no runtime for the exporter: {e}")));
+                        return;
+                    }
+                };
+                // The gRPC exporter's channel is made inside a runtime.
+                let exporter = rt.block_on(async { exporter(&url, protocol) });
+                let mut exporter = match exporter {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                exporter.set_resource(&resource);
+                let _ = ready_tx.send(Ok(()));
+                export_loop(&rt, &exporter, &rx, delay, &c);
+            })
+            .map_err(|e| format!("tracing: could not start the export thread: {e}"))?;
+        ready_rx
+            .recv()
+            .map_err(|_| "tracing: the export thread ended at start".to_string())??;
+        Ok(Queue {
+            tx,
+            dropped: counters.dropped,
+        })
+    }
+}
+
+fn exporter(url: &str, protocol: Protocol) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::WithExportConfig;
+    let built = match protocol {
+        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(url)
+            .build(),
+        Protocol::HttpProtobuf | Protocol::HttpJson => {
+            let p = if protocol == Protocol::HttpJson {
+                opentelemetry_otlp::Protocol::HttpJson
+            } else {
+                opentelemetry_otlp::Protocol::HttpBinary
+            };
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(p)
+                .with_endpoint(url)
+                .build()
+        }
+    };
+    built.map_err(|e| format!("tracing: the OTLP exporter for {url}: {e}"))
+}
+
+/// Collect spans into batches; send one when it is full, when `delay` has passed since the
+/// first span of it came, or when asked to flush.
+fn export_loop(
+    rt: &tokio::runtime::Runtime,
+    exporter: &opentelemetry_otlp::SpanExporter,
+    rx: &Receiver<Msg>,
+    delay: Duration,
+    c: &Counters,
+) {
+    let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH);
+    let mut due: Option<Instant> = None;
+    loop {
+        let wait = due.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let mut flushed = None;
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Span(s)) => {
+                batch.push(*s);
+                due.get_or_insert_with(|| Instant::now() + delay);
+                if batch.len() < BATCH {
+                    continue;
+                }
+            }
+            Ok(Msg::Flush(done)) => flushed = Some(done),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                send(rt, exporter, &mut batch, c);
+                return;
+            }
+        }
+        send(rt, exporter, &mut batch, c);
+        due = None;
+        if let Some(done) = flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn send(
+    rt: &tokio::runtime::Runtime,
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: &mut Vec<SpanData>,
+    c: &Counters,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let n = batch.len() as u64;
+    let spans = std::mem::replace(batch, Vec::with_capacity(BATCH));
+    match rt.block_on(exporter.export(spans)) {
+        Ok(()) => c.exported.inc_by(n),
+        Err(e) => {
+            // Counted, and said once a minute at most: a collector that is down stays down a while.
+            c.dropped.inc_by(n);
+            warn_export_failed(&e);
+        }
+    }
+}
+
+fn warn_export_failed(e: &OTelSdkError) {
+    use std::sync::Mutex;
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let Ok(mut last) = LAST.lock() else { return };
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+        *last = Some(Instant::now());
+        tracing::warn!("tracing: spans dropped, the collector did not take them: {e}");
+    }
+}
+
+impl SpanProcessor for Queue {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        match self.tx.try_send(Msg::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        let (done, wait) = mpsc::sync_channel(1);
+        self.tx
+            .send(Msg::Flush(done))
+            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        wait.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| OTelSdkError::Timeout(Duration::from_secs(5)))
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        self.force_flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+
+    #[test]
+    fn a_traceparent_is_written_and_read_back() {
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        );
+        let h = traceparent(&sc);
+        assert_eq!(h, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(trace_id(h.as_bytes()), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(trace_id(b"00-short"), None);
+        assert_eq!(
+            trace_id(b"00-javascript:alert(1)/*aaaaaaaaaaa-00f067aa0ba902b7-01"),
+            None
+        );
+    }
+}
