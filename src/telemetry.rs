@@ -357,15 +357,21 @@ impl Queue {
         std::thread::Builder::new()
             .name("strangler-otlp".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("tracing: no runtime for the exporter: {e}")));
-                        return;
-                    }
+                let rt = match protocol {
+                    Protocol::Grpc => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => Runtime::Tokio(rt),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("tracing: no runtime for the exporter: {e}")));
+                            return;
+                        }
+                    },
+                    _ => Runtime::None,
                 };
-                // The gRPC exporter's channel is made inside a runtime.
-                let exporter = rt.block_on(async { exporter(&url, protocol) });
+                // The gRPC exporter's channel is made inside its runtime.
+                let exporter = match &rt {
+                    Runtime::Tokio(rt) => rt.block_on(async { exporter(&url, protocol) }),
+                    Runtime::None => exporter(&url, protocol),
+                };
                 let mut exporter = match exporter {
                     Ok(e) => e,
                     Err(e) => {
@@ -386,6 +392,12 @@ impl Queue {
             dropped: counters.dropped,
         })
     }
+}
+
+/// What the export thread runs the exporter on.
+enum Runtime {
+    Tokio(tokio::runtime::Runtime),
+    None,
 }
 
 fn exporter(url: &str, protocol: Protocol) -> Result<opentelemetry_otlp::SpanExporter, String> {
@@ -414,7 +426,7 @@ fn exporter(url: &str, protocol: Protocol) -> Result<opentelemetry_otlp::SpanExp
 /// Collect spans into batches; send one when it is full, when `delay` has passed since the
 /// first span of it came, or when asked to flush.
 fn export_loop(
-    rt: &tokio::runtime::Runtime,
+    rt: &Runtime,
     exporter: &opentelemetry_otlp::SpanExporter,
     rx: &Receiver<Msg>,
     delay: Duration,
@@ -450,18 +462,18 @@ fn export_loop(
     }
 }
 
-fn send(
-    rt: &tokio::runtime::Runtime,
-    exporter: &opentelemetry_otlp::SpanExporter,
-    batch: &mut Vec<SpanData>,
-    c: &Counters,
-) {
+fn send(rt: &Runtime, exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>, c: &Counters) {
     if batch.is_empty() {
         return;
     }
     let n = batch.len() as u64;
     let spans = std::mem::replace(batch, Vec::with_capacity(BATCH));
-    match rt.block_on(exporter.export(spans)) {
+    let sent = match rt {
+        // gRPC (tonic) runs on a tokio runtime; the blocking HTTP client must not.
+        Runtime::Tokio(rt) => rt.block_on(exporter.export(spans)),
+        Runtime::None => futures_executor::block_on(exporter.export(spans)),
+    };
+    match sent {
         Ok(()) => c.exported.inc_by(n),
         Err(e) => {
             // Counted, and said once a minute at most: a collector that is down stays down a while.

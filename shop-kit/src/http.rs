@@ -21,7 +21,8 @@ pub const REQUEST_ID: &str = "x-request-id";
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// Wraps a finished application router with `/healthz`, optional `/_faults`, JSON 404/405,
-/// the body limit, and the middleware that adds volatile fields (and applies faults).
+/// the body limit, the middleware that adds volatile fields (and applies faults), and a span per
+/// request when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 pub fn finish(app: Router, service: &'static str, faults: Option<Faults>) -> Router {
     let health = move || async move { axum::Json(serde_json::json!({ "status": "ok", "service": service })) };
     let mut app = app.route("/healthz", get(health));
@@ -38,6 +39,11 @@ pub fn finish(app: Router, service: &'static str, faults: Option<Faults>) -> Rou
         })
         .layer(middleware::from_fn_with_state(faults, shape))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost: the request's span covers the faults and the shaping too.
+        .layer(middleware::from_fn_with_state(
+            crate::otel::from_env(service),
+            crate::otel::trace,
+        ))
 }
 
 /// Applies faults (services only), then gives every JSON object response its volatile fields

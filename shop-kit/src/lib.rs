@@ -14,6 +14,7 @@
 //! - [`db`]      one SQLite connection behind a mutex, used from `spawn_blocking`
 //! - [`cli`]     fault flags, logging and Ctrl-C for the binaries
 //! - [`time`]    RFC 3339 timestamps
+//! - [`otel`]    OpenTelemetry: a span per request, the trace context handed on to calls
 
 pub mod cli;
 pub mod db;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod extract;
 pub mod faults;
 pub mod http;
+pub mod otel;
 pub mod seed;
 pub mod serve;
 pub mod time;

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod echo;
+pub mod otlp;
 pub mod prometheus;
 pub mod proxy;
 pub mod rawhttp;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use shop_kit::http::REQUEST_ID;
+use shop_kit::otel::{Call, Parent};
 use shop_kit::ApiError;
 
 use crate::api;
@@ -59,16 +60,27 @@ impl InventoryClient {
 
     /// Reserves `quantity` of `sku`; 409 `insufficient_stock` and 404 carry inventory's message,
     /// anything else is 503 `inventory_unavailable`.
-    pub async fn reserve(&self, sku: &str, quantity: i64, request_id: &str) -> Result<i64, ApiError> {
-        let response = self
+    pub async fn reserve(
+        &self,
+        sku: &str,
+        quantity: i64,
+        request_id: &str,
+        parent: Option<&Parent>,
+    ) -> Result<i64, ApiError> {
+        let mut call = Call::start(parent, "POST /api/inventory/{sku}/reservations");
+        let mut request = self
             .http
             .post(format!("{}/api/inventory/{sku}/reservations", self.base))
             .header(REQUEST_ID, request_id)
-            .json(&serde_json::json!({ "quantity": quantity }))
-            .send()
-            .await
-            .map_err(unavailable)?;
+            .json(&serde_json::json!({ "quantity": quantity }));
+        for (name, value) in call.as_ref().map(Call::headers).unwrap_or_default() {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.map_err(unavailable)?;
         let status = response.status();
+        if let Some(call) = call.as_mut() {
+            call.status(status.as_u16());
+        }
         match status {
             StatusCode::CREATED => {
                 let reservation: Reservation = response.json().await.map_err(unavailable)?;
@@ -87,14 +99,17 @@ impl InventoryClient {
     }
 
     /// Best-effort release of reservations already made for a failed order.
-    pub async fn release_all(&self, ids: &[i64], request_id: &str) {
+    pub async fn release_all(&self, ids: &[i64], request_id: &str, parent: Option<&Parent>) {
         for id in ids {
-            let result = self
+            let call = Call::start(parent, "DELETE /api/inventory/reservations/{id}");
+            let mut request = self
                 .http
                 .delete(format!("{}/api/inventory/reservations/{id}", self.base))
-                .header(REQUEST_ID, request_id)
-                .send()
-                .await;
+                .header(REQUEST_ID, request_id);
+            for (name, value) in call.as_ref().map(Call::headers).unwrap_or_default() {
+                request = request.header(name, value);
+            }
+            let result = request.send().await;
             match result {
                 Ok(r) if r.status().is_success() => {}
                 Ok(r) => tracing::warn!(id, status = %r.status(), "releasing reservation failed"),

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use shop_kit::db::Db;
 use shop_kit::extract::{self, Path};
 use shop_kit::http::REQUEST_ID;
@@ -80,6 +80,7 @@ pub async fn run(
 /// held if one fails), then writes the order.
 async fn create_order(
     State(state): State<AppState>,
+    parent: Option<Extension<shop_kit::otel::Parent>>,
     headers: HeaderMap,
     extract::Json(request): extract::Json<OrderRequest>,
 ) -> ApiResult<(StatusCode, Json<Order>)> {
@@ -91,12 +92,17 @@ async fn create_order(
         .to_string();
     let user_id = request.user_id;
     let lines = state.db.read(move |c| store::price_lines(c, &request)).await?;
+    let parent = parent.as_ref().map(|p| &p.0);
     let mut held = Vec::with_capacity(lines.len());
     for line in &lines {
-        match state.inventory.reserve(&line.sku, line.quantity, &request_id).await {
+        match state
+            .inventory
+            .reserve(&line.sku, line.quantity, &request_id, parent)
+            .await
+        {
             Ok(id) => held.push(id),
             Err(err) => {
-                state.inventory.release_all(&held, &request_id).await;
+                state.inventory.release_all(&held, &request_id, parent).await;
                 return Err(err);
             }
         }
@@ -104,7 +110,7 @@ async fn create_order(
     match state.db.write(move |tx| store::insert_order(tx, user_id, lines)).await {
         Ok(order) => Ok((StatusCode::CREATED, Json(order))),
         Err(err) => {
-            state.inventory.release_all(&held, &request_id).await;
+            state.inventory.release_all(&held, &request_id, parent).await;
             Err(err)
         }
     }

@@ -1,0 +1,131 @@
+//! An OTLP/HTTP receiver on loopback: it decodes what it is sent (`opentelemetry-proto`) and keeps
+//! every span, so a test can read the traces the proxy and the shop export.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use prost::Message;
+
+/// One received span, its ids in lowercase hex.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub service: String,
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent: String,
+    /// 2 server, 3 client (the OTLP enum).
+    pub kind: i32,
+    pub attributes: HashMap<String, String>,
+    /// 2 = error (the OTLP status code).
+    pub status: i32,
+}
+
+impl Span {
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Any::StringValue(s)) => s.clone(),
+        Some(Any::BoolValue(b)) => b.to_string(),
+        Some(Any::IntValue(i)) => i.to_string(),
+        Some(Any::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+async fn take(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> StatusCode {
+    let Ok(req) = ExportTraceServiceRequest::decode(body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let mut got = spans.lock().unwrap();
+    for rs in req.resource_spans {
+        let service = rs
+            .resource
+            .iter()
+            .flat_map(|r| r.attributes.iter())
+            .find(|kv| kv.key == "service.name")
+            .map(|kv| text(&kv.value))
+            .unwrap_or_default();
+        for s in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
+            got.push(Span {
+                service: service.clone(),
+                name: s.name.clone(),
+                trace_id: hex(&s.trace_id),
+                span_id: hex(&s.span_id),
+                parent: hex(&s.parent_span_id),
+                kind: s.kind,
+                attributes: s
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.clone(), text(&kv.value)))
+                    .collect(),
+                status: s.status.as_ref().map_or(0, |st| st.code),
+            });
+        }
+    }
+    StatusCode::OK
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let app = axum::Router::new()
+            .route("/v1/traces", axum::routing::post(take))
+            .with_state(spans.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { addr, spans }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The spans of one trace once `ready` says they are all in (at most 15 s).
+    pub async fn trace(&self, trace_id: &str, ready: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let spans: Vec<Span> = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.trace_id == trace_id)
+                .cloned()
+                .collect();
+            if ready(&spans) || Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every span received so far.
+    pub fn all(&self) -> Vec<Span> {
+        self.spans.lock().unwrap().clone()
+    }
+}
