@@ -20,6 +20,7 @@ use crate::client::{self, HeadBuilder, SendError};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::rules::{Compose, ComposePart, JsonStep, PathPiece, RouteId};
+use crate::telemetry::Parent;
 use crate::upstream::InFlight;
 
 /// A part's answer may be this large.
@@ -116,6 +117,8 @@ pub struct Job<'a> {
     pub deadline: Instant,
     /// Sent on to every part.
     pub request_id: Option<HeaderValue>,
+    /// Traced: each part is a span under this one, and its request carries its `traceparent`.
+    pub trace: Option<&'a Parent>,
 }
 
 /// Build the answer.
@@ -269,13 +272,47 @@ async fn ask(job: &Job<'_>, part: &ComposePart, params: Vec<(String, String)>) -
         None => return Err(Failure::CircuitOpen),
     };
     let _slot = InFlight::acquire(state, up.max_in_flight).ok_or(Failure::Overloaded)?;
-    let path = fill(part, &params);
+    let mut span = job.trace.map(|p| p.child("compose part", &up.name));
+    let r = send_part(
+        job,
+        part,
+        &params,
+        &target,
+        span.as_ref().map(|s| s.traceparent()),
+        left,
+    )
+    .await;
+    if let Some(s) = span.as_mut() {
+        s.set("strangler.part", part.name.clone());
+        s.set("strangler.outcome", r.as_ref().map_or_else(Failure::as_str, |_| "ok"));
+        match &r {
+            Err(Failure::NotFound) | Ok(_) => {}
+            Err(e) => s.fail(e.as_str()),
+        }
+    }
+    r
+}
+
+/// The part's request, sent, and its answer read as JSON.
+async fn send_part(
+    job: &Job<'_>,
+    part: &ComposePart,
+    params: &[(String, String)],
+    target: &crate::upstream::Target,
+    traceparent: Option<HeaderValue>,
+    left: std::time::Duration,
+) -> Result<Value, Failure> {
+    let up = &job.live.rules.upstreams[part.upstream];
+    let path = fill(part, params);
     let mut head = HeadBuilder::new(&Method::GET, path.as_bytes());
     let host = target.host(up.host.as_ref());
     head.field(&http::header::HOST, &host);
     head.field(&http::header::ACCEPT, &HeaderValue::from_static("application/json"));
     if let Some(id) = &job.request_id {
         head.field(&crate::headers::X_REQUEST_ID, id);
+    }
+    if let Some(tp) = &traceparent {
+        head.field(&crate::headers::TRACEPARENT, tp);
     }
     let request = head.finish(0);
     let limit = (up.connect_timeout + up.response_timeout).min(left);
@@ -306,6 +343,8 @@ pub struct Owned {
     pub params: Vec<(String, String)>,
     pub metrics: Arc<Metrics>,
     pub request_id: Option<HeaderValue>,
+    /// The copy's span, when traced: the parts hang under it.
+    pub trace: Option<Parent>,
 }
 
 impl Owned {
@@ -329,6 +368,7 @@ impl Owned {
             metrics: &self.metrics,
             deadline,
             request_id: self.request_id.clone(),
+            trace: self.trace.as_ref(),
         };
         let composed = run(&job).await;
         let mut headers = http::HeaderMap::new();

@@ -601,16 +601,20 @@ impl Metrics {
                     old_rules.upstreams[old_rules.legacy].name == legacy
                         && upstream(old_rules, old.service) == upstream(rules, r.service)
                         && old.shadow.is_some() == r.shadow.is_some()
+                        && old.compose.is_some() == r.compose.is_some()
                 });
                 if let Some((_, _, m)) = kept {
                     return (*m).clone();
                 }
+                // A composite route's new side is its composition (`x-strangler-upstream: compose`).
+                let new_side = r
+                    .service
+                    .map(|s| rules.upstreams[s].name.as_str())
+                    .or(r.compose.as_ref().map(|_| "compose"));
                 RouteMetric {
                     legacy: self.side(&r.name, legacy, Side::Legacy),
-                    new: r
-                        .service
-                        .map(|s| self.side(&r.name, &rules.upstreams[s].name, Side::New)),
-                    resilience: r.service.map(|_| Resilience {
+                    new: new_side.map(|u| self.side(&r.name, u, Side::New)),
+                    resilience: new_side.map(|_| Resilience {
                         fallbacks: Reason::ALL.map(|x| self.fallbacks.with_label_values(&[&r.name, x.as_str()])),
                         skipped: SkipReason::ALL
                             .map(|x| self.fallbacks_skipped.with_label_values(&[&r.name, x.as_str()])),

@@ -31,7 +31,7 @@ use crate::live::Live;
 use crate::metrics::{CopySkip, Metrics};
 use crate::rules::{RouteId, RuleSet, Side, UpstreamId, DEFAULT_ROUTE_TIMEOUT};
 use crate::shadow::{self, Capture, Job, NewSide, Shadower};
-use crate::telemetry::{Finish, RequestTrace, Telemetry, Try};
+use crate::telemetry::{Finish, Parent, RequestTrace, Telemetry, Try};
 use crate::upstream::{InFlight, Target};
 
 pub struct Strangler {
@@ -231,6 +231,11 @@ impl ProxyHttp for Strangler {
         }
         ctx.compose_params = compose_params;
         if let (Some(id), Some(c), Some(params), Side::New) = (route, &compose, ctx.compose_params.clone(), ctx.side) {
+            let trace_parent = ctx
+                .trace
+                .as_ref()
+                .zip(self.telemetry.as_ref())
+                .map(|(t, tel)| t.parent(tel));
             let job = crate::compose::Job {
                 live: &live,
                 route: id,
@@ -240,8 +245,11 @@ impl ProxyHttp for Strangler {
                 metrics: &self.metrics,
                 deadline: ctx.deadline,
                 request_id: req.headers.get(&X_REQUEST_ID).cloned(),
+                trace: trace_parent.as_ref(),
             };
             let composed = crate::compose::run(&job).await;
+            // The composed answer is the route's: counted, logged and traced as one.
+            ctx.live = Some(live.clone());
             let route_name = live.route_headers[id].to_str().unwrap_or_default().to_string();
             match composed {
                 Composed::Answer { body, partial } => {
@@ -801,6 +809,11 @@ impl Strangler {
                     params: ctx.compose_params.take().unwrap_or_default(),
                     metrics: self.metrics.clone(),
                     request_id: ctx.request_id.clone(),
+                    trace: cap
+                        .span
+                        .as_ref()
+                        .zip(self.telemetry.as_ref())
+                        .map(|(s, tel)| Parent::under(tel, s)),
                 };
                 (NewSide::Compose(owned.into_copy()), None, route.timeout)
             }

@@ -136,6 +136,27 @@ fn sampler(s: Sampler) -> opentelemetry_sdk::trace::Sampler {
     }
 }
 
+/// Where spans started off the request path (composite parts) hang: the tracer and a parent.
+#[derive(Clone)]
+pub struct Parent {
+    pub telemetry: Arc<Telemetry>,
+    pub context: Context,
+}
+
+impl Parent {
+    /// Under a span of this process that is not in a `Context` (a shadow copy's).
+    pub fn under(telemetry: &Arc<Telemetry>, span: &ChildSpan) -> Parent {
+        Parent {
+            telemetry: telemetry.clone(),
+            context: Context::new().with_remote_span_context(span.span_context().clone()),
+        }
+    }
+
+    pub fn child(&self, name: &'static str, upstream: &str) -> ChildSpan {
+        self.telemetry.child(&self.context, name, upstream)
+    }
+}
+
 /// A request's spans while it runs.
 pub struct RequestTrace {
     /// The server span, as the parent of everything the request starts.
@@ -156,6 +177,13 @@ pub enum Try {
 impl RequestTrace {
     pub fn context(&self) -> &Context {
         &self.context
+    }
+
+    pub fn parent(&self, telemetry: &Arc<Telemetry>) -> Parent {
+        Parent {
+            telemetry: telemetry.clone(),
+            context: self.context.clone(),
+        }
     }
 
     /// The `traceparent` of the request's own span: its trace id for the access log.

@@ -151,6 +151,15 @@ async fn migrated_the_composition_answers_and_a_missing_payment_is_null() {
     // No such order: the required part's 404 is the answer's.
     let (status, _, body) = get(proxy.url("/api/orders/99999/details")).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{body}");
+    // Composed answers count as the route's requests on its new side.
+    let m = proxy.metrics().await;
+    let served: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("strangler_requests_total{") && l.contains("route=\"order-details\""))
+        .filter(|l| l.contains("side=\"new\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(served, 3, "{m}");
     drop(proxy);
 
     // In canary, the new share is composed (here all of it), the rest the monolith's.

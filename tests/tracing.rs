@@ -256,3 +256,33 @@ async fn a_sampler_of_zero_sends_nothing_and_still_propagates() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(otlp.all().is_empty(), "{:#?}", otlp.all());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_part_of_a_composition_is_a_span_and_its_request_carries_it() {
+    let otlp = Receiver::start().await;
+    let mono = common::echo::start("monolith").await;
+    let svc = common::echo::start("svc").await;
+    let text = rules(
+        mono,
+        &format!("{{ url: \"http://{svc}\" }}"),
+        "  - name: both\n    match: { path: /both, methods: [GET] }\n    mode: compose\n    compose:\n      a: { service: svc, path: /a, required: true }\n      b: { service: monolith, path: /b }\n",
+    );
+    let proxy = traced(&otlp.endpoint(), &text).await;
+    let (status, body) = get_traced(&proxy, "/both").await;
+    assert_eq!(status, 200, "{body}");
+    let spans = otlp.trace(CLIENT_TRACE, |s| s.len() >= 3).await;
+    assert_eq!(spans.len(), 3, "the request and two parts, no attempt: {spans:#?}");
+    let server = one(&spans, "GET /both");
+    // `mode: compose` is a migrated route whose new side is a composition.
+    assert_eq!(server.attr("strangler.mode"), Some("migrated"));
+    for (name, upstream) in [("a", "svc"), ("b", "monolith")] {
+        let part = spans
+            .iter()
+            .find(|s| s.attr("strangler.part") == Some(name))
+            .unwrap_or_else(|| panic!("part {name} in {spans:#?}"));
+        assert_eq!((part.name.as_str(), &part.parent), ("compose part", &server.span_id));
+        assert_eq!(part.attr("strangler.upstream"), Some(upstream));
+        assert_eq!(part.attr("strangler.outcome"), Some("ok"));
+        assert_eq!(received(&body[name]), (CLIENT_TRACE.to_string(), part.span_id.clone()));
+    }
+}
