@@ -96,10 +96,12 @@ start_backends() {
   sleep 0.5
 }
 
-# rules N [on|off|autopilot|ratelimit|ratelimit-ip]: write strangler's rules file for N routes
-# into $WORK/rules and print its path; the migration map on (the default) or off, or on with the
-# autopilot judging the route, or with a rate limit on the route (one budget, or one per client
-# IP) that the load never reaches, so every request pays for the check and none is limited.
+# rules N [on|off|autopilot|ratelimit|ratelimit-ip|trace0|trace1]: write strangler's rules file
+# for N routes into $WORK/rules and print its path; the migration map on (the default) or off, or
+# on with the autopilot judging the route, or with a rate limit on the route (one budget, or one
+# per client IP) that the load never reaches, so every request pays for the check and none is
+# limited, or with tracing on, sampling none of the requests (trace0) or every one (trace1): the
+# spans go by OTLP/HTTP to the first backend, whose nginx answers any request with 200.
 # /api/orders goes to the "orders" upstream, everything else to legacy, and N-1 more routes that
 # the benchmark's request never takes, so matching has a real table to search. The rules sit in a
 # directory of their own: the reload watcher wakes for every write in the rules file's directory,
@@ -109,6 +111,8 @@ rules() {
   mkdir -p "$WORK/rules"
   { echo "legacy: other"; echo "limits: { max_connections: 16000 }"; echo "upstreams:"; echo "  other: { url: \"http://$B2\" }"; echo "  orders: { url: \"http://$B1\" }"
     [ "$map" = off ] && echo "discovery: { enabled: false }"
+    [ "$map" = trace0 ] && echo "tracing: { endpoint: \"http://$B1\", sampler: traceidratio, sampler_arg: 0 }"
+    [ "$map" = trace1 ] && echo "tracing: { endpoint: \"http://$B1\", sampler: always_on }"
     # autopilot: the measured route has a rollout at its last step, judged every second.
     [ "$map" = autopilot ] && echo "autopilot: { enabled: true, interval: 1s }"
     local extra=""

@@ -129,6 +129,7 @@ compared_copies() {
 
 results="$WORK/results"
 R20_RATE="$(rules 20 ratelimit)" R20_RATE_IP="$(rules 20 ratelimit-ip)"
+R20_TRACE0="$(rules 20 trace0)" R20_TRACE1="$(rules 20 trace1)"
 R20="$(rules 20)" R20_NO_MAP="$(rules 20 off)" R1K="$(rules 1000)" R10K="$(rules 10000)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
 strangler_run "$BIN"
 STRANGLER=("${STRANGLER_RUN[@]}" --access-log false)
@@ -145,6 +146,10 @@ for round in $(seq 1 "$ROUNDS"); do
   # A rate limit on the route (issue 21), never reached: the check's own cost.
   run strangler-rate-limit 8483 "${STRANGLER[@]}" --config "$R20_RATE" >> "$results"
   run strangler-rate-limit-ip 8483 "${STRANGLER[@]}" --config "$R20_RATE_IP" >> "$results"
+  # Tracing (issue 24) configured with a sampler of 0: the spans' ids and the traceparent, nothing
+  # sent; then every request sampled and sent to the collector.
+  run strangler-trace-0 8483 "${STRANGLER[@]}" --config "$R20_TRACE0" >> "$results"
+  run strangler-trace-1 8483 "${STRANGLER[@]}" --config "$R20_TRACE1" >> "$results"
   # An earlier build on the same rules (BEFORE=PATH): the cost of a round's changes.
   [ -z "${BEFORE:-}" ] || run strangler-before 8483 "$BEFORE" "${STRANGLER[@]:1}" --config "$R20" >> "$results"
   run strangler-1k-routes 8483 "${STRANGLER[@]}" --config "$R1K" >> "$results"
@@ -161,7 +166,7 @@ echo
 echo "medians of $ROUNDS rounds (p50 and p99: first round), ${DURATION}s each, $CONNS connections, proxy on CPU 1 with one worker:"
 printf "%-22s %12s %10s %10s %14s %8s %8s %9s\n" proxy "requests/s" p50 p99 "CPU µs/req" user system compared
 declare -A cpu user system
-for name in nginx haproxy bare-pingora strangler strangler-map-off strangler-rate-limit strangler-rate-limit-ip ${BEFORE:+strangler-before} strangler-1k-routes strangler-10k-routes nginx-access-log strangler-access-log strangler-shadow-0 strangler-shadow-1 strangler-shadow-0-10k strangler-shadow-1-10k; do
+for name in nginx haproxy bare-pingora strangler strangler-map-off strangler-rate-limit strangler-rate-limit-ip strangler-trace-0 strangler-trace-1 ${BEFORE:+strangler-before} strangler-1k-routes strangler-10k-routes nginx-access-log strangler-access-log strangler-shadow-0 strangler-shadow-1 strangler-shadow-0-10k strangler-shadow-1-10k; do
   wanted "$name" || continue
   rps="$(awk -v n="$name" '$1 == n {print $2}' "$results" | median)"
   p50="$(awk -v n="$name" '$1 == n {print $3}' "$results" | head -1)"
@@ -194,6 +199,10 @@ done
   'BEGIN {printf "rate limit (one budget) on / off: %.3fx CPU per request (median of the rounds: %.3fx)\n", a / s, p}'
 ! have strangler strangler-rate-limit-ip || awk -v a="${cpu[strangler-rate-limit-ip]}" -v s="${cpu[strangler]}" -v p="$(paired strangler-rate-limit-ip strangler)" \
   'BEGIN {printf "rate limit (per client IP) on / off: %.3fx CPU per request (median of the rounds: %.3fx)\n", a / s, p}'
+! have strangler strangler-trace-0 || awk -v a="${cpu[strangler-trace-0]}" -v s="${cpu[strangler]}" -v p="$(paired strangler-trace-0 strangler)" \
+  'BEGIN {printf "tracing, sampler 0 / off: %.3fx CPU per request (median of the rounds: %.3fx)\n", a / s, p}'
+! have strangler strangler-trace-1 || awk -v a="${cpu[strangler-trace-1]}" -v s="${cpu[strangler]}" -v p="$(paired strangler-trace-1 strangler)" \
+  'BEGIN {printf "tracing, every request sampled and sent / off: %.3fx CPU per request (median of the rounds: %.3fx)\n", a / s, p}'
 ! have strangler-map-off strangler-before strangler || awk -v a="${cpu[strangler-map-off]}" -v b="${cpu[strangler-before]}" -v c="${cpu[strangler]}" \
   -v p="$(paired strangler-map-off strangler-before)" -v q="$(paired strangler strangler-before)" \
   'BEGIN {printf "map off / the earlier build: %.3fx, map on / the earlier build: %.3fx CPU per request (medians of the rounds: %.3fx, %.3fx)\n", a / b, c / b, p, q}'

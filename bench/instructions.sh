@@ -31,6 +31,7 @@ start_backends
 
 # The rules of bench/compare.sh: a migrated /api/orders route among 20, and the shadow pair.
 R20="$(rules 20)" R20_NO_MAP="$(rules 20 off)" R20_AUTOPILOT="$(rules 20 autopilot)"
+R20_TRACE0="$(rules 20 trace0)" R20_TRACE1="$(rules 20 trace1)"
 R20_RATE="$(rules 20 ratelimit)" R20_RATE_IP="$(rules 20 ratelimit-ip)" S0="$(shadow_rules 0)" S1="$(shadow_rules 1)"
 
 # measure NAME PORT CMD...: prints "NAME instructions-per-request".
@@ -66,6 +67,9 @@ measure strangler-autopilot 8483 "${STRANGLER[@]}" --config "$R20_AUTOPILOT" >> 
 # A rate limit on the route that the load never reaches (issue 21): one budget, one per client IP.
 measure strangler-rate-limit 8483 "${STRANGLER[@]}" --config "$R20_RATE" >> "$results"
 measure strangler-rate-limit-ip 8483 "${STRANGLER[@]}" --config "$R20_RATE_IP" >> "$results"
+# Tracing (issue 24): a sampler of 0 (ids and traceparent, nothing sent), and every request sent.
+measure strangler-trace-0 8483 "${STRANGLER[@]}" --config "$R20_TRACE0" >> "$results"
+measure strangler-trace-1 8483 "${STRANGLER[@]}" --config "$R20_TRACE1" >> "$results"
 if [ -n "${BEFORE:-}" ]; then
   # An earlier build, on the same rules (it has no map to switch off).
   measure strangler-before 8483 "$BEFORE" "${STRANGLER[@]:1}" --config "$R20" >> "$results"
@@ -85,6 +89,8 @@ awk -v a="$(ir strangler)" -v b="$(ir strangler-map-off)" 'BEGIN {printf "migrat
 awk -v a="$(ir strangler-rate-limit)" -v b="$(ir strangler)" 'BEGIN {printf "rate limit (one budget) on / off: %.3fx\n", a / b}'
 awk -v a="$(ir strangler-rate-limit-ip)" -v b="$(ir strangler)" 'BEGIN {printf "rate limit (per client IP) on / off: %.3fx\n", a / b}'
 awk -v a="$(ir strangler-autopilot)" -v b="$(ir strangler)" 'BEGIN {printf "autopilot on (judging the route every second) / off: %.3fx\n", a / b}'
+awk -v a="$(ir strangler-trace-0)" -v b="$(ir strangler)" 'BEGIN {printf "tracing, sampler 0 / off: %.3fx\n", a / b}'
+awk -v a="$(ir strangler-trace-1)" -v b="$(ir strangler)" 'BEGIN {printf "tracing, every request sampled and sent / off: %.3fx\n", a / b}'
 if [ -n "${BEFORE:-}" ]; then
   awk -v a="$(ir strangler-map-off)" -v b="$(ir strangler-before)" 'BEGIN {printf "map off / the earlier build: %.3fx\n", a / b}'
   awk -v a="$(ir strangler)" -v b="$(ir strangler-before)" 'BEGIN {printf "map on / the earlier build: %.3fx\n", a / b}'
