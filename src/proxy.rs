@@ -85,8 +85,8 @@ pub struct Ctx {
     /// Request body bytes allowed (the route's `max_body` or `limits.max_body`), and seen so far.
     body_limit: u64,
     body_seen: u64,
-    /// The request's spans, when tracing is on.
-    trace: Option<RequestTrace>,
+    /// The request's spans, when tracing is on (boxed: a pointer in the CTX when it is off).
+    trace: Option<Box<RequestTrace>>,
 }
 
 #[async_trait]
@@ -131,7 +131,7 @@ impl ProxyHttp for Strangler {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let live = self.live.load_full();
         if let Some(t) = &self.telemetry {
-            ctx.trace = Some(t.request(&session.req_header().headers));
+            ctx.trace = Some(Box::new(t.request(&session.req_header().headers)));
         }
         if let Err(no) = crate::limits::check_head(session, &live.rules.settings.limits) {
             return self.refuse(session, no).await;
@@ -459,7 +459,7 @@ impl ProxyHttp for Strangler {
         }
         if let Some(t) = &ctx.trace {
             // The upstream's span hangs under this attempt's.
-            up.insert_header(TRACEPARENT, t.upstream_header().clone())?;
+            up.insert_header(TRACEPARENT, t.upstream_header())?;
         }
         if ctx.new_request_id {
             up.insert_header(REQUEST_ID, ctx.request_id.clone().expect("request_filter sets it"))?;
@@ -683,7 +683,7 @@ impl ProxyHttp for Strangler {
             line.emit("-");
         }
         if let Some(trace) = ctx.trace.take() {
-            finish_trace(trace, session, ctx, status);
+            finish_trace(*trace, session, ctx, status);
         }
         if let Some(live) = ctx.live.as_ref() {
             live.handles.route(ctx.route).side(ctx.side).observe(status, seconds);
@@ -716,7 +716,7 @@ impl Strangler {
                 .trace
                 .as_ref()
                 .zip(self.telemetry.as_ref())
-                .map(|(t, tel)| tel.child(t.context(), "shadow copy", "compose"));
+                .map(|(t, tel)| t.child(tel, "shadow copy", "compose"));
             let Some(cap) = ctx.shadow.as_mut() else { return Ok(()) };
             cap.header = Some(client::HeadBuilder::new(&up.method, up.raw_path()));
             cap.span = span;
@@ -743,7 +743,7 @@ impl Strangler {
             .trace
             .as_ref()
             .zip(self.telemetry.as_ref())
-            .map(|(t, tel)| tel.child(t.context(), "shadow copy", &live.rules.upstreams[service].name));
+            .map(|(t, tel)| t.child(tel, "shadow copy", &live.rules.upstreams[service].name));
         for (name, value) in up.headers.iter() {
             let own = shadow::COPY_OWN_FIELDS.contains(name)
                 || (span.is_some() && name == TRACEPARENT)

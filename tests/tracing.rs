@@ -286,3 +286,62 @@ async fn each_part_of_a_composition_is_a_span_and_its_request_carries_it() {
         assert_eq!(received(&body[name]), (CLIENT_TRACE.to_string(), part.span_id.clone()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_and_grpc_reach_the_collector_too() {
+    let mono = common::echo::start("monolith").await;
+    let text = rules(mono, "{ url: \"http://127.0.0.1:1\" }", "");
+    for (protocol, otlp) in [
+        ("http/json", Receiver::start().await),
+        ("grpc", Receiver::start_grpc().await),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let endpoint = otlp.endpoint();
+        let proxy = Proxy::start_with(
+            dir,
+            path,
+            &[],
+            &[
+                ("RUST_LOG", "warn"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ],
+        )
+        .await;
+        let (status, _) = get_traced(&proxy, "/x").await;
+        assert_eq!(status, 200);
+        let spans = otlp.trace(CLIENT_TRACE, |s| s.len() >= 2).await;
+        assert_eq!(one(&spans, "GET").parent, CLIENT_SPAN, "{protocol}");
+        assert_eq!(one(&spans, "attempt").parent, one(&spans, "GET").span_id, "{protocol}");
+        let protocols = otlp.protocols();
+        assert!(
+            !protocols.is_empty() && protocols.iter().all(|p| *p == protocol),
+            "{protocols:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_collector_fills_the_queue_and_only_costs_spans() {
+    // Each export waits 3 s for its answer; the queue holds 4 spans.
+    let otlp = Receiver::start_slow(std::time::Duration::from_secs(3)).await;
+    let mono = common::echo::start("monolith").await;
+    let text = format!(
+        "tracing: {{ queue: 4 }}\n{}",
+        rules(mono, "{ url: \"http://127.0.0.1:1\" }", "")
+    );
+    let proxy = traced(&otlp.endpoint(), &text).await;
+    let client = reqwest::Client::new();
+    for i in 0..40 {
+        let r = client.get(proxy.url(&format!("/p/{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let m = proxy.metrics_with(&["strangler_trace_spans_dropped_total"]).await;
+    // 80 spans made: the thread holds a few in its stuck export and the queue 4 more; every
+    // request was answered meanwhile, and the rest of the spans were dropped and counted.
+    let dropped = metric(&m, "strangler_trace_spans_dropped_total");
+    assert!(dropped >= 40, "{dropped} dropped: {m}");
+}
