@@ -719,7 +719,7 @@ impl Strangler {
                 .map(|(t, tel)| t.child(tel, "shadow copy", "compose"));
             let Some(cap) = ctx.shadow.as_mut() else { return Ok(()) };
             cap.header = Some(client::HeadBuilder::new(&up.method, up.raw_path()));
-            cap.span = span;
+            cap.span = span.map(Box::new);
             cap.wants_body = false;
             self.start_copy(ctx);
             return Ok(());
@@ -770,7 +770,7 @@ impl Strangler {
         let has_body = !session.is_body_empty();
         let Some(cap) = ctx.shadow.as_mut() else { return Ok(()) };
         cap.header = Some(copy);
-        cap.span = span;
+        cap.span = span.map(Box::new);
         cap.wants_body = has_body;
         if !has_body {
             self.start_copy(ctx);

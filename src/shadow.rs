@@ -217,7 +217,8 @@ pub struct Capture {
     pub response_truncated: bool,
     pub to_task: Option<oneshot::Sender<LegacyAnswer>>,
     /// The copy's span, when tracing is on; the copy's request carries its `traceparent`.
-    pub span: Option<ChildSpan>,
+    /// Boxed: the capture sits in every request's CTX, which Pingora moves several times.
+    pub span: Option<Box<ChildSpan>>,
 }
 
 impl Capture {
@@ -305,7 +306,7 @@ pub struct Job {
     pub request: client::Request,
     pub body: Vec<Bytes>,
     /// The copy's span: ended with the comparison's result when the job is done.
-    pub span: Option<ChildSpan>,
+    pub span: Option<Box<ChildSpan>>,
 }
 
 /// A copy's span says it is a shadow copy and how its comparison came out.
@@ -354,7 +355,7 @@ pub const INLINE_COMPARE: usize = 32 * 1024;
 pub fn start(mut job: Job) -> Option<oneshot::Sender<LegacyAnswer>> {
     let Some(slot) = job.shadower.acquire(job.max_in_flight) else {
         job.metrics.skip(CopySkip::Overloaded);
-        outcome(job.span.as_mut(), "skipped", 0, Some(CopySkip::Overloaded));
+        outcome(job.span.as_deref_mut(), "skipped", 0, Some(CopySkip::Overloaded));
         return None;
     };
     let (tx, rx) = oneshot::channel();
@@ -424,7 +425,7 @@ async fn send_copy(
     let m = &job.metrics;
     let Ok(legacy) = legacy_rx.await else {
         m.skip(CopySkip::LegacyError);
-        outcome(job.span.as_mut(), "skipped", 0, Some(CopySkip::LegacyError));
+        outcome(job.span.as_deref_mut(), "skipped", 0, Some(CopySkip::LegacyError));
         return None;
     };
     m.legacy_latency.observe(legacy.latency.as_secs_f64());
@@ -435,7 +436,7 @@ async fn send_copy(
             tracing::debug!(route = %job.state.route, "shadow copy failed: {e}");
             m.failed.inc();
             access("error");
-            outcome(job.span.as_mut(), "error", 0, None);
+            outcome(job.span.as_deref_mut(), "error", 0, None);
             return None;
         }
     };
@@ -443,7 +444,7 @@ async fn send_copy(
     if legacy.truncated || new.1 {
         m.skip(CopySkip::BodyTooLarge);
         access("skipped");
-        outcome(job.span.as_mut(), "skipped", 0, Some(CopySkip::BodyTooLarge));
+        outcome(job.span.as_deref_mut(), "skipped", 0, Some(CopySkip::BodyTooLarge));
         return None;
     }
     Some((job, legacy, new.0, again))
@@ -466,12 +467,12 @@ fn judge(job: &mut Job, legacy: LegacyAnswer, new: Answer, again: Option<Answer>
     if diffs.is_empty() {
         m.matched.inc();
         access("match");
-        outcome(job.span.as_mut(), "match", 0, None);
+        outcome(job.span.as_deref_mut(), "match", 0, None);
         return;
     }
     m.mismatched.inc();
     access("mismatch");
-    outcome(job.span.as_mut(), "mismatch", diffs.len(), None);
+    outcome(job.span.as_deref_mut(), "mismatch", diffs.len(), None);
     let request = RequestParts::read(job.request.head());
     let paths: Vec<&str> = diffs.iter().map(|d| d.path.as_str()).collect();
     tracing::info!(target: "shadow", route = %job.state.route, request_id = request.request_id.as_str(), paths = ?paths, "mismatch");

@@ -25,7 +25,8 @@ async fn traced(endpoint: &str, text: &str) -> Proxy {
         path,
         &[],
         &[
-            ("RUST_LOG", "warn"),
+            // The access log (info) names each request's trace.
+            ("RUST_LOG", "warn,access=info"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "50"),
         ],
@@ -123,6 +124,10 @@ async fn a_request_is_one_trace_with_its_server_and_attempt_spans() {
     assert_eq!(server.parent, "", "a root span: {server:#?}");
     assert_eq!(server.attr("strangler.route"), Some("(none)"));
     assert_eq!(one(&spans, "attempt").span_id, parent);
+    // The access log carries both traces' ids: the client's, and the one the proxy started.
+    let want = [format!("trace_id={CLIENT_TRACE}"), format!("trace_id={trace}")];
+    let log = proxy.log_with(&[&want[0], &want[1]]).await;
+    assert!(want.iter().all(|w| log.contains(w.as_str())), "{want:?} in {log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

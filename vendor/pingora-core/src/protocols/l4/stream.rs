@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 #[cfg(target_os = "linux")]
 use tokio::io::Interest;
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -418,22 +418,150 @@ impl L4BufferSettings {
     }
 }
 
+/// strangler patch: the L4 write buffer, allocated by the first write it buffers and freed once
+/// it has been flushed out, so that a keep-alive connection waiting for its next request holds
+/// none (tokio's `BufWriter` allocates its capacity up front and keeps it for the connection's
+/// life: 1,460 bytes per idle connection). Otherwise it buffers as `BufWriter` does: writes are
+/// gathered up to `capacity`, a write that doesn't fit flushes what is gathered first, and a
+/// write of `capacity` or more goes straight through.
+#[derive(Debug)]
+struct LazyBufWriter<W> {
+    inner: W,
+    /// What is gathered; no capacity while nothing is.
+    buf: Vec<u8>,
+    /// How much of `buf` has been written out.
+    written: usize,
+    capacity: usize,
+}
+
+impl<W: AsyncWrite + Unpin> LazyBufWriter<W> {
+    fn with_capacity(capacity: usize, inner: W) -> Self {
+        LazyBufWriter {
+            inner,
+            buf: Vec::new(),
+            written: 0,
+            capacity,
+        }
+    }
+
+    fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    fn into_inner(self) -> W {
+        self.inner
+    }
+
+    /// Write out what is gathered, then give the memory back.
+    fn flush_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.buf.len() {
+            match std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..])) {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write the buffered data",
+                    )))
+                }
+                Ok(n) => self.written += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        if self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+        }
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn gather(&mut self, bytes: &[u8]) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.capacity);
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+impl<W: AsyncRead + Unpin> AsyncRead for LazyBufWriter<W> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for LazyBufWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.buf.len() + buf.len() > self.capacity {
+            std::task::ready!(self.flush_buf(cx))?;
+        }
+        if buf.len() >= self.capacity {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        } else {
+            self.gather(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+        if self.buf.len() + total > self.capacity {
+            std::task::ready!(self.flush_buf(cx))?;
+        }
+        if total >= self.capacity {
+            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        } else {
+            for b in bufs {
+                self.gather(b);
+            }
+            Poll::Ready(Ok(total))
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.flush_buf(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.flush_buf(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// The L4 buffers in front of a [`RawStreamWrapper`]: a read buffer over a write
 /// buffer, the same layering as tokio's [`BufStream`](tokio::io::BufStream).
 ///
 /// A zero read capacity leaves the read buffer out, because [`BufReader`] panics on
 /// a zero capacity. Reads then go straight to the raw stream, as they did through
-/// an empty `BufReader`. [`BufWriter`] accepts a zero capacity and writes straight
+/// an empty `BufReader`. `LazyBufWriter` accepts a zero capacity and writes straight
 /// through.
 #[derive(Debug)]
 enum BufferedStream {
-    UnbufferedRead(BufWriter<RawStreamWrapper>),
-    BufferedRead(BufReader<BufWriter<RawStreamWrapper>>),
+    UnbufferedRead(LazyBufWriter<RawStreamWrapper>),
+    BufferedRead(BufReader<LazyBufWriter<RawStreamWrapper>>),
 }
 
 impl BufferedStream {
     fn with_capacity(read: usize, write: usize, stream: RawStreamWrapper) -> Self {
-        let writer = BufWriter::with_capacity(write, stream);
+        let writer = LazyBufWriter::with_capacity(write, stream);
         if read == 0 {
             BufferedStream::UnbufferedRead(writer)
         } else {
@@ -441,14 +569,14 @@ impl BufferedStream {
         }
     }
 
-    fn writer(&self) -> &BufWriter<RawStreamWrapper> {
+    fn writer(&self) -> &LazyBufWriter<RawStreamWrapper> {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
             BufferedStream::BufferedRead(reader) => reader.get_ref(),
         }
     }
 
-    fn writer_mut(&mut self) -> &mut BufWriter<RawStreamWrapper> {
+    fn writer_mut(&mut self) -> &mut LazyBufWriter<RawStreamWrapper> {
         match self {
             BufferedStream::UnbufferedRead(writer) => writer,
             BufferedStream::BufferedRead(reader) => reader.get_mut(),
