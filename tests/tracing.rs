@@ -8,30 +8,27 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::otlp::{Receiver, Span};
+use common::otlp::{traced_proxy, Receiver, Span};
 use common::proxy::{metric, Proxy};
 use serde_json::Value;
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
-/// The proxy on `text`, exporting to `endpoint` with a short batch delay.
+/// The proxy on `text`, exporting to `endpoint`.
 async fn traced(endpoint: &str, text: &str) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.yaml");
-    std::fs::write(&path, text).unwrap();
-    Proxy::start_with(
-        dir,
-        path,
-        &[],
-        &[
-            // The access log (info) names each request's trace.
-            ("RUST_LOG", "warn,access=info"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-        ],
-    )
-    .await
+    traced_proxy(endpoint, text, &[]).await
+}
+
+/// A receiver, and the proxy on a monolith and a service (echo servers) with `routes`, the
+/// rules file starting with `head`.
+async fn with_service(head: &str, routes: &str) -> (Receiver, Proxy, SocketAddr) {
+    let otlp = Receiver::start().await;
+    let mono = common::echo::start("monolith").await;
+    let svc = common::echo::start("svc").await;
+    let text = head.to_string() + &rules(mono, &format!("{{ url: \"http://{svc}\" }}"), routes);
+    let proxy = traced(&otlp.endpoint(), &text).await;
+    (otlp, proxy, svc)
 }
 
 fn rules(mono: SocketAddr, svc: &str, routes: &str) -> String {
@@ -74,15 +71,11 @@ fn received(echo: &Value) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_is_one_trace_with_its_server_and_attempt_spans() {
-    let otlp = Receiver::start().await;
-    let mono = common::echo::start("monolith").await;
-    let svc = common::echo::start("svc").await;
-    let text = rules(
-        mono,
-        &format!("{{ url: \"http://{svc}\" }}"),
+    let (otlp, proxy, svc) = with_service(
+        "",
         "  - name: orders\n    match: { path: \"/api/orders/{id}\" }\n    mode: migrated\n    service: svc\n",
-    );
-    let proxy = traced(&otlp.endpoint(), &text).await;
+    )
+    .await;
 
     // The client's trace goes on: the proxy's span is its child, the tracestate is kept.
     let (status, echo) = get_traced(&proxy, "/api/orders/7?x=1").await;
@@ -167,18 +160,11 @@ async fn a_failing_service_shows_its_attempt_its_retry_and_the_fallback() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shadow_copy_is_its_own_span_with_its_result() {
-    let otlp = Receiver::start().await;
-    let mono = common::echo::start("monolith").await;
-    let svc = common::echo::start("svc").await;
-    let text = format!(
-        "tracing: {{ link: \"https://jaeger.example/trace/{{trace_id}}\" }}\n{}",
-        rules(
-            mono,
-            &format!("{{ url: \"http://{svc}\" }}"),
-            "  - name: orders\n    match: { prefix: /api/orders }\n    mode: shadow\n    service: svc\n",
-        )
-    );
-    let proxy = traced(&otlp.endpoint(), &text).await;
+    let (otlp, proxy, _) = with_service(
+        "tracing: { link: \"https://jaeger.example/trace/{trace_id}\" }\n",
+        "  - name: orders\n    match: { prefix: /api/orders }\n    mode: shadow\n    service: svc\n",
+    )
+    .await;
     let (status, echo) = get_traced(&proxy, "/api/orders/1").await;
     assert_eq!((status, echo["server"].as_str()), (200, Some("monolith")));
     let spans = otlp.trace(CLIENT_TRACE, |s| s.len() >= 3).await;
@@ -264,15 +250,11 @@ async fn a_sampler_of_zero_sends_nothing_and_still_propagates() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_part_of_a_composition_is_a_span_and_its_request_carries_it() {
-    let otlp = Receiver::start().await;
-    let mono = common::echo::start("monolith").await;
-    let svc = common::echo::start("svc").await;
-    let text = rules(
-        mono,
-        &format!("{{ url: \"http://{svc}\" }}"),
+    let (otlp, proxy, _) = with_service(
+        "",
         "  - name: both\n    match: { path: /both, methods: [GET] }\n    mode: compose\n    compose:\n      a: { service: svc, path: /a, required: true }\n      b: { service: monolith, path: /b }\n",
-    );
-    let proxy = traced(&otlp.endpoint(), &text).await;
+    )
+    .await;
     let (status, body) = get_traced(&proxy, "/both").await;
     assert_eq!(status, 200, "{body}");
     let spans = otlp.trace(CLIENT_TRACE, |s| s.len() >= 3).await;
@@ -300,22 +282,7 @@ async fn json_and_grpc_reach_the_collector_too() {
         ("http/json", Receiver::start().await),
         ("grpc", Receiver::start_grpc().await),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rules.yaml");
-        std::fs::write(&path, &text).unwrap();
-        let endpoint = otlp.endpoint();
-        let proxy = Proxy::start_with(
-            dir,
-            path,
-            &[],
-            &[
-                ("RUST_LOG", "warn"),
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
-                ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-            ],
-        )
-        .await;
+        let proxy = traced_proxy(&otlp.endpoint(), &text, &[("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)]).await;
         let (status, _) = get_traced(&proxy, "/x").await;
         assert_eq!(status, 200);
         let spans = otlp.trace(CLIENT_TRACE, |s| s.len() >= 2).await;

@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::otlp::{Receiver, Span};
-use common::proxy::Proxy;
+use common::otlp::{traced_proxy, Receiver, Span};
 use common::shop::start_shop;
 
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
@@ -41,21 +40,7 @@ async fn one_trace_shows_the_client_the_proxy_the_services_and_the_shadow_copy()
          \x20   service: orders\n",
         shop.monolith, shop.orders
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.yaml");
-    std::fs::write(&path, text).unwrap();
-    let endpoint = otlp.endpoint();
-    let proxy = Proxy::start_with(
-        dir,
-        path,
-        &[],
-        &[
-            ("RUST_LOG", "warn"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-        ],
-    )
-    .await;
+    let proxy = traced_proxy(&otlp.endpoint(), &text, &[]).await;
     let client = reqwest::Client::new();
 
     // A write: client -> proxy -> orders -> inventory.

@@ -6,16 +6,16 @@
 //! tests run the monolith and both services in one process, where one global tracer (as
 //! `tracing-opentelemetry` installs) would name every span after one service.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
@@ -69,7 +69,7 @@ pub struct Parent {
 /// Middleware: the request's server span, under the caller's `traceparent` if it sent one.
 pub async fn trace(State(tracer): State<Option<Arc<Tracer>>>, mut req: Request, next: Next) -> Response {
     let Some(t) = tracer else { return next.run(req).await };
-    let caller = TraceContextPropagator::new().extract(&Headers(req.headers()));
+    let caller = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -119,10 +119,10 @@ impl Call {
     }
 
     /// The `traceparent` (and `tracestate`) to send: the callee's span hangs under this call.
-    pub fn headers(&self) -> HashMap<String, String> {
+    pub fn headers(&self) -> HeaderMap {
         let cx = Context::new().with_remote_span_context(self.span.span_context().clone());
-        let mut out = HashMap::new();
-        TraceContextPropagator::new().inject_context(&cx, &mut out);
+        let mut out = HeaderMap::new();
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut out));
         out
     }
 
@@ -133,17 +133,5 @@ impl Call {
         if status >= 500 {
             self.span.set_status(Status::error(status.to_string()));
         }
-    }
-}
-
-struct Headers<'a>(&'a HeaderMap);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
     }
 }

@@ -197,3 +197,18 @@ impl Receiver {
         self.received.spans.lock().unwrap().clone()
     }
 }
+
+/// The proxy on the rules `text`, exporting to `endpoint` with a 50 ms batch delay and the access
+/// log on (it names each request's trace), plus `env`.
+pub async fn traced_proxy(endpoint: &str, text: &str, env: &[(&str, &str)]) -> super::proxy::Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, text).unwrap();
+    let mut all = vec![
+        ("RUST_LOG", "warn,access=info"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ];
+    all.extend_from_slice(env);
+    super::proxy::Proxy::start_with(dir, path, &[], &all).await
+}

@@ -73,8 +73,8 @@ impl InventoryClient {
             .post(format!("{}/api/inventory/{sku}/reservations", self.base))
             .header(REQUEST_ID, request_id)
             .json(&serde_json::json!({ "quantity": quantity }));
-        for (name, value) in call.as_ref().map(Call::headers).unwrap_or_default() {
-            request = request.header(name, value);
+        if let Some(call) = &call {
+            request = request.headers(call.headers());
         }
         let response = request.send().await.map_err(unavailable)?;
         let status = response.status();
@@ -106,8 +106,8 @@ impl InventoryClient {
                 .http
                 .delete(format!("{}/api/inventory/reservations/{id}", self.base))
                 .header(REQUEST_ID, request_id);
-            for (name, value) in call.as_ref().map(Call::headers).unwrap_or_default() {
-                request = request.header(name, value);
+            if let Some(call) = &call {
+                request = request.headers(call.headers());
             }
             let result = request.send().await;
             match result {
