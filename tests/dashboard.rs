@@ -5,7 +5,8 @@
 //! demo's orders route paused in shadow by data drift) and the move in its timeline as
 //! `/api/autopilot` has them, no script error occurs, the page fits a 1280 px wide window without
 //! scrolling sideways, and a screenshot at that size is saved to target/test-artifacts/dashboard.png.
-//! With the autopilot off, the rollouts section says so in one line.
+//! With the autopilot off, the rollouts section says so in one line. A route's mismatches, opened
+//! by `/#mismatches=ROUTE`, link to their traces through `tracing.link`.
 
 mod common;
 
@@ -396,6 +397,59 @@ async fn with_the_autopilot_off_the_rollouts_section_says_so_in_one_line() {
     assert!(
         attr(&html, "data-rollouts") == Some("0") && !html.contains("data-rollout=\""),
         "rollout cards for an autopilot that does not act:\n{html}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mismatch_links_to_its_trace() {
+    let Some(bin) = common::tools::require("chromium") else {
+        return;
+    };
+    // Two echo servers that name themselves: every copy mismatches.
+    let mono = common::echo::start("monolith").await;
+    let svc = common::echo::start("svc").await;
+    let text = format!(
+        "tracing: {{ link: \"https://jaeger.example/trace/{{trace_id}}\" }}\n{}",
+        common::proxy::rules(
+            &[("monolith", mono), ("svc", svc)],
+            "  - name: orders\n    match: { prefix: /api/orders }\n    mode: shadow\n    service: svc\n",
+        )
+    );
+    let proxy = Proxy::start(&text).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = reqwest::Client::new()
+        .get(proxy.url("/api/orders/1"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.admin_json("/api/mismatches?route=orders").await["mismatches"][0].is_null() {
+        assert!(Instant::now() < deadline, "no mismatch recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let profile = tempfile::tempdir().unwrap();
+    let mut c = chromium(&bin, profile.path());
+    c.args([
+        &format!("--window-size={},{}", WINDOW.0, WINDOW.1),
+        "--dump-dom",
+        &proxy.admin_url("/#mismatches=orders"),
+    ]);
+    let dom = tokio::task::spawn_blocking(move || c.output())
+        .await
+        .unwrap()
+        .expect("run chromium");
+    let html = String::from_utf8_lossy(&dom.stdout).to_string();
+    assert!(
+        html.contains("data-js-errors=\"0\""),
+        "a script error on the page:\n{html}"
+    );
+    assert!(
+        html.contains(&format!("href=\"https://jaeger.example/trace/{trace}\""))
+            && html.contains(&format!("trace {trace}")),
+        "no link to the mismatch's trace:\n{html}"
     );
 }
 
