@@ -290,11 +290,25 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check { file } => match strangler::rules::load(&file) {
             Ok(strangler::rules::Loaded { rules, .. }) => {
+                // Tracing as `run` would start it here: the file with this shell's OTEL_* over it.
+                let tracing = match rules.tracing.clone().with_env(|name| std::env::var(name).ok()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                };
                 let [l, s, c, m] = rules.mode_counts();
                 println!(
                     "ok: {} routes ({l} legacy, {s} shadow, {c} canary, {m} migrated)",
                     rules.routes.len()
                 );
+                if let Some(endpoint) = &tracing.endpoint {
+                    println!(
+                        "tracing: {} to {endpoint}, sampler {}, service {}",
+                        tracing.protocol, tracing.sampler, tracing.service_name
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {

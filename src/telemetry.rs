@@ -75,8 +75,8 @@ impl Telemetry {
         let tracer = provider.tracer("strangler");
         tracing::info!(
             collector = %url,
-            protocol = ?settings.protocol,
-            sampler = ?settings.sampler,
+            protocol = %settings.protocol,
+            sampler = %settings.sampler,
             "tracing: spans go to the collector by OTLP"
         );
         Ok(Some(Arc::new(Telemetry {

@@ -191,3 +191,64 @@ fn explain_says_where_and_why() {
         "{out}"
     );
 }
+
+#[test]
+fn check_shows_tracing_as_run_would_start_it_and_names_a_bad_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.yaml");
+    std::fs::write(
+        &file,
+        format!("tracing: {{ endpoint: \"http://127.0.0.1:4318\", sampler_arg: 0.5 }}\n{HEAD}"),
+    )
+    .unwrap();
+    let with = |env: &[(&str, &str)]| {
+        let out = strangler()
+            .args(["check", file.to_str().unwrap()])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out))
+    };
+    let (ok, (stdout, _)) = with(&[]);
+    assert!(ok);
+    assert!(
+        stdout.ends_with("tracing: http/protobuf to http://127.0.0.1:4318, sampler parentbased_traceidratio 0.5, service strangler\n"),
+        "{stdout}"
+    );
+    let (ok, (stdout, _)) = with(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"), ("OTEL_SERVICE_NAME", "edge")]);
+    assert!(ok);
+    assert!(
+        stdout.contains("tracing: grpc to http://127.0.0.1:4318, sampler parentbased_traceidratio 0.5, service edge"),
+        "{stdout}"
+    );
+    let (ok, (_, stderr)) = with(&[("OTEL_TRACES_SAMPLER", "sometimes")]);
+    assert!(!ok);
+    assert!(
+        stderr.starts_with("OTEL_TRACES_SAMPLER: \"sometimes\" is not one of"),
+        "{stderr}"
+    );
+    let (ok, (stdout, _)) = with(&[("OTEL_SDK_DISABLED", "true")]);
+    assert!(ok && !stdout.contains("tracing"), "{stdout}");
+}
+
+#[test]
+fn check_refuses_a_bad_tracing_block_with_its_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = check_file(
+        dir.path(),
+        &format!(
+            "tracing:\n  endpoint: collector:4318\n  protocol: udp\n  sampler: sometimes\n  sampler_arg: 2\n  link: \"https://jaeger.example/trace\"\n{HEAD}"
+        ),
+    );
+    assert!(!ok, "{out}");
+    for want in [
+        "rules.yaml:2:13: tracing.endpoint: \"collector:4318\" is not an http:// or https:// URL",
+        "rules.yaml:3:13: tracing.protocol: \"udp\" is not http/protobuf, http/json or grpc",
+        "rules.yaml:4:12: tracing.sampler: \"sometimes\" is not one of",
+        "rules.yaml:5:16: tracing.sampler_arg must be within 0..=1, got 2",
+        "rules.yaml:6:9: tracing.link: \"https://jaeger.example/trace\" has no {trace_id} to fill in",
+    ] {
+        assert!(out.contains(want), "{want:?} in:\n{out}");
+    }
+}

@@ -54,6 +54,16 @@ impl Protocol {
     }
 }
 
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::HttpProtobuf => "http/protobuf",
+            Protocol::HttpJson => "http/json",
+            Protocol::Grpc => "grpc",
+        })
+    }
+}
+
 /// The sampler's decision for a trace that starts here.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Root {
@@ -71,6 +81,21 @@ pub enum Sampler {
 
 const SAMPLERS: &str =
     "parentbased_always_on, parentbased_always_off, parentbased_traceidratio, always_on, always_off or traceidratio";
+
+/// As `OTEL_TRACES_SAMPLER` names it, with the ratio after it.
+impl std::fmt::Display for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (prefix, root) = match self {
+            Sampler::Always(r) => ("", r),
+            Sampler::ParentBased(r) => ("parentbased_", r),
+        };
+        match root {
+            Root::On => write!(f, "{prefix}always_on"),
+            Root::Off => write!(f, "{prefix}always_off"),
+            Root::Ratio(r) => write!(f, "{prefix}traceidratio {r}"),
+        }
+    }
+}
 
 impl Sampler {
     /// A sampler by its standard name; `arg` is the ratio of the `traceidratio` ones.
@@ -307,6 +332,16 @@ mod tests {
             let e = Tracing::default().with_env(env(&[(name, value)])).unwrap_err();
             assert!(e.starts_with(says), "{e}");
         }
+    }
+
+    #[test]
+    fn settings_print_as_the_variables_name_them() {
+        assert_eq!(
+            Sampler::ParentBased(Root::Ratio(0.25)).to_string(),
+            "parentbased_traceidratio 0.25"
+        );
+        assert_eq!(Sampler::Always(Root::On).to_string(), "always_on");
+        assert_eq!(Protocol::Grpc.to_string(), "grpc");
     }
 
     #[test]
