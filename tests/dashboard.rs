@@ -367,22 +367,7 @@ async fn with_the_autopilot_off_the_rollouts_section_says_so_in_one_line() {
     let rollouts = autopilot["routes"].as_array().unwrap().len();
     assert!(rollouts >= 2, "the demo rules have rollouts: {autopilot}");
 
-    let profile = tempfile::tempdir().unwrap();
-    let mut c = chromium(&bin, profile.path());
-    c.args([
-        &format!("--window-size={},{}", WINDOW.0, WINDOW.1),
-        "--dump-dom",
-        &proxy.admin_url("/"),
-    ]);
-    let dom = tokio::task::spawn_blocking(move || c.output())
-        .await
-        .unwrap()
-        .expect("run chromium");
-    let html = String::from_utf8_lossy(&dom.stdout).to_string();
-    assert!(
-        html.contains("data-js-errors=\"0\""),
-        "a script error on the page:\n{html}"
-    );
+    let html = page(&bin, &proxy.admin_url("/")).await;
     assert!(
         attr(&html, "data-refreshes").is_some_and(|n| n != "0"),
         "the page never loaded its data:\n{html}"
@@ -430,13 +415,19 @@ async fn a_mismatch_links_to_its_trace() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    let html = page(&bin, &proxy.admin_url("/#mismatches=orders")).await;
+    assert!(
+        html.contains(&format!("href=\"https://jaeger.example/trace/{trace}\""))
+            && html.contains(&format!("trace {trace}")),
+        "no link to the mismatch's trace:\n{html}"
+    );
+}
+
+/// The page at `url` as Chromium renders it (its DOM after the scripts ran), with no script error.
+async fn page(bin: &std::path::Path, url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
-    let mut c = chromium(&bin, profile.path());
-    c.args([
-        &format!("--window-size={},{}", WINDOW.0, WINDOW.1),
-        "--dump-dom",
-        &proxy.admin_url("/#mismatches=orders"),
-    ]);
+    let mut c = chromium(bin, profile.path());
+    c.args([&format!("--window-size={},{}", WINDOW.0, WINDOW.1), "--dump-dom", url]);
     let dom = tokio::task::spawn_blocking(move || c.output())
         .await
         .unwrap()
@@ -446,11 +437,7 @@ async fn a_mismatch_links_to_its_trace() {
         html.contains("data-js-errors=\"0\""),
         "a script error on the page:\n{html}"
     );
-    assert!(
-        html.contains(&format!("href=\"https://jaeger.example/trace/{trace}\""))
-            && html.contains(&format!("trace {trace}")),
-        "no link to the mismatch's trace:\n{html}"
-    );
+    html
 }
 
 /// A route's entry in `GET /api/autopilot`.
