@@ -33,7 +33,8 @@ use crate::rules::{Protocol, Root, Sampler, Tracing};
 /// Spans sent in one export at most (the SDK's default).
 const BATCH: usize = 512;
 
-/// The tracer, while tracing is on. Cloned into every request's `Ctx` as an `Arc`.
+/// The tracer, while tracing is on: the proxy holds it, and each request keeps its spans in a
+/// `RequestTrace` in its CTX.
 pub struct Telemetry {
     tracer: SdkTracer,
     provider: SdkTracerProvider,
