@@ -222,10 +222,22 @@ impl HttpSession {
         {
             return Ok(true);
         }
-        let Some(l4) = self.underlying_stream.as_any().downcast_ref::<L4Stream>() else {
+        let any = self.underlying_stream.as_any();
+        let l4 = any.downcast_ref::<L4Stream>();
+        #[cfg(feature = "rustls")]
+        let tls = any.downcast_ref::<crate::protocols::tls::TlsStream<L4Stream>>();
+        #[cfg(not(feature = "rustls"))]
+        let tls: Option<&L4Stream> = None;
+        if l4.is_none() && tls.is_none() {
             return Ok(true);
+        }
+        let ready = async move {
+            match (l4, tls) {
+                (Some(s), _) => s.readable().await,
+                (_, Some(s)) => s.readable().await,
+                _ => Ok(false),
+            }
         };
-        let ready = l4.readable();
         // An error is left for the read to meet and report, as it did before.
         match self.keepalive_timeout {
             KeepaliveStatus::Timeout(d) => match timeout(d, ready).await {

@@ -145,6 +145,24 @@ impl<T> TlsStream<T> {
     }
 }
 
+impl TlsStream<crate::protocols::l4::stream::Stream> {
+    /// strangler patch: wait until a read would find something, without reading, as
+    /// `l4::Stream::readable` does for plain streams: at once when rustls holds plaintext not read
+    /// yet (it then doesn't want to read), else when the socket under it is readable. So an idle
+    /// keep-alive TLS connection waits for its next request without the buffers a read needs.
+    pub async fn readable(&self) -> IoResult<bool> {
+        let (io, wants_read) = match self.tls.stream.as_ref() {
+            Some(RusTlsStream::Server(s)) => (s.get_ref().0, s.get_ref().1.wants_read()),
+            Some(RusTlsStream::Client(s)) => (s.get_ref().0, s.get_ref().1.wants_read()),
+            None => return Ok(false),
+        };
+        if !wants_read {
+            return Ok(true);
+        }
+        io.readable().await
+    }
+}
+
 impl<T> Deref for TlsStream<T> {
     type Target = InnerStream<T>;
 
