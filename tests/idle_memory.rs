@@ -10,7 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use common::proxy::{rules, Proxy};
@@ -36,27 +36,7 @@ async fn get(s: &mut TcpStream, buf: &mut Vec<u8>) -> u16 {
         .await
         .expect("write request");
     buf.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("an answer within 10 s")
-            .expect("read answer");
-        assert!(n > 0, "the proxy closed a kept-alive connection");
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("a Content-Length answer");
-        if buf.len() >= end + 4 + length {
-            return head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        }
-    }
+    common::rawhttp::read_answer(s, buf).await
 }
 
 async fn connect_and_get(addr: SocketAddr, buf: &mut Vec<u8>) -> TcpStream {

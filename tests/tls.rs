@@ -442,34 +442,6 @@ async fn clients_speak_tls_to_the_proxy() {
     assert_eq!((a.status, a.upstream.as_str()), (200, "monolith"));
 }
 
-/// Read one answer (head and a `Content-Length` body) off `stream`, keeping what follows it in
-/// `buf`; its status.
-async fn read_answer(stream: &mut client::TlsStream<TcpStream>, buf: &mut Vec<u8>) -> u16 {
-    use tokio::io::AsyncReadExt;
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .expect("a Content-Length answer");
-            if buf.len() >= end + 4 + length {
-                let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-                buf.drain(..end + 4 + length);
-                return status;
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .expect("an answer within 10 s")
-            .expect("read");
-        assert!(n > 0, "the proxy closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 /// A kept-alive TLS connection waits for its next request on the socket's readiness (the idle
 /// memory patch, docs/PINGORA-PATCHES.md): requests after an idle pause are answered, and so is
 /// a pipelined pair whose second request rustls has already decrypted when the first is done.
@@ -487,7 +459,11 @@ async fn a_kept_alive_tls_connection_serves_after_a_pause_and_pipelined() {
     let mut buf = Vec::new();
     for round in 0..3 {
         stream.write_all(get("SKU-0001").as_bytes()).await.unwrap();
-        assert_eq!(read_answer(&mut stream, &mut buf).await, 200, "round {round}");
+        assert_eq!(
+            common::rawhttp::read_answer(&mut stream, &mut buf).await,
+            200,
+            "round {round}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Two requests in one TLS write: one record holds both.
@@ -495,9 +471,9 @@ async fn a_kept_alive_tls_connection_serves_after_a_pause_and_pipelined() {
         .write_all((get("SKU-0002") + &get("SKU-0003")).as_bytes())
         .await
         .unwrap();
-    assert_eq!(read_answer(&mut stream, &mut buf).await, 200);
+    assert_eq!(common::rawhttp::read_answer(&mut stream, &mut buf).await, 200);
     assert_eq!(
-        read_answer(&mut stream, &mut buf).await,
+        common::rawhttp::read_answer(&mut stream, &mut buf).await,
         200,
         "the pipelined second request"
     );

@@ -153,3 +153,30 @@ fn dechunk(buf: &[u8]) -> (Vec<u8>, usize) {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// Read one answer (a head and a `Content-Length` body) off a kept-alive `stream`, and take it
+/// out of `buf`, which keeps whatever came after it (a pipelined answer); its status.
+pub async fn read_answer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> u16 {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("a Content-Length answer");
+            if buf.len() >= end + 4 + length {
+                let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+                buf.drain(..end + 4 + length);
+                return status;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read an answer");
+        assert!(n > 0, "the proxy closed a kept-alive connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
