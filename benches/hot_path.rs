@@ -96,7 +96,7 @@ fn bench(c: &mut Criterion) {
 /// on how many distinct paths the round holds: each distinct path is folded into its template
 /// once, every sample is tallied.
 fn fold(c: &mut Criterion) {
-    use strangler::discovery::{Map, Round, Settings};
+    use strangler::discovery::{Map, Round, Seen, Settings};
     const N: u64 = 10_000;
     let rules = compile(10);
     type Mix = (&'static str, fn(u64) -> String);
@@ -111,15 +111,15 @@ fn fold(c: &mut Criterion) {
     let round = |path: fn(u64) -> String| {
         let mut r = Round::default();
         for i in 0..N {
-            r.push(
-                &Method::GET,
-                &path(i),
-                None,
-                0,
-                strangler::rules::Side::Legacy,
-                200,
-                0.002,
-            );
+            r.push(Seen {
+                method: &Method::GET,
+                path: &path(i),
+                route: None,
+                generation: 0,
+                side: strangler::rules::Side::Legacy,
+                status: 200,
+                seconds: 0.002,
+            });
         }
         r
     };

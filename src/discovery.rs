@@ -76,29 +76,18 @@ impl Round {
         }
     }
 
-    /// Add one request: its method, its path (as sent), the route (index in the rules of
-    /// `generation`) that took it, the side, the status and the time taken.
-    #[allow(clippy::too_many_arguments)]
-    pub fn push(
-        &mut self,
-        method: &Method,
-        path: &str,
-        route: Option<usize>,
-        generation: u64,
-        side: Side,
-        status: u16,
-        seconds: f64,
-    ) {
+    /// Add one request.
+    pub fn push(&mut self, seen: Seen<'_>) {
         let start = self.paths.len() as u32;
-        self.paths.push_str(path);
+        self.paths.push_str(seen.path);
         self.samples.push(Sample {
-            method: method.clone(),
-            path: (start, path.len() as u32),
-            route: route.map(|r| r as u32),
-            generation,
-            side,
-            status,
-            seconds,
+            method: seen.method.clone(),
+            path: (start, seen.path.len() as u32),
+            route: seen.route.map(|r| r as u32),
+            generation: seen.generation,
+            side: seen.side,
+            status: seen.status,
+            seconds: seen.seconds,
         });
     }
 
@@ -125,6 +114,18 @@ impl Round {
     }
 }
 
+/// One request, as the map hears of it: its method, its path (as sent), the route (an index in
+/// the rules of `generation`) that took it, the side, the status and the time taken.
+pub struct Seen<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub route: Option<usize>,
+    pub generation: u64,
+    pub side: Side,
+    pub status: u16,
+    pub seconds: f64,
+}
+
 type Buffer = Arc<Mutex<Round>>;
 
 /// Every worker thread's buffer, registered on its first sample.
@@ -142,19 +143,11 @@ thread_local! {
 /// Hand one request to the map. The lock is this thread's own; the folder takes it once a
 /// second. The path is copied (a few bytes): holding the request's own buffers until the fold,
 /// and releasing them from another thread, cost more.
-pub fn observe(
-    method: &Method,
-    path: &str,
-    route: Option<usize>,
-    generation: u64,
-    side: Side,
-    status: u16,
-    seconds: f64,
-) {
+pub fn observe(seen: Seen<'_>) {
     MINE.with(|b| {
         let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
         if b.len() < BUFFER {
-            b.push(method, path, route, generation, side, status, seconds);
+            b.push(seen);
         } else {
             DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -890,7 +883,15 @@ mod tests {
     fn round<P: AsRef<str>>(samples: impl IntoIterator<Item = (P, Option<usize>)>) -> Round {
         let mut r = Round::default();
         for (path, route) in samples {
-            r.push(&Method::GET, path.as_ref(), route, 0, Side::Legacy, 200, 0.002);
+            r.push(Seen {
+                method: &Method::GET,
+                path: path.as_ref(),
+                route,
+                generation: 0,
+                side: Side::Legacy,
+                status: 200,
+                seconds: 0.002,
+            });
         }
         r
     }

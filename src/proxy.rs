@@ -689,16 +689,15 @@ impl ProxyHttp for Strangler {
             live.handles.route(ctx.route).side(ctx.side).observe(status, seconds);
             if live.rules.discovery.enabled {
                 let req = session.req_header();
-                let (route, generation) = (ctx.route, live.generation);
-                crate::discovery::observe(
-                    &req.method,
-                    req.uri.path(),
-                    route,
-                    generation,
-                    ctx.side,
+                crate::discovery::observe(crate::discovery::Seen {
+                    method: &req.method,
+                    path: req.uri.path(),
+                    route: ctx.route,
+                    generation: live.generation,
+                    side: ctx.side,
                     status,
                     seconds,
-                );
+                });
             }
         }
     }
