@@ -175,7 +175,8 @@ pub struct LimitsFile {
     /// Request body, in bytes; a route's `max_body` overrides it. Past it: 413.
     pub max_body: Option<Spanned<String>>,
     /// A client must finish each request head within this, counted from when the connection
-    /// opened or the previous response ended; otherwise the connection is closed.
+    /// opened or the request's first bytes came; otherwise the connection is closed. A kept-alive
+    /// connection with no next request is closed after the same time, in whole seconds.
     pub client_header_timeout: Option<Spanned<String>>,
     /// Client connections open at once; past it new connections are closed at once.
     pub max_connections: Option<Spanned<u64>>,

@@ -204,9 +204,8 @@ tokio::task_local! {
     static HEAD: Head;
 }
 
-/// One client connection's head deadline. Its timer is kept across the connection's requests: a
-/// timer that fires before the current request's deadline is re-armed for the rest, so a busy
-/// kept-alive connection registers about one timer per `client_header_timeout`, not one per request.
+/// One client connection's head deadline. A request whose head comes whole in its first read
+/// needs no timer; one that has to wait arms a timer, let go when the head is read.
 struct Head {
     /// ConnectionCap has read past where an h2 preface would differ: HTTP/1 only, so Pingora
     /// must not wait for 24 bytes of preface.
@@ -215,12 +214,9 @@ struct Head {
     read: Cell<bool>,
     /// When the current request started.
     started: Cell<Instant>,
-    timer: RefCell<Option<HeadTimer>>,
-}
-
-struct HeadTimer {
-    due: Instant,
-    sleep: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
+    /// `client_header_timeout` when it started.
+    limit: Cell<Duration>,
+    timer: RefCell<Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>>,
 }
 
 impl Head {
@@ -229,55 +225,57 @@ impl Head {
             h1_only,
             read: Cell::new(false),
             started: Cell::new(Instant::now()),
+            limit: Cell::new(Duration::ZERO),
             timer: RefCell::new(None),
         }
     }
 
-    fn begin(&self) {
+    fn begin(&self, limit: Duration) {
         self.read.set(false);
         self.started.set(Instant::now());
+        self.limit.set(limit);
     }
 
     /// Whether the current request's head is still unread at its deadline; until then, the
     /// task is woken by the timer.
-    fn expired(&self, cx: &mut Context<'_>, limit: Duration) -> bool {
+    fn expired(&self, cx: &mut Context<'_>) -> bool {
         if self.read.get() {
             return false;
         }
-        let due = self.started.get() + limit;
         let mut timer = self.timer.borrow_mut();
-        if timer.as_ref().is_some_and(|t| t.due > due) {
-            // The limit was lowered by a reload.
-            *timer = None;
-        }
-        loop {
-            let t = timer.get_or_insert_with(|| HeadTimer {
-                due,
-                // Pingora's shared, 10 ms-grained timers: no timer-wheel entry of its own.
-                sleep: Box::pin(pingora_timeout::fast_timeout::fast_sleep(
-                    due.saturating_duration_since(Instant::now()),
-                )),
-            });
-            if t.sleep.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            // It fired: for this request, or for an earlier one on this connection.
-            *timer = None;
-            if Instant::now() >= due {
-                return true;
-            }
-        }
+        let sleep = timer.get_or_insert_with(|| {
+            let due = self.started.get() + self.limit.get();
+            // Pingora's shared, 10 ms-grained timers: no timer-wheel entry of its own.
+            Box::pin(pingora_timeout::fast_timeout::fast_sleep(
+                due.saturating_duration_since(Instant::now()),
+            ))
+        });
+        sleep.as_mut().poll(cx).is_ready()
     }
 }
 
-/// Called from `early_request_filter`: the head of the current request is complete.
-pub fn head_read() {
-    let _ = HEAD.try_with(|h| h.read.set(true));
+/// Called from `early_request_filter`: the head of the current request is complete. If the
+/// connection is kept alive, it waits for its next request for at most the same
+/// `client_header_timeout`, in whole seconds rounded up (Pingora's keep-alive timeout); the wait
+/// happens before that request's session exists, where this deadline can't reach.
+pub fn head_read(session: &mut Session) {
+    let Ok(limit) = HEAD.try_with(|h| {
+        h.read.set(true);
+        h.timer.take();
+        h.limit.get()
+    }) else {
+        return;
+    };
+    if session.get_keepalive().is_some() {
+        let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
+        session.set_keepalive(Some(secs.max(1)));
+    }
 }
 
 /// Closes a connection whose request head is not complete within `limits.client_header_timeout`,
-/// counted from the start of each request (for a kept-alive connection: the end of the previous
-/// response). The timeout is read from the rules in force, so a reload changes it.
+/// counted from the start of each request: when the connection opened, or, on a kept-alive
+/// connection, when the request's first bytes came. The timeout is read from the rules in force,
+/// so a reload changes it.
 pub struct HeadDeadline<A> {
     pub inner: Arc<A>,
     pub live: Arc<ArcSwap<Live>>,
@@ -309,7 +307,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A>
         session.set_pipelining_enabled(true);
         let limit = self.live.load().rules.settings.limits.client_header_timeout;
         let mut serve = self.inner.process_new_http(session, shutdown);
-        if HEAD.try_with(Head::begin).is_err() {
+        if HEAD.try_with(|h| h.begin(limit)).is_err() {
             // An h2 stream: the head arrived with the stream.
             return serve;
         }
@@ -317,7 +315,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeadDeadline<A>
             if let Poll::Ready(done) = serve.as_mut().poll(cx) {
                 return Poll::Ready(done);
             }
-            if HEAD.try_with(|h| h.expired(cx, limit)).unwrap_or(false) {
+            if HEAD.try_with(|h| h.expired(cx)).unwrap_or(false) {
                 // Dropping the session closes the connection.
                 self.metrics.rejected(HEAD_TIMEOUT);
                 return Poll::Ready(None);
@@ -411,7 +409,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
             // preface, put them back, and tell Pingora (through `HeadDeadline::server_options`)
             // not to look again when they can't.
             let limit = self.live.load().rules.settings.limits.client_header_timeout;
-            let (sniffed, preface) = sniff_preface(stream, limit).await;
+            // Boxed: its timer and buffer are needed once, and inline they would stay part of
+            // this future, which lives as long as the connection.
+            let (sniffed, preface) = Box::pin(sniff_preface(stream, limit)).await;
             stream = sniffed;
             match preface {
                 Preface::H2 | Preface::Unknown => {}

@@ -123,8 +123,8 @@ impl ProxyHttp for Strangler {
         }
     }
 
-    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        crate::limits::head_read();
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        crate::limits::head_read(session);
         Ok(())
     }
 

@@ -497,6 +497,25 @@ async fn each_request_on_a_kept_alive_connection_gets_its_own_head_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_requests_head_deadline_counts_from_its_first_bytes() {
+    let mono = echo::start("monolith").await;
+    let proxy = Proxy::start(&rules_with("  client_header_timeout: 3s\n", mono)).await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_response(&mut s).await.status, 200);
+    // Idle for half the limit, then a head that takes two thirds of it: 3.5 s after the answer,
+    // but 2 s after its own first bytes. Counted from the answer, it would be cut off at 3 s.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    s.write_all(b"GET /api/x HTTP/1.1\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    s.write_all(b"Host: a\r\n\r\n").await.expect("write");
+    let r = read_response(&mut s).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn connections_past_max_connections_are_closed() {
     let mono = echo::start("monolith").await;
     let proxy = Proxy::start(&rules_with(

@@ -23,6 +23,7 @@ use log::{debug, error};
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -308,6 +309,12 @@ where
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
             let mut result = serve_h1(self, stream, None, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+                // strangler patch: a kept-alive connection waits for its next request here,
+                // holding only its stream: the next session, and the app's future with it, are
+                // built once the request's first bytes have come.
+                if !next_request(&stream, persistent_settings.as_ref(), shutdown).await {
+                    break;
+                }
                 result = serve_h1(self, stream, persistent_settings, shutdown).await;
             }
         }
@@ -349,6 +356,63 @@ where
         }
     }
     app.process_new_http(session, shutdown)
+}
+
+/// strangler patch: wait until a kept-alive `stream` has its next request's first bytes
+/// (`true`), under the previous session's keep-alive timeout; `false` when that passes first or
+/// the service shuts down, and the connection is to be closed. Returns `true` at once when it
+/// can't tell (no settings, keep-alive off, a stream that can't report readiness) or pipelined
+/// bytes are waiting: the session's own read then waits, as it did before.
+async fn next_request(
+    stream: &Stream,
+    settings: Option<&HttpPersistentSettings>,
+    shutdown: &ShutdownWatch,
+) -> bool {
+    let Some(settings) = settings else {
+        return true;
+    };
+    if settings
+        .pipelined_prefix
+        .as_ref()
+        .is_some_and(|prefix| !prefix.is_empty())
+    {
+        return true;
+    }
+    let limit = match settings.keepalive_timeout {
+        None => return true,
+        Some(0) => None, // no limit
+        Some(secs) => Some(Duration::from_secs(secs)),
+    };
+    if *shutdown.borrow() {
+        return false;
+    }
+    // One poll over the three, rather than `select!` and `timeout` over `async` readiness: this
+    // future is what an idle connection is made of, and that way it holds no more than the
+    // shutdown watch's wait and the timer (about 300 bytes, against 800).
+    let mut shutdown = shutdown.clone();
+    let down = shutdown.wait_for(|down| *down);
+    let mut down = std::pin::pin!(down);
+    let mut watched = true;
+    let mut sleep = std::pin::pin!(limit.map(tokio::time::sleep));
+    std::future::poll_fn(|cx| {
+        // An error or the end of the stream is left for the session's read to meet.
+        if crate::protocols::poll_readable(stream, cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if watched {
+            match down.as_mut().poll(cx) {
+                Poll::Ready(Ok(_)) => return Poll::Ready(false),
+                // No one can shut the service down any more: wait for the request.
+                Poll::Ready(Err(_)) => watched = false,
+                Poll::Pending => {}
+            }
+        }
+        match sleep.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(false),
+            _ => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// The HTTP/2 half of [`ServerApp::process_new`] for an [`HttpServerApp`]: the handshake, then

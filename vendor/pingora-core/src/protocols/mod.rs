@@ -135,6 +135,31 @@ where
 /// The type of any established transport layer connection
 pub type Stream = Box<dyn IO>;
 
+/// strangler patch: wait until a read from `stream` would find something (bytes, the end of the
+/// stream or an error), without reading and so without a buffer to read into. `Ok(false)`: this
+/// kind of stream can't tell (only a plain socket and rustls over one can): just read. Like any
+/// readiness, it can be spurious; the read that follows must still cope with having to wait.
+pub async fn readable(stream: &Stream) -> std::io::Result<bool> {
+    std::future::poll_fn(|cx| poll_readable(stream, cx)).await
+}
+
+/// strangler patch: [`readable`] as a poll, which keeps no state of its own.
+pub fn poll_readable(
+    stream: &Stream,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<std::io::Result<bool>> {
+    use l4::stream::Stream as L4Stream;
+    let any = stream.as_any();
+    if let Some(l4) = any.downcast_ref::<L4Stream>() {
+        return l4.poll_readable(cx);
+    }
+    #[cfg(feature = "rustls")]
+    if let Some(tls) = any.downcast_ref::<tls::TlsStream<L4Stream>>() {
+        return tls.poll_readable(cx);
+    }
+    std::task::Poll::Ready(Ok(false))
+}
+
 // Implement IO trait for 3rd party types, mostly for testing
 mod ext_io_impl {
     use super::*;

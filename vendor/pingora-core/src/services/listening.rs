@@ -229,33 +229,33 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
-                    current_handle().spawn(async move {
+                    // strangler patch: the handshake (a TLS accept: several KiB), with the
+                    // accepted stream and its peer's address, is a future of its own on the heap.
+                    // The task, which lives as long as the connection, holds a pointer to it while
+                    // it runs and nothing of it after; inline, the task kept room for all three.
+                    let handshake = Box::pin(async move {
                         let peer_addr = io.peer_addr();
-                        // strangler patch: the handshake future (a TLS accept: several KiB) is
-                        // boxed, so that its space is given back once the handshake is done,
-                        // instead of being part of the task, which lives as long as the
-                        // connection.
+                        io.handshake().await.map_err(|e| (e, peer_addr))
+                    });
+                    current_handle().spawn(async move {
                         // Bound first, so that the timeout (its timer and the boxed handshake) is
                         // dropped here rather than at the end of the `match`.
-                        let handshake =
-                            timeout(Duration::from_secs(60), Box::pin(io.handshake())).await;
+                        let handshake = timeout(Duration::from_secs(60), handshake).await;
                         match handshake {
-                            Ok(handshake) => {
-                                match handshake {
-                                    Ok(io) => Self::handle_event(io, app, shutdown).await,
-                                    Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
-                                        } else {
-                                            error!("Downstream handshake error: {e}");
-                                        }
-                                    }
+                            // `handle_event`'s loop, on the task's own `app` and `shutdown`:
+                            // its future would keep a second copy of each.
+                            Ok(Ok(io)) => {
+                                let mut reuse_event = app.process_new(io, &shutdown).await;
+                                while let Some(event) = reuse_event {
+                                    reuse_event = app.process_new(event, &shutdown).await;
                                 }
                             }
-                            Err(_) => {
-                                error!("Downstream handshake timeout");
+                            // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
+                            Ok(Err((e, Some(addr)))) => {
+                                error!("Downstream handshake error from {}: {e}", addr);
                             }
+                            Ok(Err((e, None))) => error!("Downstream handshake error: {e}"),
+                            Err(_) => error!("Downstream handshake timeout"),
                         }
                     });
                 }

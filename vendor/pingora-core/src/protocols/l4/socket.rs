@@ -28,11 +28,15 @@ use tokio::net::unix::SocketAddr as TokioUnixSockAddr;
 
 /// [`SocketAddr`] is a storage type that contains either an Internet (IP address)
 /// socket address or a Unix domain socket address.
+///
+/// strangler patch: the Unix address is boxed. Inline, its 110-byte path made every
+/// `SocketAddr` 120 bytes where an IP address needs 32, and each accepted connection's socket
+/// digest holds three of them.
 #[derive(Debug, Clone)]
 pub enum SocketAddr {
     Inet(StdSockAddr),
     #[cfg(unix)]
-    Unix(StdUnixSockAddr),
+    Unix(Box<StdUnixSockAddr>),
 }
 
 impl SocketAddr {
@@ -49,7 +53,7 @@ impl SocketAddr {
     #[cfg(unix)]
     pub fn as_unix(&self) -> Option<&StdUnixSockAddr> {
         if let SocketAddr::Unix(addr) = self {
-            Some(addr)
+            Some(&**addr)
         } else {
             None
         }
@@ -76,11 +80,11 @@ impl SocketAddr {
 
         // TODO: don't set abstract / unnamed for now,
         // for parity with how we treat these types in TryFrom<TokioUnixSockAddr>
-        Some(SocketAddr::Unix(
+        Some(SocketAddr::Unix(Box::new(
             sock.as_unix_addr()
                 .map(|addr| addr.path().map(StdUnixSockAddr::from_pathname))??
                 .ok()?,
-        ))
+        )))
     }
 
     #[cfg(unix)]
@@ -208,7 +212,7 @@ impl std::str::FromStr for SocketAddr {
             let path = s.trim_start_matches("unix:");
             let uds_socket = StdUnixSockAddr::from_pathname(path)
                 .or_err(crate::BindError, "invalid UDS path")?;
-            Ok(SocketAddr::Unix(uds_socket))
+            Ok(SocketAddr::Unix(Box::new(uds_socket)))
         } else {
             match StdSockAddr::from_str(s) {
                 Ok(addr) => Ok(SocketAddr::Inet(addr)),
@@ -217,7 +221,7 @@ impl std::str::FromStr for SocketAddr {
                     let uds_socket = StdUnixSockAddr::from_pathname(s)
                         .or_err(crate::BindError, "invalid UDS path")?;
                     warn!("Raw Unix domain socket path support will be deprecated, add 'unix:' prefix instead");
-                    Ok(SocketAddr::Unix(uds_socket))
+                    Ok(SocketAddr::Unix(Box::new(uds_socket)))
                 }
             }
         }
@@ -254,7 +258,7 @@ impl From<StdSockAddr> for SocketAddr {
 #[cfg(unix)]
 impl From<StdUnixSockAddr> for SocketAddr {
     fn from(sockaddr: StdUnixSockAddr) -> Self {
-        SocketAddr::Unix(sockaddr)
+        SocketAddr::Unix(Box::new(sockaddr))
     }
 }
 

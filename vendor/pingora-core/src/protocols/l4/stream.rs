@@ -178,14 +178,19 @@ impl RawStreamWrapper {
             rx_ts: None,
             #[cfg(target_os = "linux")]
             enable_rx_ts: false,
+            // strangler patch: allocated when rx timestamps are turned on, the only reads that
+            // use it, rather than for every stream (64 bytes each).
             #[cfg(target_os = "linux")]
-            reusable_cmsg_space: nix::cmsg_space!(nix::sys::socket::Timestamps),
+            reusable_cmsg_space: Vec::new(),
         }
     }
 
     #[cfg(target_os = "linux")]
     pub fn enable_rx_ts(&mut self, enable_rx_ts: bool) {
         self.enable_rx_ts = enable_rx_ts;
+        if enable_rx_ts && self.reusable_cmsg_space.is_empty() {
+            self.reusable_cmsg_space = nix::cmsg_space!(nix::sys::socket::Timestamps);
+        }
     }
 }
 
@@ -687,18 +692,24 @@ impl Stream {
     /// this stream can't tell (a virtual socket): just read. Like any readiness, it can be
     /// spurious; the read that follows must still cope with having to wait.
     pub async fn readable(&self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await
+    }
+
+    /// strangler patch: [`Self::readable`] as a poll, which keeps no state of its own: the
+    /// waker goes in the socket's read slot, as a read's would.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         let buffered = match self.stream() {
             BufferedStream::BufferedRead(reader) => !reader.buffer().is_empty(),
             BufferedStream::UnbufferedRead(_) => false,
         };
         if buffered || !self.rewind_read_buf.is_empty() {
-            return Ok(true);
+            return Poll::Ready(Ok(true));
         }
         match &self.stream().get_ref().stream {
-            RawStream::Tcp(s) => s.readable().await.map(|()| true),
+            RawStream::Tcp(s) => s.poll_read_ready(cx).map_ok(|()| true),
             #[cfg(unix)]
-            RawStream::Unix(s) => s.readable().await.map(|()| true),
-            RawStream::Virtual(_) => Ok(false),
+            RawStream::Unix(s) => s.poll_read_ready(cx).map_ok(|()| true),
+            RawStream::Virtual(_) => Poll::Ready(Ok(false)),
         }
     }
 
@@ -1005,6 +1016,10 @@ impl AsyncRead for Stream {
             if !data_to_read.is_empty() {
                 let remaining_buf = Vec::from(data_to_read);
                 self.rewind_read_buf.push(remaining_buf);
+            } else if self.rewind_read_buf.is_empty() {
+                // strangler patch: all put-back data read: give back the list's own space too,
+                // which would otherwise stay with the connection for its life.
+                self.rewind_read_buf = Vec::new();
             }
             result
         } else {

@@ -212,9 +212,8 @@ impl HttpSession {
     /// strangler patch: wait until the connection has bytes to read, under the timeouts of the
     /// read that follows. `Ok(false)` when the keep-alive timeout passed first (the read would
     /// have returned `Ok(None)`). Returns at once when pipelined bytes are waiting, and for
-    /// streams that can't tell (TLS, virtual).
+    /// streams that can't tell (virtual ones).
     pub async fn wait_readable(&self) -> Result<bool> {
-        use crate::protocols::l4::stream::Stream as L4Stream;
         if self
             .pipelined_prefix
             .as_ref()
@@ -222,22 +221,7 @@ impl HttpSession {
         {
             return Ok(true);
         }
-        let any = self.underlying_stream.as_any();
-        let l4 = any.downcast_ref::<L4Stream>();
-        #[cfg(feature = "rustls")]
-        let tls = any.downcast_ref::<crate::protocols::tls::TlsStream<L4Stream>>();
-        #[cfg(not(feature = "rustls"))]
-        let tls: Option<&L4Stream> = None;
-        if l4.is_none() && tls.is_none() {
-            return Ok(true);
-        }
-        let ready = async move {
-            match (l4, tls) {
-                (Some(s), _) => s.readable().await,
-                (_, Some(s)) => s.readable().await,
-                _ => Ok(false),
-            }
-        };
+        let ready = crate::protocols::readable(&self.underlying_stream);
         // An error is left for the read to meet and report, as it did before.
         match self.keepalive_timeout {
             KeepaliveStatus::Timeout(d) => match timeout(d, ready).await {

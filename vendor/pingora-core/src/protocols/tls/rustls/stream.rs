@@ -151,15 +151,23 @@ impl TlsStream<crate::protocols::l4::stream::Stream> {
     /// yet (it then doesn't want to read), else when the socket under it is readable. So an idle
     /// keep-alive TLS connection waits for its next request without the buffers a read needs.
     pub async fn readable(&self) -> IoResult<bool> {
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await
+    }
+
+    /// strangler patch: [`Self::readable`] as a poll, which keeps no state of its own.
+    pub fn poll_readable(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<IoResult<bool>> {
         let (io, wants_read) = match self.tls.stream.as_ref() {
             Some(RusTlsStream::Server(s)) => (s.get_ref().0, s.get_ref().1.wants_read()),
             Some(RusTlsStream::Client(s)) => (s.get_ref().0, s.get_ref().1.wants_read()),
-            None => return Ok(false),
+            None => return std::task::Poll::Ready(Ok(false)),
         };
         if !wants_read {
-            return Ok(true);
+            return std::task::Poll::Ready(Ok(true));
         }
-        io.readable().await
+        io.poll_readable(cx)
     }
 }
 
