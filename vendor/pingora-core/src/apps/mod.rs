@@ -308,13 +308,17 @@ where
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
             let mut result = serve_h1(self, stream, None, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                // strangler patch: a kept-alive connection waits for its next request here,
-                // holding only its stream: the next session, and the app's future with it, are
-                // built once the request's first bytes have come.
-                if !next_request(&stream, persistent_settings.as_ref(), shutdown).await {
+            // strangler patch: a kept-alive connection waits for its next request here, holding
+            // only its stream: the next session, and the app's future with it, are built once
+            // the request's first bytes have come. The stream is waited on where it lies, in
+            // `result`: moved out first, this future would keep room for it twice.
+            while let Some(reused) = &result {
+                if !next_request(&reused.stream, reused.persistent_settings.as_ref(), shutdown)
+                    .await
+                {
                     break;
                 }
+                let (stream, persistent_settings) = result.take().expect("just matched").consume();
                 result = serve_h1(self, stream, persistent_settings, shutdown).await;
             }
         }
