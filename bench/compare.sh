@@ -191,6 +191,9 @@ for base in nginx haproxy bare-pingora; do
   have strangler "$base" || continue
   awk -v s="${cpu[strangler]}" -v b="${cpu[$base]}" -v n="$base" 'BEGIN {printf "strangler / %-13s %.2fx CPU per request\n", n, s / b}'
 done
+! have strangler bare-pingora || echo "strangler / bare-pingora  $(paired strangler bare-pingora)x CPU per request, median of the rounds"
+! have strangler strangler-before || awk -v a="${cpu[strangler]}" -v b="${cpu[strangler-before]}" -v p="$(paired strangler strangler-before)" \
+  'BEGIN {printf "strangler / the earlier build: %.3fx CPU per request (median of the rounds: %.3fx)\n", a / b, p}'
 ! have strangler bare-pingora || awk -v su="${user[strangler]}" -v ss="${system[strangler]}" -v bu="${user[bare-pingora]}" -v bs="${system[bare-pingora]}" \
   'BEGIN {printf "strangler / bare-pingora  %.2fx user time, %.2fx system time per request\n", su / bu, ss / bs}'
 ! have strangler strangler-map-off || awk -v a="${cpu[strangler]}" -v s="${cpu[strangler-map-off]}" -v p="$(paired strangler strangler-map-off)" \
@@ -260,7 +263,7 @@ for name in nginx haproxy bare-pingora strangler ${BEFORE:+strangler-before}; do
   col() { awk -v n="$name" -v c="$1" '$1 == n {print $c}' "$steady_results"; }
   p99s[$name]="$(col 3 | median)"
   printf "%-14s %8sµs %8sµs %8sµs %8s %11s KiB %11s KiB (%s held)  %s\n" "$name" "$(col 2 | median)" "${p99s[$name]}" \
-    "$(col 4 | median)" "$(col 5 | awk '{s += $1} END {print s + 0}')" "${rss_base[$name]}" "${rss_idle[$name]}" "${held_by[$name]}" "$(col 3 | tr '\n' ' ')"
+    "$(col 4 | median)" "$(col 5 | awk '{s += $1} END {print s + 0}')" "${rss_base[$name]:--}" "${rss_idle[$name]:--}" "${held_by[$name]:-0}" "$(col 3 | tr '\n' ' ')"
 done
 echo
 awk -v s="${p99s[strangler]}" -v b="${p99s[nginx]}" -v p="${p99s[bare-pingora]}" \
