@@ -391,8 +391,9 @@ async fn next_request(
         return false;
     }
     // One poll over the three, rather than `select!` and `timeout` over `async` readiness: this
-    // future is what an idle connection is made of, and that way it holds no more than the
-    // shutdown watch's wait and the timer (about 300 bytes, against 800).
+    // future is most of what an idle connection is made of, and so holds little more than the
+    // shutdown watch's wait and the timer (352 bytes; with `select!`, the loop's future was 808
+    // bytes where it is 496 now).
     let mut shutdown = shutdown.clone();
     let down = shutdown.wait_for(|down| *down);
     let mut down = std::pin::pin!(down);
