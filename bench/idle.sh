@@ -5,6 +5,7 @@
 #
 #   bench/idle.sh                      # COUNTS="1000 10000 50000" TLS_COUNTS=$COUNTS
 #   COUNTS="1000 10000" TLS_COUNTS= bench/idle.sh   # smaller, no TLS rows
+#   COUNTS= TLS_COUNTS=10000 bench/idle.sh           # TLS rows only
 #   NO_BUILD=1 bench/idle.sh           # use the binaries already in target/release
 #
 # Setup: compare.sh's nginx backend (150-byte answers, written head and body in one send) on
@@ -15,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-COUNTS="${COUNTS:-1000 10000 50000}"
+COUNTS="${COUNTS-1000 10000 50000}"
 TLS_COUNTS="${TLS_COUNTS-$COUNTS}"
 export RUST_LOG=warn
 . bench/common.sh
