@@ -298,6 +298,33 @@ async fn start(dir: TempDir, etc: &Path, rules_yaml: &str) -> Proxy {
     Proxy::start_file(dir, file, &[]).await
 }
 
+/// A proxy over the shop's monolith with a TLS listener (etc/server.pem and etc/server.key) next
+/// to its plain one: where the tests of clients speaking TLS to the proxy start. The shop lives
+/// as long as the proxy does.
+struct TlsEdge {
+    proxy: Proxy,
+    _shop: common::shop::Shop,
+    pki: Pki,
+    etc: PathBuf,
+    /// The TLS listener.
+    tls: SocketAddr,
+}
+
+async fn tls_edge() -> TlsEdge {
+    let pki = Pki::new();
+    let shop = start_shop().await;
+    let (dir, etc) = layout(&pki);
+    let port = free_port();
+    let proxy = start(dir, &etc, &rules(shop.monolith, Some(port), "", "")).await;
+    TlsEdge {
+        proxy,
+        _shop: shop,
+        pki,
+        etc,
+        tls: ([127, 0, 0, 1], port).into(),
+    }
+}
+
 /// Replace `path` the way cert-manager and ConfigMaps do: write a temp file, rename it over.
 fn replace(path: &Path, contents: &str) {
     let name = path.file_name().expect("file name").to_string_lossy();
@@ -389,12 +416,9 @@ async fn a_bad_upstream_certificate_falls_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_speak_tls_to_the_proxy() {
-    let pki = Pki::new();
-    let shop = start_shop().await;
-    let (dir, etc) = layout(&pki);
-    let port = free_port();
-    let proxy = start(dir, &etc, &rules(shop.monolith, Some(port), "", "")).await;
-    let tls: SocketAddr = ([127, 0, 0, 1], port).into();
+    let TlsEdge {
+        proxy, _shop, pki, tls, ..
+    } = tls_edge().await;
 
     // HTTP/1.1 by ALPN.
     let stream = handshake(tls, &client_config(&pki.ca, &[b"http/1.1"])).await;
@@ -448,12 +472,13 @@ async fn clients_speak_tls_to_the_proxy() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_alive_tls_connection_serves_after_a_pause_and_pipelined() {
     use tokio::io::AsyncWriteExt;
-    let pki = Pki::new();
-    let shop = start_shop().await;
-    let (dir, etc) = layout(&pki);
-    let port = free_port();
-    let _proxy = start(dir, &etc, &rules(shop.monolith, Some(port), "", "")).await;
-    let tls: SocketAddr = ([127, 0, 0, 1], port).into();
+    let TlsEdge {
+        proxy: _proxy,
+        _shop,
+        pki,
+        tls,
+        ..
+    } = tls_edge().await;
     let mut stream = handshake(tls, &client_config(&pki.ca, &[b"http/1.1"])).await;
     let get = |sku: &str| format!("GET /api/inventory/{sku} HTTP/1.1\r\nHost: localhost\r\n\r\n");
     let mut buf = Vec::new();
@@ -481,12 +506,13 @@ async fn a_kept_alive_tls_connection_serves_after_a_pause_and_pipelined() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replaced_certificate_is_served_without_restart() {
-    let pki = Pki::new();
-    let shop = start_shop().await;
-    let (dir, etc) = layout(&pki);
-    let port = free_port();
-    let proxy = start(dir, &etc, &rules(shop.monolith, Some(port), "", "")).await;
-    let tls: SocketAddr = ([127, 0, 0, 1], port).into();
+    let TlsEdge {
+        proxy,
+        _shop,
+        pki,
+        etc,
+        tls,
+    } = tls_edge().await;
     let client = client_config(&pki.ca, &[b"http/1.1"]);
 
     let first = presented(&handshake(tls, &client).await);

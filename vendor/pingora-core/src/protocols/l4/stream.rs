@@ -684,19 +684,14 @@ impl Stream {
         self.stream.as_mut().expect("stream should always be set")
     }
 
-    /// strangler patch: wait until a read would find something (bytes, the end of the stream or
-    /// an error) without reading, so that a caller can put off allocating the buffer it reads
-    /// into, e.g. while a keep-alive connection waits for its next request.
+    /// strangler patch: whether a read would find something (bytes, the end of the stream or an
+    /// error), without reading, so that a caller can put off allocating the buffer it reads
+    /// into, e.g. while a keep-alive connection waits for its next request. Pending, the waker
+    /// goes in the socket's read slot, as a read's would: the wait keeps no state of its own.
     ///
-    /// Returns at once when bytes already sit in this stream's own buffers. `Ok(false)` means
-    /// this stream can't tell (a virtual socket): just read. Like any readiness, it can be
-    /// spurious; the read that follows must still cope with having to wait.
-    pub async fn readable(&self) -> io::Result<bool> {
-        std::future::poll_fn(|cx| self.poll_readable(cx)).await
-    }
-
-    /// strangler patch: [`Self::readable`] as a poll, which keeps no state of its own: the
-    /// waker goes in the socket's read slot, as a read's would.
+    /// Ready at once when bytes already sit in this stream's own buffers. `Ok(false)` means this
+    /// stream can't tell (a virtual socket): just read. Like any readiness, it can be spurious;
+    /// the read that follows must still cope with having to wait.
     pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         let buffered = match self.stream() {
             BufferedStream::BufferedRead(reader) => !reader.buffer().is_empty(),

@@ -146,15 +146,11 @@ impl<T> TlsStream<T> {
 }
 
 impl TlsStream<crate::protocols::l4::stream::Stream> {
-    /// strangler patch: wait until a read would find something, without reading, as
-    /// `l4::Stream::readable` does for plain streams: at once when rustls holds plaintext not read
-    /// yet (it then doesn't want to read), else when the socket under it is readable. So an idle
-    /// keep-alive TLS connection waits for its next request without the buffers a read needs.
-    pub async fn readable(&self) -> IoResult<bool> {
-        std::future::poll_fn(|cx| self.poll_readable(cx)).await
-    }
-
-    /// strangler patch: [`Self::readable`] as a poll, which keeps no state of its own.
+    /// strangler patch: whether a read would find something, without reading, as
+    /// `l4::Stream::poll_readable` tells for plain streams: at once when rustls holds plaintext
+    /// not read yet (it then doesn't want to read), else when the socket under it is readable. So
+    /// an idle keep-alive TLS connection waits for its next request without the buffers a read
+    /// needs.
     pub fn poll_readable(
         &self,
         cx: &mut std::task::Context<'_>,
